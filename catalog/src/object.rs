@@ -1,0 +1,82 @@
+//! Object definitions as they are persisted.
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::ids::{SchemaId, TableId};
+use crate::types::SqlType;
+
+/// Name of the hidden column that identifies rows of a table without a primary key.
+pub const ROW_ID_COLUMN: &str = "_row_id";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaDef {
+    pub id: SchemaId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: SqlType,
+    pub nullable: bool,
+    /// The `DEFAULT` expression as SQL text, re-planned on every insert (so `now()` is
+    /// evaluated per statement).
+    pub default: Option<String>,
+    /// Hidden columns (the row id) are stored but not shown by `SELECT *` or `\d`.
+    pub hidden: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub id: TableId,
+    pub schema: SchemaId,
+    pub name: String,
+    /// All columns, visible ones first, hidden ones (the row id) last.
+    pub columns: Vec<ColumnDef>,
+    /// Indices into `columns` of the primary key, in key order. For a table without a
+    /// user primary key this is the hidden row id column.
+    pub pk: Vec<usize>,
+    /// True when the primary key was declared by the user (false: hidden row id).
+    pub user_pk: bool,
+}
+
+impl TableDef {
+    pub fn visible_columns(&self) -> impl Iterator<Item = (usize, &ColumnDef)> {
+        self.columns.iter().enumerate().filter(|(_, c)| !c.hidden)
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn has_row_id(&self) -> bool {
+        !self.user_pk
+    }
+
+    /// The Arrow schema of stored rows, hidden columns included.
+    pub fn full_arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(column_field)
+                .collect::<Vec<Field>>(),
+        ))
+    }
+
+    /// The Arrow schema users see (`SELECT *`).
+    pub fn visible_arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.visible_columns()
+                .map(|(_, c)| column_field(c))
+                .collect::<Vec<Field>>(),
+        ))
+    }
+}
+
+/// The Arrow field of a column; the SQL type travels in the field metadata so that result
+/// encoding can tell e.g. `jsonb` from `varchar` (both are Arrow `Utf8`).
+pub fn column_field(c: &ColumnDef) -> Field {
+    Field::new(&c.name, c.ty.to_arrow(), c.nullable).with_metadata(c.ty.field_metadata())
+}

@@ -1,0 +1,206 @@
+//! [`Database`]: the catalog and the table store behind one write path.
+//!
+//! Statements read through a [`Snapshot`] of the last commit. Writers (DML and DDL) take the
+//! single write lock, stage their changes in a [`WriteTxn`] that reads its own writes, and
+//! commit them in one RocksDB batch together with the catalog and the row-id sequence, so
+//! a statement's effects are either all durable or all absent after a crash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use rocksdb::WriteBatch;
+use strom_catalog::{Catalog, TableDef};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::error::{EngineError, Result};
+use crate::keys::{self, META_PREFIX};
+use crate::store::{Snapshot, Store, StoreOptions};
+use crate::table;
+
+const CATALOG_KEY: &[u8] = b"\x00catalog";
+const ROW_ID_KEY: &[u8] = b"\x00row_id";
+
+pub struct Database {
+    store: Store,
+    catalog: RwLock<Arc<Catalog>>,
+    write_lock: Mutex<()>,
+    /// Next hidden row id; only touched under the write lock.
+    next_row_id: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self> {
+        debug_assert_eq!(CATALOG_KEY[0], META_PREFIX);
+        let store = Store::open(dir, options)?;
+        let catalog = match store.get(CATALOG_KEY)? {
+            Some(bytes) => Catalog::from_bytes(&bytes)?,
+            None => {
+                let c = Catalog::new();
+                let mut batch = WriteBatch::default();
+                batch.put(CATALOG_KEY, c.to_bytes());
+                store.write(batch)?;
+                c
+            }
+        };
+        let next_row_id = match store.get(ROW_ID_KEY)? {
+            Some(b) => {
+                i64::from_le_bytes(b.as_slice().try_into().map_err(|_| EngineError::Corrupt {
+                    table: "row id sequence".into(),
+                    reason: format!("{} bytes", b.len()),
+                })?)
+            }
+            None => 1,
+        };
+        Ok(Database {
+            store,
+            catalog: RwLock::new(Arc::new(catalog)),
+            write_lock: Mutex::new(()),
+            next_row_id: next_row_id.into(),
+        })
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .expect("invariant: catalog lock is never poisoned")
+            .clone()
+    }
+
+    /// A read view of everything committed so far.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.store.snapshot()
+    }
+
+    /// Starts a write transaction; waits for any other writer to finish.
+    pub async fn begin_write(&self) -> WriteTxn<'_> {
+        let guard = self.write_lock.lock().await;
+        WriteTxn {
+            db: self,
+            _guard: guard,
+            snapshot: self.store.snapshot(),
+            catalog: self.catalog(),
+            new_catalog: None,
+            batch: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+            row_ids_used: 0,
+        }
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+}
+
+/// Staged changes of one statement. Dropping it without [`WriteTxn::commit`] discards them.
+pub struct WriteTxn<'a> {
+    db: &'a Database,
+    _guard: MutexGuard<'a, ()>,
+    snapshot: Arc<Snapshot>,
+    catalog: Arc<Catalog>,
+    new_catalog: Option<Catalog>,
+    batch: WriteBatch,
+    /// Row writes staged by this transaction: key -> Some(value) or None (deleted).
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    row_ids_used: i64,
+}
+
+impl WriteTxn<'_> {
+    /// The snapshot this transaction started from (all earlier commits, none of its writes).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// The catalog as this transaction will commit it.
+    pub fn catalog(&self) -> &Catalog {
+        self.new_catalog.as_ref().unwrap_or(&self.catalog)
+    }
+
+    /// Replaces the catalog at commit.
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.new_catalog = Some(catalog);
+    }
+
+    /// Reserves `n` hidden row ids, returning the first.
+    pub fn alloc_row_ids(&mut self, n: i64) -> i64 {
+        let start = self
+            .db
+            .next_row_id
+            .load(std::sync::atomic::Ordering::SeqCst)
+            + self.row_ids_used;
+        self.row_ids_used += n;
+        start
+    }
+
+    /// The row under `key`, seeing this transaction's own writes.
+    pub fn get(
+        &self,
+        def: &TableDef,
+        types: &[DataType],
+        key: &[u8],
+    ) -> Result<Option<Vec<ScalarValue>>> {
+        let value = match self.overlay.get(key) {
+            Some(v) => v.clone(),
+            None => self.snapshot.get(key)?,
+        };
+        value.map(|v| table::decode(def, types, &v)).transpose()
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, row: &[ScalarValue]) -> Result<()> {
+        let value = crate::row::encode_row(row)?;
+        self.batch.put(&key, &value);
+        self.overlay.insert(key, Some(value));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.batch.delete(&key);
+        self.overlay.insert(key, None);
+    }
+
+    /// Deletes every row of a table (DROP TABLE).
+    pub fn delete_table_rows(&mut self, def: &TableDef) {
+        let lo = keys::table_prefix(def.id);
+        let hi = keys::prefix_successor(&lo).expect("invariant: table prefix starts with 0x01");
+        self.batch.delete_range(lo, hi);
+    }
+
+    /// Makes every staged change durable and visible at once.
+    pub fn commit(mut self) -> Result<()> {
+        let next = self
+            .db
+            .next_row_id
+            .load(std::sync::atomic::Ordering::SeqCst)
+            + self.row_ids_used;
+        if self.row_ids_used > 0 {
+            self.batch.put(ROW_ID_KEY, next.to_le_bytes());
+        }
+        if let Some(c) = &self.new_catalog {
+            self.batch.put(CATALOG_KEY, c.to_bytes());
+        }
+        self.db.store.write(std::mem::take(&mut self.batch))?;
+        self.db
+            .next_row_id
+            .store(next, std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = self.new_catalog.take() {
+            *self
+                .db
+                .catalog
+                .write()
+                .expect("invariant: catalog lock is never poisoned") = Arc::new(c);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! The Strom engine: storage of tables in RocksDB and the read path DataFusion queries use.
+//!
+//! Layers, bottom up:
+//!
+//! - [`keys`]: the key layout (`table | vnode | memcomparable pk`) and key encoding.
+//! - [`row`]: the value encoding of stored rows.
+//! - [`store`]: RocksDB, snapshots, atomic batch writes.
+//! - [`database`]: the catalog plus the single write path ([`database::WriteTxn`]); every
+//!   statement commits its row changes, catalog change and sequences in one batch.
+//! - [`table`], [`scan_range`], [`provider`]: reading a table at a snapshot as Arrow
+//!   batches, with primary-key predicates turned into point gets and range scans.
+//!
+//! Start reading at [`database::Database`].
+
+pub mod database;
+pub mod error;
+pub mod keys;
+pub mod provider;
+pub mod row;
+pub mod scan_range;
+pub mod store;
+pub mod table;
+
+pub use database::{Database, WriteTxn};
+pub use error::{EngineError, Result};
+pub use provider::StromTable;
+pub use store::{Snapshot, StoreOptions};

@@ -1,0 +1,228 @@
+//! Binding `CREATE TABLE` to a table definition.
+
+use sqlparser::ast::{ColumnOption, CreateTable, Expr, Ident, ObjectName, TableConstraint};
+use strom_catalog::object::ROW_ID_COLUMN;
+use strom_catalog::{ColumnDef, SqlType};
+
+use crate::error::{Result, SqlError};
+use crate::types::sql_type;
+
+/// A bound `CREATE TABLE`; the server resolves the schema and allocates the id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTablePlan {
+    pub schema: Option<String>,
+    pub name: String,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnDef>,
+    pub pk: Vec<usize>,
+    pub user_pk: bool,
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted names fold to lower case.
+pub fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// `[schema.]name` of an object name.
+pub fn object_name(name: &ObjectName) -> Result<(Option<String>, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(ident_name)
+                .ok_or_else(|| SqlError::Syntax(format!("invalid name {name}")))
+        })
+        .collect::<Result<_>>()?;
+    match parts.as_slice() {
+        [n] => Ok((None, n.clone())),
+        [s, n] => Ok((Some(s.clone()), n.clone())),
+        [db, s, n] if db == "dev" => Ok((Some(s.clone()), n.clone())),
+        _ => Err(SqlError::Unsupported(format!(
+            "cross-database reference {name}"
+        ))),
+    }
+}
+
+fn pk_columns(
+    columns: &[ColumnDef],
+    idents: impl Iterator<Item = Result<String>>,
+) -> Result<Vec<usize>> {
+    let mut pk = Vec::new();
+    for name in idents {
+        let name = name?;
+        let idx = columns
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| SqlError::UnknownColumn(name.clone()))?;
+        if pk.contains(&idx) {
+            return Err(SqlError::DuplicateColumn(name));
+        }
+        pk.push(idx);
+    }
+    Ok(pk)
+}
+
+pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
+    if ct.query.is_some() {
+        return Err(SqlError::Unsupported("CREATE TABLE ... AS".into()));
+    }
+    if ct.temporary || ct.external {
+        return Err(SqlError::Unsupported("temporary or external tables".into()));
+    }
+    if ct.columns.is_empty() {
+        return Err(SqlError::InvalidDefinition(
+            "a table needs at least one column".into(),
+        ));
+    }
+    let (schema, name) = object_name(&ct.name)?;
+    let mut columns: Vec<ColumnDef> = Vec::new();
+    let mut pk: Option<Vec<usize>> = None;
+    for (i, c) in ct.columns.iter().enumerate() {
+        let col_name = ident_name(&c.name);
+        if columns.iter().any(|x| x.name == col_name) {
+            return Err(SqlError::DuplicateColumn(col_name));
+        }
+        if col_name == ROW_ID_COLUMN {
+            return Err(SqlError::InvalidDefinition(format!(
+                "column name \"{ROW_ID_COLUMN}\" is reserved"
+            )));
+        }
+        let ty = sql_type(&c.data_type)?;
+        let mut col = ColumnDef {
+            name: col_name.clone(),
+            ty,
+            nullable: true,
+            default: None,
+            hidden: false,
+        };
+        for opt in &c.options {
+            match &opt.option {
+                ColumnOption::Null => col.nullable = true,
+                ColumnOption::NotNull => col.nullable = false,
+                ColumnOption::Default(e) => col.default = Some(default_sql(e)),
+                ColumnOption::PrimaryKey(_) => {
+                    if pk.is_some() {
+                        return Err(SqlError::InvalidDefinition(format!(
+                            "multiple primary keys for table \"{name}\" are not allowed"
+                        )));
+                    }
+                    pk = Some(vec![i]);
+                }
+                other => {
+                    return Err(SqlError::Unsupported(format!(
+                        "column option {other} (column \"{col_name}\")"
+                    )))
+                }
+            }
+        }
+        columns.push(col);
+    }
+    for con in &ct.constraints {
+        match con {
+            TableConstraint::PrimaryKey(p) => {
+                if pk.is_some() {
+                    return Err(SqlError::InvalidDefinition(format!(
+                        "multiple primary keys for table \"{name}\" are not allowed"
+                    )));
+                }
+                let names = p.columns.iter().map(|ic| match &ic.column.expr {
+                    Expr::Identifier(id) => Ok(ident_name(id)),
+                    other => Err(SqlError::Unsupported(format!(
+                        "primary key on expression {other}"
+                    ))),
+                });
+                pk = Some(pk_columns(&columns, names)?);
+            }
+            other => return Err(SqlError::Unsupported(format!("table constraint {other}"))),
+        }
+    }
+    let (pk, user_pk) = match pk {
+        Some(pk) => {
+            for &i in &pk {
+                let c = &mut columns[i];
+                if !c.ty.is_key_type() {
+                    return Err(SqlError::InvalidDefinition(format!(
+                        "column \"{}\" of type {} cannot be part of a primary key",
+                        c.name, c.ty
+                    )));
+                }
+                c.nullable = false;
+            }
+            (pk, true)
+        }
+        None => {
+            columns.push(ColumnDef {
+                name: ROW_ID_COLUMN.into(),
+                ty: SqlType::BigInt,
+                nullable: false,
+                default: None,
+                hidden: true,
+            });
+            (vec![columns.len() - 1], false)
+        }
+    };
+    Ok(CreateTablePlan {
+        schema,
+        name,
+        if_not_exists: ct.if_not_exists,
+        columns,
+        pk,
+        user_pk,
+    })
+}
+
+fn default_sql(e: &Expr) -> String {
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse;
+    use sqlparser::ast::Statement;
+
+    fn bind(sql: &str) -> Result<CreateTablePlan> {
+        match parse(sql).unwrap().remove(0) {
+            Statement::CreateTable(ct) => bind_create_table(&ct),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn column_and_table_primary_keys() {
+        let p = bind("CREATE TABLE Meter (id BIGINT PRIMARY KEY, \"Feeder\" VARCHAR NOT NULL, kw DOUBLE PRECISION DEFAULT 0)").unwrap();
+        assert_eq!(p.name, "meter");
+        assert_eq!(p.columns[1].name, "Feeder");
+        assert_eq!(p.pk, vec![0]);
+        assert!(!p.columns[0].nullable && !p.columns[1].nullable && p.columns[2].nullable);
+        assert_eq!(p.columns[2].default.as_deref(), Some("0"));
+        let p = bind("CREATE TABLE s.t (a INT, b TEXT, PRIMARY KEY (b, a))").unwrap();
+        assert_eq!((p.schema.as_deref(), p.pk.clone()), (Some("s"), vec![1, 0]));
+    }
+
+    #[test]
+    fn tables_without_key_get_a_hidden_row_id() {
+        let p = bind("CREATE TABLE t (a INT)").unwrap();
+        assert!(!p.user_pk);
+        assert_eq!(p.columns.len(), 2);
+        assert!(p.columns[1].hidden);
+        assert_eq!(p.pk, vec![1]);
+    }
+
+    #[test]
+    fn bad_definitions_name_the_culprit() {
+        let e = bind("CREATE TABLE t (a INT, a INT)").unwrap_err();
+        assert!(e.to_string().contains("\"a\""), "{e}");
+        let e = bind("CREATE TABLE t (a INT, PRIMARY KEY (b))").unwrap_err();
+        assert_eq!(e.sqlstate(), "42703");
+        let e = bind("CREATE TABLE t (a INT PRIMARY KEY, b INT, PRIMARY KEY (b))").unwrap_err();
+        assert_eq!(e.sqlstate(), "42P16");
+        let e = bind("CREATE TABLE t (j JSONB PRIMARY KEY)").unwrap_err();
+        assert!(e.to_string().contains("\"j\""), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! SQL front end: parsing, PostgreSQL-compatibility rewrites, and DDL binding.
+//!
+//! - [`parser`]: SQL text to sqlparser statements (PostgreSQL dialect).
+//! - [`rewrite`]: AST rewrites that let DataFusion plan what PostgreSQL clients send
+//!   (`pg_catalog.` function prefixes, `OPERATOR(pg_catalog.~)`, `::regclass` casts, ...).
+//! - [`types`]: sqlparser data types to [`strom_catalog::SqlType`].
+//! - [`ddl`]: `CREATE TABLE` to a [`strom_catalog::TableDef`].
+//!
+//! Queries and DML are planned by DataFusion (`SessionState::statement_to_plan`) against
+//! table providers the server registers; this crate never touches storage.
+
+pub mod ddl;
+pub mod error;
+pub mod parser;
+pub mod rewrite;
+pub mod types;
+
+pub use error::{Result, SqlError};

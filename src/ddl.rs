@@ -1,0 +1,172 @@
+//! Applying DDL: schemas and tables. Each statement is one catalog change committed in
+//! the same RocksDB batch as any rows it removes.
+
+use std::sync::Arc;
+
+use sqlparser::ast::{ObjectType, SchemaName, Statement};
+use strom_catalog::{SchemaId, TableDef, TableId};
+use strom_engine::Database;
+use strom_sql::ddl::{bind_create_table, ident_name, object_name};
+
+use crate::error::{Result, StromError};
+use crate::query::QueryEnv;
+use crate::session::Settings;
+
+pub async fn execute(
+    db: &Arc<Database>,
+    settings: &Settings,
+    stmt: &Statement,
+) -> Result<&'static str> {
+    match stmt {
+        Statement::CreateTable(ct) => {
+            let plan = bind_create_table(ct)?;
+            let mut txn = db.begin_write().await;
+            let mut catalog = txn.catalog().clone();
+            let schema = target_schema(&catalog, plan.schema.as_deref(), settings)?;
+            if catalog.table_by_name(schema, &plan.name).is_some() {
+                if plan.if_not_exists {
+                    return Ok("CREATE TABLE");
+                }
+                return Err(strom_catalog::CatalogError::TableExists(plan.name).into());
+            }
+            let def = TableDef {
+                id: TableId(0),
+                schema,
+                name: plan.name,
+                columns: plan.columns,
+                pk: plan.pk,
+                user_pk: plan.user_pk,
+            };
+            check_defaults(db, settings, &def)?;
+            catalog.create_table(def)?;
+            txn.set_catalog(catalog);
+            txn.commit()?;
+            Ok("CREATE TABLE")
+        }
+        Statement::CreateSchema {
+            schema_name,
+            if_not_exists,
+            ..
+        } => {
+            let name = match schema_name {
+                SchemaName::Simple(n) => object_name(n)?.1,
+                SchemaName::UnnamedAuthorization(i) => ident_name(i),
+                SchemaName::NamedAuthorization(n, _) => object_name(n)?.1,
+            };
+            let mut txn = db.begin_write().await;
+            let mut catalog = txn.catalog().clone();
+            if *if_not_exists
+                && (catalog.schema_by_name(&name).is_some()
+                    || strom_catalog::catalog::SYSTEM_SCHEMAS.contains(&name.as_str()))
+            {
+                return Ok("CREATE SCHEMA");
+            }
+            catalog.create_schema(&name)?;
+            txn.set_catalog(catalog);
+            txn.commit()?;
+            Ok("CREATE SCHEMA")
+        }
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => match object_type {
+            ObjectType::Table => {
+                let mut txn = db.begin_write().await;
+                let mut catalog = txn.catalog().clone();
+                let mut dropped = Vec::new();
+                for n in names {
+                    let (schema, name) = object_name(n)?;
+                    match catalog.resolve_table(schema.as_deref(), &name, &settings.search_path) {
+                        Ok(def) => {
+                            let id = def.id;
+                            dropped.push(catalog.drop_table(id)?);
+                        }
+                        Err(_) if *if_exists => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                for def in &dropped {
+                    txn.delete_table_rows(def);
+                }
+                txn.set_catalog(catalog);
+                txn.commit()?;
+                Ok("DROP TABLE")
+            }
+            ObjectType::Schema => {
+                let mut txn = db.begin_write().await;
+                let mut catalog = txn.catalog().clone();
+                let mut dropped = Vec::new();
+                for n in names {
+                    let (_, name) = object_name(n)?;
+                    if strom_catalog::catalog::SYSTEM_SCHEMAS.contains(&name.as_str()) {
+                        return Err(strom_catalog::CatalogError::SchemaProtected(name).into());
+                    }
+                    if catalog.schema_by_name(&name).is_none() && *if_exists {
+                        continue;
+                    }
+                    dropped.extend(catalog.drop_schema(&name, *cascade)?);
+                }
+                for def in &dropped {
+                    txn.delete_table_rows(def);
+                }
+                txn.set_catalog(catalog);
+                txn.commit()?;
+                Ok("DROP SCHEMA")
+            }
+            other => Err(StromError::unsupported(format!("DROP {other}"))),
+        },
+        other => Err(StromError::unsupported(crate::session::statement_kind(
+            other,
+        ))),
+    }
+}
+
+/// The schema a new object goes to: the named one, or the first existing schema on the
+/// search path.
+fn target_schema(
+    catalog: &strom_catalog::Catalog,
+    schema: Option<&str>,
+    settings: &Settings,
+) -> Result<SchemaId> {
+    match schema {
+        Some(s) => Ok(catalog
+            .schema_by_name(s)
+            .ok_or_else(|| strom_catalog::CatalogError::SchemaNotFound(s.into()))?
+            .id),
+        None => settings
+            .search_path
+            .iter()
+            .find_map(|s| catalog.schema_by_name(s))
+            .map(|s| s.id)
+            .ok_or_else(|| StromError::user("3F000", "no schema has been selected to create in")),
+    }
+}
+
+/// Plans every DEFAULT once so a bad expression fails the CREATE, not a later INSERT.
+fn check_defaults(db: &Arc<Database>, settings: &Settings, def: &TableDef) -> Result<()> {
+    if def.columns.iter().all(|c| c.default.is_none()) {
+        return Ok(());
+    }
+    let env = QueryEnv::new(db.catalog(), db.snapshot(), settings.clone());
+    let ctx = env.context();
+    for c in &def.columns {
+        if let Some(sql) = &c.default {
+            ctx.state()
+                .create_logical_expr(sql, &datafusion::common::DFSchema::empty())
+                .map_err(|e| {
+                    StromError::user(
+                        "42P17",
+                        format!(
+                            "invalid DEFAULT for column \"{}\": {}",
+                            c.name,
+                            crate::error::StromError::from(e).code_and_message().1
+                        ),
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}

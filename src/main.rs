@@ -1,0 +1,88 @@
+//! The `strom` server binary: configuration, logging, the pgwire listener, shutdown.
+//!
+//! Reading order: [`config`] → [`pg::handler`] (protocol) → [`session`] (one statement) →
+//! [`query`] / [`dml`] / [`ddl`] → `strom_engine`.
+
+mod config;
+mod ddl;
+mod dml;
+mod error;
+mod functions;
+mod pg;
+mod pg_catalog;
+mod query;
+mod session;
+
+use std::sync::Arc;
+
+use clap::Parser;
+use strom_engine::{Database, StoreOptions};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::{Cli, Config};
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::resolve(Cli::parse())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = Database::open(
+        &config.data_dir,
+        StoreOptions {
+            sync_writes: config.sync_writes,
+        },
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let db = Arc::new(db);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "strom is ready");
+    let handlers = Arc::new(pg::handler::Handlers::new(Arc::clone(&db)));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let handlers = Arc::clone(&handlers);
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            warn!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => error!(error = %e, "accept failed"),
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("shutting down");
+    if let Err(e) = db.flush() {
+        error!(error = %e, "flush on shutdown failed");
+    }
+    Ok(())
+}

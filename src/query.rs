@@ -1,0 +1,231 @@
+//! Planning and running statements with DataFusion over one consistent read view.
+//!
+//! Every statement gets a [`QueryEnv`]: the catalog and storage snapshot it reads, and the
+//! session settings. [`QueryEnv::context`] builds a DataFusion `SessionContext` whose catalog
+//! `dev` exposes the user schemas (backed by [`StromTable`]), `pg_catalog` (see
+//! [`crate::pg_catalog`]) and DataFusion's `information_schema`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider};
+use datafusion::common::DFSchema;
+use datafusion::datasource::TableProvider;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use sqlparser::ast::Statement;
+use strom_catalog::{Catalog, SchemaId, TableDef, TableId};
+use strom_engine::{Snapshot, StromTable};
+
+use crate::error::Result;
+use crate::session::Settings;
+
+pub const DATABASE_NAME: &str = "dev";
+
+/// What one statement reads.
+pub struct QueryEnv {
+    pub catalog: Arc<Catalog>,
+    pub snapshot: Arc<Snapshot>,
+    pub settings: Settings,
+    /// Tables whose hidden row id is exposed (UPDATE/DELETE targets).
+    pub expose_hidden: Vec<TableId>,
+    /// Planned `DEFAULT` expressions of INSERT targets.
+    defaults: Mutex<HashMap<TableId, HashMap<String, Expr>>>,
+}
+
+impl std::fmt::Debug for QueryEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEnv")
+            .field("catalog_version", &self.catalog.version)
+            .finish()
+    }
+}
+
+impl QueryEnv {
+    pub fn new(catalog: Arc<Catalog>, snapshot: Arc<Snapshot>, settings: Settings) -> Arc<Self> {
+        Arc::new(QueryEnv {
+            catalog,
+            snapshot,
+            settings,
+            expose_hidden: Vec::new(),
+            defaults: Mutex::default(),
+        })
+    }
+
+    pub fn with_hidden(
+        catalog: Arc<Catalog>,
+        snapshot: Arc<Snapshot>,
+        settings: Settings,
+        t: TableId,
+    ) -> Arc<Self> {
+        Arc::new(QueryEnv {
+            catalog,
+            snapshot,
+            settings,
+            expose_hidden: vec![t],
+            defaults: Mutex::default(),
+        })
+    }
+
+    /// A DataFusion context reading this environment.
+    pub fn context(self: &Arc<Self>) -> SessionContext {
+        let default_schema = self
+            .settings
+            .search_path
+            .iter()
+            .find(|s| self.catalog.schema_by_name(s).is_some())
+            .cloned()
+            .unwrap_or_else(|| "public".to_string());
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE_NAME, default_schema)
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let opts = config.options_mut();
+        opts.sql_parser.parse_float_as_decimal = true;
+        opts.sql_parser.enable_ident_normalization = true;
+        opts.execution.time_zone = Some(self.settings.time_zone_name.clone());
+        let list: Arc<dyn CatalogProviderList> = Arc::new(StromCatalogList {
+            db: Arc::new(StromDatabase {
+                env: Arc::clone(self),
+            }),
+        });
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_catalog_list(list)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        crate::functions::register(&ctx, self);
+        ctx
+    }
+
+    /// Plans the `DEFAULT` expressions of `def` so an INSERT can fill omitted columns.
+    pub fn plan_defaults(&self, ctx: &SessionContext, def: &TableDef) -> Result<()> {
+        let mut map = HashMap::new();
+        for c in def.visible_columns().map(|(_, c)| c) {
+            if let Some(sql) = &c.default {
+                let expr = ctx.state().create_logical_expr(sql, &DFSchema::empty())?;
+                map.insert(c.name.clone(), expr);
+            }
+        }
+        self.defaults
+            .lock()
+            .expect("invariant: defaults lock is never poisoned")
+            .insert(def.id, map);
+        Ok(())
+    }
+
+    fn table_provider(&self, def: &TableDef) -> Arc<dyn TableProvider> {
+        let defaults = self
+            .defaults
+            .lock()
+            .expect("invariant: defaults lock is never poisoned")
+            .get(&def.id)
+            .cloned()
+            .unwrap_or_default();
+        Arc::new(StromTable::new(
+            Arc::new(def.clone()),
+            Arc::clone(&self.snapshot),
+            self.expose_hidden.contains(&def.id),
+            defaults,
+        ))
+    }
+}
+
+/// Plans an (already rewritten) statement.
+pub async fn plan(ctx: &SessionContext, stmt: &Statement) -> Result<LogicalPlan> {
+    let plan = ctx
+        .state()
+        .statement_to_plan(DfStatement::Statement(Box::new(stmt.clone())))
+        .await?;
+    Ok(plan)
+}
+
+/// Runs a plan to completion.
+pub async fn collect(ctx: &SessionContext, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
+    let df = ctx.execute_logical_plan(plan).await?;
+    Ok(df.collect().await?)
+}
+
+#[derive(Debug)]
+struct StromCatalogList {
+    db: Arc<StromDatabase>,
+}
+
+impl CatalogProviderList for StromCatalogList {
+    fn register_catalog(
+        &self,
+        _name: String,
+        _catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        vec![DATABASE_NAME.to_string()]
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        (name == DATABASE_NAME).then(|| Arc::clone(&self.db) as Arc<dyn CatalogProvider>)
+    }
+}
+
+#[derive(Debug)]
+struct StromDatabase {
+    env: Arc<QueryEnv>,
+}
+
+impl CatalogProvider for StromDatabase {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.env.catalog.schemas().map(|s| s.name.clone()).collect();
+        names.push("pg_catalog".into());
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == "pg_catalog" {
+            return Some(Arc::new(crate::pg_catalog::PgCatalogSchema::new(
+                Arc::clone(&self.env),
+            )));
+        }
+        let sd = self.env.catalog.schema_by_name(name)?;
+        Some(Arc::new(StromSchema {
+            env: Arc::clone(&self.env),
+            schema: sd.id,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct StromSchema {
+    env: Arc<QueryEnv>,
+    schema: SchemaId,
+}
+
+#[async_trait]
+impl SchemaProvider for StromSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.env
+            .catalog
+            .tables_in(self.schema)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self
+            .env
+            .catalog
+            .table_by_name(self.schema, name)
+            .map(|def| self.env.table_provider(def)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.env.catalog.table_by_name(self.schema, name).is_some()
+    }
+}

@@ -1,0 +1,13 @@
+//! Strom's integration tests: one binary (linking is the expensive part of a test build).
+//!
+//! Every test starts its own `strom` server process ([`server::TestServer`]) on a free
+//! port with a fresh data directory, and talks to it over the PostgreSQL protocol with real
+//! clients: tokio-postgres, a small hand-written extended-protocol client
+//! ([`pgclient`]), and the real `psql`.
+
+mod pgclient;
+mod psql;
+mod recovery;
+mod server;
+mod slt;
+mod wire;

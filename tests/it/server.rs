@@ -1,0 +1,130 @@
+//! Starting and stopping a real `strom` server for a test.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// A server on a fresh data directory.
+    pub fn start() -> TestServer {
+        let tmp = tempfile::tempdir().expect("create temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut s = TestServer {
+            port: free_port(),
+            data_dir,
+            child: None,
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn strom");
+        self.child = Some(child);
+        wait_for_port(self.port, self.child.as_mut().unwrap());
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "strom exited with {status} on SIGTERM");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "strom did not stop within 20 s of SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the server with SIGKILL: no flush, no clean shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL strom");
+            child.wait().expect("reap strom");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn conn_str(&self) -> String {
+        format!("host=127.0.0.1 port={} user=root dbname=dev", self.port)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.conn_str(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to strom");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    #[allow(dead_code)]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("strom exited during startup with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "strom did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
