@@ -68,7 +68,7 @@ pub async fn describe(
     db: &Arc<Database>,
     settings: &Settings,
     stmt: &Statement,
-) -> Result<Vec<Option<DataType>>> {
+) -> Result<Vec<Option<datafusion::arrow::datatypes::FieldRef>>> {
     let catalog = db.catalog();
     let snapshot = db.snapshot();
     let plan = match stmt {

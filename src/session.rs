@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono_tz::Tz;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use sqlparser::ast::{Expr, ObjectType, Set, Statement, Value};
@@ -176,7 +176,7 @@ pub enum Outcome {
 /// What `Describe` reports for a statement: parameter types and result columns.
 #[derive(Debug)]
 pub struct Description {
-    pub params: Vec<Option<DataType>>,
+    pub params: Vec<Option<FieldRef>>,
     pub columns: Option<SchemaRef>,
 }
 
@@ -424,14 +424,11 @@ pub fn statement_kind(stmt: &Statement) -> String {
     s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
-/// The parameter types DataFusion inferred, by position.
-pub fn param_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let types = plan.get_parameter_types()?;
-    let mut out = Vec::new();
-    for i in 1..=types.len() {
-        out.push(types.get(&format!("${i}")).cloned().flatten());
-    }
-    Ok(out)
+/// The parameter types DataFusion inferred, by position (fields keep the jsonb tag).
+pub fn param_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
+    let fields = plan.get_parameter_fields()?;
+    let n = fields.keys().filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok()).max().unwrap_or(0);
+    Ok((1..=n).map(|i| fields.get(&format!("${i}")).cloned().flatten()).collect())
 }
 
 /// Substitutes bound parameter values into a plan, converting each to the type the plan
@@ -443,11 +440,19 @@ pub fn bind_params(plan: LogicalPlan, params: &[Param], param_oids: &[u32]) -> R
     let inferred = param_types(&plan)?;
     let mut values = Vec::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
-        let declared = param_oids.get(i).copied().unwrap_or(0);
-        let target = inferred
-            .get(i)
-            .cloned()
-            .flatten()
+        let field = inferred.get(i).cloned().flatten();
+        // The type the client encoded a binary value in: the one it declared at Parse, else
+        // the one we described to it (which keeps jsonb apart from text).
+        let declared = match param_oids.get(i).copied().unwrap_or(0) {
+            0 => field
+                .as_ref()
+                .and_then(|f| strom_catalog::SqlType::from_arrow(f.data_type(), f.metadata()))
+                .map(|t| t.pg_oid())
+                .unwrap_or(0),
+            oid => oid,
+        };
+        let target = field
+            .map(|f| f.data_type().clone())
             .or_else(|| crate::pg_catalog::type_by_oid(declared).map(|t| t.to_arrow()))
             .unwrap_or(DataType::Utf8);
         values.push(param_value(p, declared, &target, i + 1)?);
@@ -463,7 +468,23 @@ pub fn param_value(
 ) -> Result<ScalarValue> {
     let v = match p {
         Param::Null => return Ok(ScalarValue::try_from(target)?),
-        Param::Text(s) => ScalarValue::Utf8(Some(s.clone())),
+        Param::Text(s) => match target {
+            DataType::List(field) => {
+                let elem = field.data_type();
+                let items = crate::pg::text::parse_array(s).map_err(|m| StromError::user("22P02", m))?;
+                let values = items
+                    .into_iter()
+                    .map(|item| match item {
+                        None => Ok(ScalarValue::try_from(elem)?),
+                        Some(t) => ScalarValue::Utf8(Some(t.clone())).cast_to(elem).map_err(|_| {
+                            StromError::user("22P02", format!("invalid input syntax for type {elem}: \"{t}\""))
+                        }),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, elem)));
+            }
+            _ => ScalarValue::Utf8(Some(s.clone())),
+        },
         Param::Binary(oid, bytes) => {
             let oid = if *oid != 0 { *oid } else { declared_oid };
             let oid = if oid != 0 {

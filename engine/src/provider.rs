@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Constraint, Constraints};
+use datafusion::common::Constraints;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -58,13 +58,14 @@ impl StromTable {
                 def.visible_arrow_schema(),
             )
         };
-        let constraints = if def.user_pk {
-            Some(Constraints::new_unverified(vec![Constraint::PrimaryKey(
-                def.pk.clone(),
-            )]))
-        } else {
-            None
-        };
+        // Every field is declared nullable: NOT NULL is enforced when rows are written, with
+        // PostgreSQL's error naming the column, rather than by DataFusion's generic check.
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        // The primary key is not reported to DataFusion as a constraint: its insert planning
+        // would then reject NULLs itself, before Strom can name the column (23502).
+        let constraints = None;
         StromTable {
             def,
             snapshot,

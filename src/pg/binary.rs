@@ -314,12 +314,49 @@ pub fn decode_param(oid: u32, bytes: &[u8]) -> Result<ScalarValue, String> {
             ))
         }
         1700 => decode_numeric(bytes)?,
+        oid if matches!(crate::pg_catalog::type_by_oid(oid), Some(SqlType::Array(_))) => decode_array(oid, bytes)?,
         other => {
             return Err(format!(
                 "binary parameters of type oid {other} are not supported; send them as text"
             ))
         }
     })
+}
+
+/// `array_recv` for one-dimensional arrays.
+fn decode_array(oid: u32, b: &[u8]) -> Result<ScalarValue, String> {
+    let Some(SqlType::Array(elem)) = crate::pg_catalog::type_by_oid(oid) else {
+        return Err(format!("type oid {oid} is not an array"));
+    };
+    let rd_i32 = |pos: usize| -> Result<i32, String> {
+        b.get(pos..pos + 4)
+            .map(|s| i32::from_be_bytes(s.try_into().expect("invariant: 4 bytes")))
+            .ok_or_else(|| "array parameter is truncated".to_string())
+    };
+    let ndim = rd_i32(0)?;
+    let elem_type = elem.to_arrow();
+    if ndim == 0 {
+        return Ok(ScalarValue::List(ScalarValue::new_list_nullable(&[], &elem_type)));
+    }
+    if ndim != 1 {
+        return Err("only one-dimensional array parameters are supported".into());
+    }
+    let elem_oid = rd_i32(8)? as u32;
+    let len = rd_i32(12)?;
+    let mut pos = 20;
+    let mut items = Vec::with_capacity(len.max(0) as usize);
+    for _ in 0..len {
+        let n = rd_i32(pos)?;
+        pos += 4;
+        if n < 0 {
+            items.push(ScalarValue::try_from(&elem_type).map_err(|e| e.to_string())?);
+            continue;
+        }
+        let data = b.get(pos..pos + n as usize).ok_or("array parameter is truncated")?;
+        pos += n as usize;
+        items.push(decode_param(elem_oid, data)?.cast_to(&elem_type).map_err(|e| e.to_string())?);
+    }
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&items, &elem_type)))
 }
 
 fn utf8(b: &[u8]) -> Result<String, String> {

@@ -308,7 +308,7 @@ fn portal_params(portal: &Portal<Prepared>) -> (Vec<Param>, Vec<u32>) {
 }
 
 fn to_pg_types(
-    types: &[Option<datafusion::arrow::datatypes::DataType>],
+    types: &[Option<datafusion::arrow::datatypes::FieldRef>],
     declared: &[Option<Type>],
 ) -> Vec<Type> {
     let n = types.len().max(declared.len());
@@ -321,7 +321,7 @@ fn to_pg_types(
                 .get(i)
                 .cloned()
                 .flatten()
-                .and_then(|dt| SqlType::from_arrow(&dt, &Default::default()))
+                .and_then(|f| SqlType::from_arrow(f.data_type(), f.metadata()))
                 .map(|t| pg_type(&t))
                 .unwrap_or(Type::TEXT)
         })
