@@ -150,6 +150,14 @@ fn coerce_row(def: &TableDef, row: Vec<ScalarValue>) -> Result<Vec<ScalarValue>>
                     strom_engine::EngineError::not_null_violation(&def.name, &c.name).into(),
                 );
             }
+            if let (SqlType::Jsonb, ScalarValue::Utf8(Some(s))) = (&c.ty, &v) {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(s) {
+                    return Err(StromError::user(
+                        "22P02",
+                        format!("invalid input syntax for type json: {e}"),
+                    ));
+                }
+            }
             if let (SqlType::Varchar(Some(n)), ScalarValue::Utf8(Some(s))) = (&c.ty, &v) {
                 if s.chars().count() > *n as usize {
                     return Err(StromError::user(
@@ -580,7 +588,7 @@ async fn plan_select(
     let mut stmt = stmts
         .pop()
         .ok_or_else(|| StromError::user("XX000", "internal error: empty DML select"))?;
-    strom_sql::rewrite::rewrite_statement_with(&mut stmt, &crate::pg_catalog::is_empty_relation);
+    query::prepare_statement(&mut stmt, catalog, settings)?;
     let env = QueryEnv::with_hidden(catalog.clone(), snapshot, settings.clone(), def.id);
     let ctx = env.context();
     let plan = query::plan(&ctx, &stmt).await?;

@@ -89,6 +89,7 @@ fn arrow_code(msg: &str) -> (&'static str, String) {
     let code = if lower.contains("divide by zero") || lower.contains("division by zero") {
         return ("22012", "division by zero".into());
     } else if lower.contains("overflow")
+        || lower.contains("can't cast value")
         || lower.contains("too large to store")
         || lower.contains("out of range")
     {
@@ -121,10 +122,15 @@ fn datafusion_code(e: &DataFusionError) -> (&'static str, String) {
         DataFusionError::NotImplemented(m) => ("0A000", format!("not supported: {m}")),
         DataFusionError::ArrowError(a, _) => arrow_code(&a.to_string()),
         DataFusionError::Execution(m) => arrow_code(m),
-        DataFusionError::External(inner) => match inner.downcast_ref::<EngineError>() {
-            Some(engine) => engine_code(engine),
-            None => ("XX000", inner.to_string()),
-        },
+        DataFusionError::External(inner) => {
+            if let Some(engine) = inner.downcast_ref::<EngineError>() {
+                engine_code(engine)
+            } else if let Some(sql) = inner.downcast_ref::<SqlError>() {
+                (sql.sqlstate(), sql.to_string())
+            } else {
+                ("XX000", inner.to_string())
+            }
+        }
         DataFusionError::Configuration(m) => ("22023", m.clone()),
         other => ("XX000", other.to_string()),
     }

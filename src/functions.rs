@@ -399,6 +399,25 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
             }),
         );
     }
+    // PostgreSQL's octet_length also takes bytea; DataFusion's only takes text.
+    add(
+        ctx,
+        "octet_length",
+        &[1],
+        DataType::Int32,
+        Arc::new(|args| match args.first() {
+            Some(
+                ScalarValue::Binary(Some(b))
+                | ScalarValue::LargeBinary(Some(b))
+                | ScalarValue::BinaryView(Some(b)),
+            ) => ScalarValue::Int32(Some(b.len() as i32)),
+            Some(v) => match as_str(v) {
+                Some(s) => ScalarValue::Int32(Some(s.len() as i32)),
+                None => ScalarValue::Int32(None),
+            },
+            None => ScalarValue::Int32(None),
+        }),
+    );
     add(
         ctx,
         "pg_encoding_to_char",

@@ -10,6 +10,7 @@ mod error;
 mod functions;
 mod pg;
 mod pg_catalog;
+mod pg_literals;
 mod query;
 mod session;
 

@@ -98,6 +98,11 @@ impl QueryEnv {
             .with_config(config)
             .with_default_features()
             .with_catalog_list(list)
+            .with_analyzer_rules(vec![
+                Arc::new(crate::pg_literals::PgLiteralRule),
+                Arc::new(datafusion::optimizer::analyzer::resolve_grouping_function::ResolveGroupingFunction::new()),
+                Arc::new(datafusion::optimizer::analyzer::type_coercion::TypeCoercion::new()),
+            ])
             .build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx, self);
@@ -135,6 +140,155 @@ impl QueryEnv {
             defaults,
         ))
     }
+}
+
+/// Readies a parsed statement for DataFusion: PostgreSQL-compatibility rewrites, string
+/// literals read as their target column's type, and unqualified table names resolved
+/// along the session's `search_path` (with `pg_catalog` first, as in PostgreSQL).
+pub fn prepare_statement(
+    stmt: &mut Statement,
+    catalog: &Catalog,
+    settings: &Settings,
+) -> Result<()> {
+    strom_sql::rewrite::rewrite_statement_with(stmt, &crate::pg_catalog::is_empty_relation)?;
+    coerce_target_literals(stmt, catalog, settings)?;
+    qualify_relations(stmt, catalog, settings);
+    Ok(())
+}
+
+fn coerce_target_literals(
+    stmt: &mut Statement,
+    catalog: &Catalog,
+    settings: &Settings,
+) -> Result<()> {
+    use sqlparser::ast::{AssignmentTarget, SetExpr, TableFactor, TableObject};
+    use strom_sql::literal::typed_literal;
+    use strom_sql::rewrite::string_literal;
+    let resolve = |name: &sqlparser::ast::ObjectName| -> Option<TableDef> {
+        let (schema, table) = strom_sql::ddl::object_name(name).ok()?;
+        catalog
+            .resolve_table(schema.as_deref(), &table, &settings.search_path)
+            .ok()
+            .cloned()
+    };
+    let coerce = |def: &TableDef, col: &str, e: &mut sqlparser::ast::Expr| -> Result<()> {
+        let Some(c) = def.columns.iter().find(|c| c.name == col) else {
+            return Ok(());
+        };
+        if let Some(lit) = string_literal(e) {
+            if c.ty == strom_catalog::SqlType::Timestamptz {
+                if let Some(local) =
+                    crate::pg_literals::localize_timestamp(lit, &settings.time_zone)
+                {
+                    *e = sqlparser::ast::Expr::value(sqlparser::ast::Value::SingleQuotedString(
+                        local,
+                    ));
+                    return Ok(());
+                }
+            }
+            if let Some(typed) = typed_literal(&c.ty, lit)? {
+                *e = typed;
+            }
+        }
+        Ok(())
+    };
+    match stmt {
+        Statement::Insert(ins) => {
+            let TableObject::TableName(name) = &ins.table else {
+                return Ok(());
+            };
+            let Some(def) = resolve(name) else {
+                return Ok(());
+            };
+            let targets: Vec<String> = if ins.columns.is_empty() {
+                def.visible_columns().map(|(_, c)| c.name.clone()).collect()
+            } else {
+                ins.columns
+                    .iter()
+                    .map(|c| {
+                        strom_sql::ddl::object_name(c)
+                            .map(|(_, n)| n)
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            };
+            if let Some(source) = &mut ins.source {
+                if let SetExpr::Values(values) = source.body.as_mut() {
+                    for row in &mut values.rows {
+                        for (e, col) in row.iter_mut().zip(&targets) {
+                            coerce(&def, col, e)?;
+                        }
+                    }
+                }
+            }
+        }
+        Statement::Update(up) => {
+            let TableFactor::Table { name, .. } = &up.table.relation else {
+                return Ok(());
+            };
+            let Some(def) = resolve(name) else {
+                return Ok(());
+            };
+            for a in &mut up.assignments {
+                if let AssignmentTarget::ColumnName(n) = &a.target {
+                    let col = strom_sql::ddl::object_name(n)
+                        .map(|(_, c)| c)
+                        .unwrap_or_default();
+                    coerce(&def, &col, &mut a.value)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Qualifies unqualified table names with the schema `search_path` finds them in. CTE names
+/// are left alone.
+fn qualify_relations(stmt: &mut Statement, catalog: &Catalog, settings: &Settings) {
+    use sqlparser::ast::{Ident, ObjectNamePart, Query, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Ctes(Vec<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                self.0.extend(
+                    with.cte_tables
+                        .iter()
+                        .map(|c| strom_sql::ddl::ident_name(&c.alias.name)),
+                );
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(Vec::new());
+    let _ = stmt.visit(&mut ctes);
+    let _ = sqlparser::ast::visit_relations_mut(stmt, |name| {
+        if name.0.len() == 1 {
+            if let Some(ident) = name.0[0].as_ident() {
+                let n = strom_sql::ddl::ident_name(ident);
+                let schema = if ctes.0.contains(&n) {
+                    None
+                } else if crate::pg_catalog::RELATIONS.iter().any(|(r, _)| *r == n) {
+                    Some("pg_catalog".to_string())
+                } else {
+                    catalog
+                        .resolve_table(None, &n, &settings.search_path)
+                        .ok()
+                        .and_then(|t| catalog.schema(t.schema))
+                        .map(|s| s.name.clone())
+                };
+                if let Some(schema) = schema {
+                    name.0.insert(
+                        0,
+                        ObjectNamePart::Identifier(Ident::with_quote('"', schema)),
+                    );
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Plans an (already rewritten) statement.

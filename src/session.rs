@@ -218,10 +218,7 @@ impl Session {
         param_oids: &[u32],
     ) -> Result<Outcome> {
         let mut stmt = stmt.clone();
-        strom_sql::rewrite::rewrite_statement_with(
-            &mut stmt,
-            &crate::pg_catalog::is_empty_relation,
-        );
+        query::prepare_statement(&mut stmt, &self.db.catalog(), &self.settings())?;
         match &stmt {
             Statement::Query(_) | Statement::Explain { .. } => {
                 let env = self.env();
@@ -281,10 +278,7 @@ impl Session {
     /// Parameter types and result columns of a statement, without running it.
     pub async fn describe(&self, stmt: &Statement) -> Result<Description> {
         let mut stmt = stmt.clone();
-        strom_sql::rewrite::rewrite_statement_with(
-            &mut stmt,
-            &crate::pg_catalog::is_empty_relation,
-        );
+        query::prepare_statement(&mut stmt, &self.db.catalog(), &self.settings())?;
         match &stmt {
             Statement::Query(_) | Statement::Explain { .. } => {
                 let env = self.env();
@@ -427,8 +421,14 @@ pub fn statement_kind(stmt: &Statement) -> String {
 /// The parameter types DataFusion inferred, by position (fields keep the jsonb tag).
 pub fn param_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
     let fields = plan.get_parameter_fields()?;
-    let n = fields.keys().filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok()).max().unwrap_or(0);
-    Ok((1..=n).map(|i| fields.get(&format!("${i}")).cloned().flatten()).collect())
+    let n = fields
+        .keys()
+        .filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    Ok((1..=n)
+        .map(|i| fields.get(&format!("${i}")).cloned().flatten())
+        .collect())
 }
 
 /// Substitutes bound parameter values into a plan, converting each to the type the plan
@@ -471,17 +471,24 @@ pub fn param_value(
         Param::Text(s) => match target {
             DataType::List(field) => {
                 let elem = field.data_type();
-                let items = crate::pg::text::parse_array(s).map_err(|m| StromError::user("22P02", m))?;
+                let items = strom_sql::literal::parse_array(s)?;
                 let values = items
                     .into_iter()
                     .map(|item| match item {
                         None => Ok(ScalarValue::try_from(elem)?),
-                        Some(t) => ScalarValue::Utf8(Some(t.clone())).cast_to(elem).map_err(|_| {
-                            StromError::user("22P02", format!("invalid input syntax for type {elem}: \"{t}\""))
-                        }),
+                        Some(t) => ScalarValue::Utf8(Some(t.clone()))
+                            .cast_to(elem)
+                            .map_err(|_| {
+                                StromError::user(
+                                    "22P02",
+                                    format!("invalid input syntax for type {elem}: \"{t}\""),
+                                )
+                            }),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, elem)));
+                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &values, elem,
+                )));
             }
             _ => ScalarValue::Utf8(Some(s.clone())),
         },

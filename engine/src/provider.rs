@@ -61,7 +61,11 @@ impl StromTable {
         // Every field is declared nullable: NOT NULL is enforced when rows are written, with
         // PostgreSQL's error naming the column, rather than by DataFusion's generic check.
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
-            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
         ));
         // The primary key is not reported to DataFusion as a constraint: its insert planning
         // would then reject NULLs itself, before Strom can name the column (23502).

@@ -86,8 +86,12 @@ fn flip(op: Operator) -> Operator {
 /// `a = 1 OR a = 3` (DataFusion's form of a short IN list) constrains key column `a`.
 fn collect_or(def: &TableDef, filter: &Expr, bounds: &mut [ColumnBounds]) {
     let mut values = Vec::new();
-    let Some(col) = or_of_equalities(def, filter, &mut values) else { return };
-    let Some(k) = def.pk.iter().position(|&p| p == col) else { return };
+    let Some(col) = or_of_equalities(def, filter, &mut values) else {
+        return;
+    };
+    let Some(k) = def.pk.iter().position(|&p| p == col) else {
+        return;
+    };
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values.dedup();
     bounds[k].eq = Some(values);
@@ -97,12 +101,20 @@ fn collect_or(def: &TableDef, filter: &Expr, bounds: &mut [ColumnBounds]) {
 /// the literals.
 fn or_of_equalities(def: &TableDef, e: &Expr, values: &mut Vec<ScalarValue>) -> Option<usize> {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
             let l = or_of_equalities(def, left, values)?;
             let r = or_of_equalities(def, right, values)?;
             (l == r).then_some(l)
         }
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
             let (col, lit) = match (column_index(def, left), column_index(def, right)) {
                 (Some(c), None) => (c, right.as_ref()),
                 (None, Some(c)) => (c, left.as_ref()),
@@ -126,7 +138,9 @@ fn collect(def: &TableDef, filter: &Expr, bounds: &mut [ColumnBounds]) {
             collect(def, left, bounds);
             collect(def, right, bounds);
         }
-        Expr::BinaryExpr(BinaryExpr { op: Operator::Or, .. }) => collect_or(def, filter, bounds),
+        Expr::BinaryExpr(BinaryExpr {
+            op: Operator::Or, ..
+        }) => collect_or(def, filter, bounds),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (col, lit, op) = match (column_index(def, left), column_index(def, right)) {
                 (Some(c), None) => (c, right.as_ref(), *op),

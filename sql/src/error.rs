@@ -24,6 +24,9 @@ pub enum SqlError {
     /// 42P16
     #[error("{0}")]
     InvalidDefinition(String),
+    /// A literal that is not a valid value of its type (22P02, 22007, 22008, ...).
+    #[error("{message}")]
+    InvalidValue { code: &'static str, message: String },
 }
 
 impl SqlError {
@@ -35,6 +38,7 @@ impl SqlError {
             SqlError::UnknownColumn(_) => "42703",
             SqlError::DuplicateColumn(_) => "42701",
             SqlError::InvalidDefinition(_) => "42P16",
+            SqlError::InvalidValue { code, .. } => code,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod ddl;
 pub mod error;
+pub mod literal;
 pub mod parser;
 pub mod rewrite;
 pub mod types;

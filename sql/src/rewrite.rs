@@ -21,19 +21,30 @@ use sqlparser::ast::{
 };
 
 /// Applies every rewrite to a statement in place.
-pub fn rewrite_statement(stmt: &mut Statement) {
+pub fn rewrite_statement(stmt: &mut Statement) -> crate::Result<()> {
     rewrite_statement_with(stmt, &|_| false)
 }
 
 /// Like [`rewrite_statement`]; `empty_catalog` tells which `pg_catalog` relations have no
 /// rows, so that scalar subqueries over them can be replaced by NULL.
-pub fn rewrite_statement_with(stmt: &mut Statement, empty_catalog: &dyn Fn(&str) -> bool) {
-    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
-        rewrite_expr(e, empty_catalog);
-        ControlFlow::<()>::Continue(())
+pub fn rewrite_statement_with(
+    stmt: &mut Statement,
+    empty_catalog: &dyn Fn(&str) -> bool,
+) -> crate::Result<()> {
+    let mut error = None;
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| match rewrite_expr(e, empty_catalog) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(err) => {
+            error = Some(err);
+            ControlFlow::Break(())
+        }
     });
+    if let Some(e) = error {
+        return Err(e);
+    }
     let _ = stmt.visit(&mut EmptyCatalogSelects { empty_catalog });
     let _ = stmt.visit(&mut OutputNames);
+    Ok(())
 }
 
 /// A SELECT (without aggregates or GROUP BY) whose FROM is one empty `pg_catalog` relation,
@@ -478,7 +489,78 @@ fn reads_empty_catalog(q: &Query, empty_catalog: &dyn Fn(&str) -> bool) -> bool 
         })
 }
 
-fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) {
+/// `1e20` as `100000000000000000000`, if the plain form fits a 38-digit decimal.
+fn expand_exponent(n: &str) -> Option<String> {
+    let (mantissa, exp) = n.split_once(['e', 'E'])?;
+    let exp: i32 = exp.parse().ok()?;
+    let neg = mantissa.starts_with('-');
+    let m = mantissa.trim_start_matches(['-', '+']);
+    let (int, frac) = m.split_once('.').unwrap_or((m, ""));
+    let digits = format!("{int}{frac}");
+    let point = int.len() as i32 + exp; // position of the decimal point in `digits`
+    let plain = if point <= 0 {
+        format!("0.{}{}", "0".repeat((-point) as usize), digits)
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    };
+    let (i, f) = plain.split_once('.').unwrap_or((&plain, ""));
+    if i.trim_start_matches('0').len() + f.len() > 38 {
+        return None;
+    }
+    Some(if neg { format!("-{plain}") } else { plain })
+}
+
+/// The string inside a plain string literal.
+pub fn string_literal(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::SingleQuotedString(s)
+            | sqlparser::ast::Value::EscapedStringLiteral(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) -> crate::Result<()> {
+    // 'literal'::type for types whose PostgreSQL input syntax Arrow does not parse.
+    if let Expr::Cast {
+        expr, data_type, ..
+    } = e
+    {
+        if let (Some(lit), Ok(ty)) = (string_literal(expr), crate::types::sql_type(data_type)) {
+            if let Some(typed) = crate::literal::typed_literal(&ty, lit)? {
+                *e = typed;
+                return Ok(());
+            }
+        }
+    }
+    // Numeric literals with an exponent (1e308) do not fit a decimal: read them as double.
+    if let Expr::Value(v) = e {
+        if let sqlparser::ast::Value::Number(n, _) = &v.value {
+            if n.contains(['e', 'E']) {
+                if let Some(plain) = expand_exponent(n) {
+                    *e = Expr::value(sqlparser::ast::Value::Number(plain, false));
+                    return Ok(());
+                }
+                let n = n.clone();
+                *e = Expr::Cast {
+                    kind: sqlparser::ast::CastKind::Cast,
+                    expr: Box::new(Expr::value(sqlparser::ast::Value::SingleQuotedString(n))),
+                    data_type: DataType::DoublePrecision,
+                    array: false,
+                    format: None,
+                };
+                return Ok(());
+            }
+        }
+    }
     match e {
         Expr::Function(f) => strip_pg_catalog(&mut f.name),
         Expr::BinaryOp { op, .. } => {
@@ -526,6 +608,7 @@ fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) {
         },
         _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -535,7 +618,7 @@ mod tests {
 
     fn rw(sql: &str) -> String {
         let mut s = parse(sql).unwrap().remove(0);
-        rewrite_statement(&mut s);
+        rewrite_statement(&mut s).unwrap();
         s.to_string()
     }
 
@@ -549,6 +632,15 @@ mod tests {
             rw("SELECT 'meter'::regclass"),
             "SELECT to_regclass_oid('meter') AS \"to_regclass_oid\""
         );
+    }
+
+    #[test]
+    fn exponent_literals_become_decimals_when_they_fit() {
+        assert_eq!(expand_exponent("1e20").unwrap(), "100000000000000000000");
+        assert_eq!(expand_exponent("1e-05").unwrap(), "0.00001");
+        assert_eq!(expand_exponent("-2.5E3").unwrap(), "-2500");
+        assert_eq!(expand_exponent("1.17549435e-38"), None);
+        assert_eq!(expand_exponent("1.7976931348623157e308"), None);
     }
 
     #[test]
@@ -577,7 +669,7 @@ mod empty_catalog_tests {
     #[test]
     fn selects_over_empty_catalogs_drop_their_expressions() {
         let mut s = parse("SELECT pubname, array_upper(x, 1) FROM pg_catalog.pg_publication p JOIN pg_catalog.pg_class c ON c.oid = p.oid WHERE f(x) UNION SELECT relname, NULL FROM pg_catalog.pg_class ORDER BY 1").unwrap().remove(0);
-        rewrite_statement_with(&mut s, &|n| n == "pg_publication");
+        rewrite_statement_with(&mut s, &|n| n == "pg_publication").unwrap();
         assert_eq!(
             s.to_string(),
             "SELECT NULL AS \"pubname\", NULL AS \"array_upper\" FROM pg_catalog.pg_publication p JOIN pg_catalog.pg_class c ON c.oid = p.oid UNION SELECT relname, NULL FROM pg_catalog.pg_class ORDER BY 1"

@@ -22,7 +22,7 @@ pub fn encode_cell(
     opts: &TextOptions,
     out: &mut BytesMut,
 ) -> bool {
-    if array.is_null(row) {
+    if array.is_null(row) || array.data_type() == &DataType::Null {
         return false;
     }
     encode_value(array.as_ref(), row, ty, opts, out);
@@ -314,7 +314,9 @@ pub fn decode_param(oid: u32, bytes: &[u8]) -> Result<ScalarValue, String> {
             ))
         }
         1700 => decode_numeric(bytes)?,
-        oid if matches!(crate::pg_catalog::type_by_oid(oid), Some(SqlType::Array(_))) => decode_array(oid, bytes)?,
+        oid if matches!(crate::pg_catalog::type_by_oid(oid), Some(SqlType::Array(_))) => {
+            decode_array(oid, bytes)?
+        }
         other => {
             return Err(format!(
                 "binary parameters of type oid {other} are not supported; send them as text"
@@ -336,7 +338,10 @@ fn decode_array(oid: u32, b: &[u8]) -> Result<ScalarValue, String> {
     let ndim = rd_i32(0)?;
     let elem_type = elem.to_arrow();
     if ndim == 0 {
-        return Ok(ScalarValue::List(ScalarValue::new_list_nullable(&[], &elem_type)));
+        return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+            &[],
+            &elem_type,
+        )));
     }
     if ndim != 1 {
         return Err("only one-dimensional array parameters are supported".into());
@@ -352,11 +357,19 @@ fn decode_array(oid: u32, b: &[u8]) -> Result<ScalarValue, String> {
             items.push(ScalarValue::try_from(&elem_type).map_err(|e| e.to_string())?);
             continue;
         }
-        let data = b.get(pos..pos + n as usize).ok_or("array parameter is truncated")?;
+        let data = b
+            .get(pos..pos + n as usize)
+            .ok_or("array parameter is truncated")?;
         pos += n as usize;
-        items.push(decode_param(elem_oid, data)?.cast_to(&elem_type).map_err(|e| e.to_string())?);
+        items.push(
+            decode_param(elem_oid, data)?
+                .cast_to(&elem_type)
+                .map_err(|e| e.to_string())?,
+        );
     }
-    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&items, &elem_type)))
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+        &items, &elem_type,
+    )))
 }
 
 fn utf8(b: &[u8]) -> Result<String, String> {

@@ -34,7 +34,7 @@ pub fn format_cell(
     opts: &TextOptions,
     out: &mut String,
 ) -> bool {
-    if array.is_null(row) {
+    if array.is_null(row) || array.data_type() == &DataType::Null {
         return false;
     }
     format_value(array.as_ref(), row, ty, opts, out);
@@ -511,57 +511,6 @@ fn write_json(v: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// Parses PostgreSQL's array text form (`{1,NULL,"a b"}`) into element texts (`None` for
-/// NULL). Only one-dimensional arrays.
-pub fn parse_array(s: &str) -> Result<Vec<Option<String>>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('{')
-        .and_then(|x| x.strip_suffix('}'))
-        .ok_or_else(|| format!("malformed array literal: \"{s}\""))?;
-    let mut items = Vec::new();
-    if inner.trim().is_empty() {
-        return Ok(items);
-    }
-    let mut chars = inner.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut item = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('\\') => item.extend(chars.next()),
-                    Some('"') => break,
-                    Some(c) => item.push(c),
-                    None => return Err(format!("malformed array literal: \"{s}\"")),
-                }
-            }
-        }
-        while let Some(&c) = chars.peek() {
-            if c == ',' {
-                break;
-            }
-            if c == '{' || c == '"' {
-                return Err(format!("malformed array literal: \"{s}\" (nested arrays are not supported)"));
-            }
-            if !quoted {
-                item.push(c);
-            }
-            chars.next();
-        }
-        let item = if quoted { item } else { item.trim().to_string() };
-        items.push(if !quoted && item.eq_ignore_ascii_case("null") { None } else { Some(item) });
-        if chars.next().is_none() {
-            break;
-        }
-    }
-    Ok(items)
-}
-
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch for binary dates and timestamps.
 pub const PG_EPOCH_DAYS: i64 = 10_957;
 
@@ -659,15 +608,6 @@ mod tests {
             &mut o,
         );
         assert_eq!(o, "2025-03-13 14:35:00.5+05:30");
-    }
-
-    #[test]
-    fn array_literals_parse() {
-        assert_eq!(parse_array("{1,NULL, 3}").unwrap(), vec![Some("1".into()), None, Some("3".into())]);
-        assert_eq!(parse_array(r#"{"a b","x\"y",NULL,"NULL"}"#).unwrap(), vec![Some("a b".into()), Some("x\"y".into()), None, Some("NULL".into())]);
-        assert_eq!(parse_array("{}").unwrap(), Vec::<Option<String>>::new());
-        assert!(parse_array("1,2").is_err());
-        assert!(parse_array("{{1},{2}}").is_err());
     }
 
     #[test]
