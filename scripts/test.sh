@@ -16,6 +16,7 @@
 #   3. starts the services in $TEST_SERVICES via scripts/services.sh and exports the TEST_* env it prints.
 #   4. cargo test --workspace (builds the strom binary too; tests/it spawns $CARGO_TARGET_DIR/debug/strom).
 #   5. pytest tests/clients with STROM_BIN=$CARGO_TARGET_DIR/debug/strom (each module starts its own server).
+#   6. cargo fmt --check and cargo clippy --all-targets -D warnings.
 #   then prints a summary with per-phase timings and exits non-zero if any phase failed.
 #
 # Environment:
@@ -24,6 +25,7 @@
 #   TEST_SERVICES        services to start, default "pg" (any of: pg mariadb mqtt kafka)
 #   STROM_LONG_TESTS=1   passed through to the tests: also run the long (soak) tests
 #   STROM_SKIP_PYTHON=1  skip the Python client tests (e.g. while iterating on one cargo test)
+#   STROM_SKIP_LINT=1    skip the final cargo fmt --check / cargo clippy -D warnings phase
 #   PYTEST_ARGS          extra arguments for pytest (word-split), e.g. PYTEST_ARGS="-k binary -x"
 #   PYTEST_TIMEOUT       seconds before the Python client tests are killed (default 600)
 #   Service ports/dirs:  see scripts/services.sh (PG_PORT, SVC_DIR, ...)
@@ -93,7 +95,20 @@ on_exit() {
   if [ "$COUNTED" = 1 ]; then
     echo "total: $((CARGO_PASSED + PY_PASSED)) passed, $((CARGO_FAILED + PY_FAILED)) failed"
   fi
-  if [ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then echo "RESULT: OK"; else echo "RESULT: FAILED"; fi
+  if # ---------------- 6. lint: formatting and clippy (the code must stay warning-free) ----------------
+phase_begin lint
+if [ "${STROM_SKIP_LINT:-0}" = 1 ]; then
+  phase_end skipped "STROM_SKIP_LINT=1"
+else
+  rc=0
+  cargo fmt --all -- --check 2>&1 | tail -20 || rc=$?
+  if [ $rc = 0 ]; then
+    cargo clippy --workspace --all-targets -q -- -D warnings 2>&1 | tail -40 || rc=$?
+  fi
+  if [ $rc = 0 ]; then phase_end ok "fmt + clippy clean"; else phase_end FAILED "exit $rc"; fi
+fi
+
+[ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then echo "RESULT: OK"; else echo "RESULT: FAILED"; fi
   rm -rf "$LOGDIR"
   if [ "$FAILED" != 0 ] && [ "$rc" = 0 ]; then rc=1; fi
   exit "$rc"

@@ -12,17 +12,11 @@ use crate::error::Result;
 /// How many key-value pairs one scan step reads before handing back control.
 pub const SCAN_STEP: usize = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// fsync the WAL on every commit. Off by default: a committed write then survives a
     /// process crash (`kill -9`) but not a power loss or kernel panic.
     pub sync_writes: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions { sync_writes: false }
-    }
 }
 
 pub struct Store {
@@ -83,6 +77,9 @@ impl Store {
     }
 }
 
+/// Key-value pairs as read from RocksDB.
+pub type KvPairs = Vec<(Box<[u8]>, Box<[u8]>)>;
+
 /// A consistent point-in-time view of the store.
 pub struct Snapshot {
     snap: SnapshotWithThreadMode<'static, DB>,
@@ -109,12 +106,7 @@ impl Snapshot {
     }
 
     /// Up to `limit` pairs with `lower <= key < upper`, in key order.
-    pub fn scan(
-        &self,
-        lower: &[u8],
-        upper: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn scan(&self, lower: &[u8], upper: &[u8], limit: usize) -> Result<KvPairs> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(lower.to_vec());
         ro.set_iterate_upper_bound(upper.to_vec());

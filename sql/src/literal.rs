@@ -108,7 +108,7 @@ pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
     };
     if let Some(h) = s.strip_prefix("\\x") {
         let digits: Vec<u8> = h.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(SqlError::InvalidValue {
                 code: "22P02",
                 message: "invalid hexadecimal data: odd number of digits".into(),
@@ -132,7 +132,7 @@ pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
         } else if b.get(i + 1) == Some(&b'\\') {
             out.push(b'\\');
             i += 2;
-        } else if i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        } else if i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') as u32 * 64
                 + (b[i + 2] - b'0') as u32 * 8
                 + (b[i + 3] - b'0') as u32;
