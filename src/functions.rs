@@ -399,6 +399,18 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
             }),
         );
     }
+    add(
+        ctx,
+        "pg_size_pretty",
+        &[1],
+        utf8.clone(),
+        Arc::new(
+            |args| match args.first().and_then(|v| v.cast_to(&DataType::Int64).ok()) {
+                Some(ScalarValue::Int64(Some(n))) => text(size_pretty(n)),
+                _ => ScalarValue::Utf8(None),
+            },
+        ),
+    );
     // PostgreSQL's octet_length also takes bytea; DataFusion's only takes text.
     add(
         ctx,
@@ -553,6 +565,19 @@ fn pk_list(t: &strom_catalog::TableDef) -> String {
         .map(|&i| quote_ident(&t.columns[i].name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `pg_size_pretty`: bytes, kB, MB, GB, TB with PostgreSQL's rounding (switch units at
+/// 10 240 of the smaller one, round half up).
+fn size_pretty(n: i64) -> String {
+    let mut size = n as f64;
+    for unit in ["bytes", "kB", "MB", "GB", "TB"] {
+        if size.abs() < 10_240.0 || unit == "TB" {
+            return format!("{} {unit}", size.round() as i64);
+        }
+        size /= 1024.0;
+    }
+    unreachable!("the loop returns at TB")
 }
 
 /// `quote_ident`: quotes unless the name is a lower-case identifier.

@@ -385,7 +385,7 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
                         i4(c.ty.pg_typmod()),
                         b(type_len(&c.ty) > 0),
                         t("i"),
-                        t("p"),
+                        t(if type_len(&c.ty) < 0 { "x" } else { "p" }),
                         t(""),
                         b(!c.nullable),
                         b(c.default.is_some()),

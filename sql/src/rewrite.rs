@@ -479,14 +479,71 @@ fn reads_empty_catalog(q: &Query, empty_catalog: &dyn Fn(&str) -> bool) -> bool 
     let SetExpr::Select(select) = q.body.as_ref() else {
         return false;
     };
-    let simple_join = select.from.iter().all(|t| t.joins.is_empty());
-    simple_join
-        && select.from.iter().any(|t| match &t.relation {
-            sqlparser::ast::TableFactor::Table { name, .. } => {
-                last_part(name).is_some_and(|n| empty_catalog(&n))
-            }
-            _ => false,
+    let inner_joins = select.from.iter().flat_map(|t| &t.joins).all(|j| {
+        matches!(
+            j.join_operator,
+            sqlparser::ast::JoinOperator::Join(_) | sqlparser::ast::JoinOperator::Inner(_)
+        )
+    });
+    let empty = |f: &sqlparser::ast::TableFactor| match f {
+        sqlparser::ast::TableFactor::Table {
+            name, args: None, ..
+        } => last_part(name).is_some_and(|n| empty_catalog(&n)),
+        _ => false,
+    };
+    inner_joins
+        && select
+            .from
+            .iter()
+            .any(|t| empty(&t.relation) || t.joins.iter().any(|j| empty(&j.relation)))
+}
+
+/// `unnest(...)` in FROM: psql unnests `reloptions`, which Strom never sets.
+fn unnests_only(q: &Query) -> bool {
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return false;
+    };
+    !select.from.is_empty()
+        && select.from.iter().all(|t| {
+            t.joins.is_empty()
+                && match &t.relation {
+                    sqlparser::ast::TableFactor::Table {
+                        name,
+                        args: Some(_),
+                        ..
+                    } => last_part(name).as_deref() == Some("unnest"),
+                    sqlparser::ast::TableFactor::UNNEST { .. } => true,
+                    _ => false,
+                }
         })
+}
+
+/// `ARRAY(subquery)`, which DataFusion does not plan. Tools use it over catalogs; where the
+/// subquery provably returns no rows (an empty catalog relation, or `unnest` of options
+/// Strom never sets) it is the empty text array. Elsewhere it stays an error.
+fn empty_array_subquery(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) {
+    let Expr::Function(f) = e else { return };
+    if last_part(&f.name).as_deref() != Some("array") {
+        return;
+    }
+    let FunctionArguments::Subquery(q) = &f.args else {
+        return;
+    };
+    if reads_empty_catalog(q, empty_catalog) || unnests_only(q) {
+        *e = Expr::Cast {
+            kind: sqlparser::ast::CastKind::Cast,
+            expr: Box::new(Expr::Array(sqlparser::ast::Array {
+                elem: vec![],
+                named: true,
+            })),
+            data_type: DataType::Array(sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                Box::new(DataType::Varchar(None)),
+                None,
+            )),
+            array: false,
+            format: None,
+        };
+    }
 }
 
 /// `1e20` as `100000000000000000000`, if the plain form fits a 38-digit decimal.
@@ -561,6 +618,7 @@ fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) -> crate::Re
             }
         }
     }
+    empty_array_subquery(e, empty_catalog);
     match e {
         Expr::Function(f) => strip_pg_catalog(&mut f.name),
         Expr::BinaryOp { op, .. } => {

@@ -76,6 +76,16 @@ fn readme_session_in_psql_survives_restart_and_kill() {
     assert!(l.contains("dev|root|UTF8"), "\\l printed:\n{l}");
     let dn = psql(&server, "\\dn");
     assert!(dn.contains("public|root"), "\\dn printed:\n{dn}");
+    // The verbose and other common meta-commands run without errors and show the table.
+    let d_plus = psql(&server, "\\d+ meter");
+    assert!(
+        d_plus.contains("feeder|character varying||||extended|||"),
+        "\\d+ meter printed:\n{d_plus}"
+    );
+    assert!(psql(&server, "\\dt+").contains("public|meter|table|root|permanent|heap|"));
+    assert!(psql(&server, "\\di").contains("public|meter_pkey|index|root|meter"));
+    assert!(psql(&server, "\\du").contains("root|Superuser"));
+    assert!(psql(&server, "\\d").contains("public|meter|table|root"));
 
     server.restart();
     assert!(psql(&server, q).contains(expected_sum));
