@@ -19,6 +19,7 @@ pub mod provider;
 pub mod row;
 pub mod scan_range;
 pub mod store;
+pub mod stream;
 pub mod table;
 
 pub use database::{Database, WriteTxn};
