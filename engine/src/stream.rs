@@ -4,6 +4,7 @@
 //! - [`chunk`]: [`chunk::StreamChunk`], an Arrow batch whose rows carry an [`chunk::Op`],
 //!   and a compact text form for tests.
 //! - [`hash_agg`]: grouped and global aggregation with retraction.
+//! - [`project_filter`]: filters and projections with DataFusion physical expressions.
 //!
 //! Operators here are state machines driven by the caller: `apply(chunk)` folds a chunk
 //! into state, `flush()` (called at a barrier) emits the changes to the output since the
@@ -12,3 +13,4 @@
 
 pub mod chunk;
 pub mod hash_agg;
+pub mod project_filter;
