@@ -95,20 +95,7 @@ on_exit() {
   if [ "$COUNTED" = 1 ]; then
     echo "total: $((CARGO_PASSED + PY_PASSED)) passed, $((CARGO_FAILED + PY_FAILED)) failed"
   fi
-  if # ---------------- 6. lint: formatting and clippy (the code must stay warning-free) ----------------
-phase_begin lint
-if [ "${STROM_SKIP_LINT:-0}" = 1 ]; then
-  phase_end skipped "STROM_SKIP_LINT=1"
-else
-  rc=0
-  cargo fmt --all -- --check 2>&1 | tail -20 || rc=$?
-  if [ $rc = 0 ]; then
-    cargo clippy --workspace --all-targets -q -- -D warnings 2>&1 | tail -40 || rc=$?
-  fi
-  if [ $rc = 0 ]; then phase_end ok "fmt + clippy clean"; else phase_end FAILED "exit $rc"; fi
-fi
-
-[ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then echo "RESULT: OK"; else echo "RESULT: FAILED"; fi
+  if [ "$FAILED" = 0 ] && [ "$rc" = 0 ]; then echo "RESULT: OK"; else echo "RESULT: FAILED"; fi
   rm -rf "$LOGDIR"
   if [ "$FAILED" != 0 ] && [ "$rc" = 0 ]; then rc=1; fi
   exit "$rc"
@@ -191,6 +178,20 @@ else
   elif [ $rc = 5 ]; then phase_end FAILED "pytest collected no tests (exit 5)"
   elif [ $rc = 124 ] || [ $rc = 137 ]; then phase_end FAILED "timed out after ${PYTEST_TIMEOUT}s"
   else phase_end FAILED "exit $rc; $PY_PASSED passed, $PY_FAILED failed"; fi
+fi
+
+
+# ---------------- 6. lint: formatting and clippy (the code must stay warning-free) ----------------
+phase_begin lint
+if [ "${STROM_SKIP_LINT:-0}" = 1 ]; then
+  phase_end skipped "STROM_SKIP_LINT=1"
+else
+  rc=0
+  cargo fmt --all -- --check 2>&1 | tail -20 || rc=$?
+  if [ $rc = 0 ]; then
+    cargo clippy --workspace --all-targets -q -- -D warnings 2>&1 | tail -40 || rc=$?
+  fi
+  if [ $rc = 0 ]; then phase_end ok "fmt + clippy clean"; else phase_end FAILED "exit $rc"; fi
 fi
 
 [ "$FAILED" = 0 ]
