@@ -4,6 +4,7 @@
 //! - [`chunk`]: [`chunk::StreamChunk`], an Arrow batch whose rows carry an [`chunk::Op`],
 //!   and a compact text form for tests.
 //! - [`hash_agg`]: grouped and global aggregation with retraction.
+//! - [`hash_join`]: inner/left/right/full equi-joins with retraction.
 //! - [`project_filter`]: filters and projections with DataFusion physical expressions.
 //!
 //! Operators here are state machines driven by the caller: `apply(chunk)` folds a chunk
@@ -13,4 +14,5 @@
 
 pub mod chunk;
 pub mod hash_agg;
+pub mod hash_join;
 pub mod project_filter;
