@@ -16,3 +16,6 @@ pub mod chunk;
 pub mod hash_agg;
 pub mod hash_join;
 pub mod project_filter;
+
+#[cfg(test)]
+mod differential_tests;
