@@ -8,7 +8,6 @@
 //! Oids: user schemas and tables use `FIRST_USER_OID + id` (see `strom_catalog::ids`); the
 //! primary-key index of a table uses the table oid with [`INDEX_OID_BIT`] set.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -208,13 +207,6 @@ impl SchemaProvider for PgCatalogSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         RELATIONS.iter().any(|(n, _)| *n == name)
-    }
-}
-
-impl PgCatalogSchema {
-    #[allow(dead_code)]
-    fn as_any_ref(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -8,7 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
-use sqlparser::ast::{Expr, ObjectType, Set, Statement, Value};
+use sqlparser::ast::{Expr, Set, Statement, Value};
 use strom_engine::Database;
 
 use crate::error::{Result, StromError};
@@ -514,9 +514,4 @@ pub fn param_value(
             format!("invalid input syntax for parameter ${pos} of type {target}: \"{v}\""),
         )
     })
-}
-
-#[allow(dead_code)]
-fn object_type_name(t: &ObjectType) -> String {
-    t.to_string()
 }

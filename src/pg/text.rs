@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike};
 use chrono_tz::Tz;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{
@@ -523,14 +523,6 @@ pub fn parse_time_zone(name: &str) -> Option<Tz> {
     }
     n.parse::<Tz>().ok()
 }
-
-/// Today's date in the given zone, for `current_date`-like needs of the server.
-pub fn _today(tz: &Tz) -> NaiveDate {
-    chrono::Utc::now().with_timezone(tz).date_naive()
-}
-
-#[allow(dead_code)]
-fn _unused(_: NaiveTime) {}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 
@@ -70,26 +70,9 @@ impl StreamChunk {
 
     /// A chunk from rows of scalars of the given schema.
     pub fn from_rows(schema: &SchemaRef, rows: &[(Op, Vec<ScalarValue>)]) -> Result<Self> {
-        let columns: Vec<ArrayRef> = (0..schema.fields().len())
-            .map(|c| {
-                if rows.is_empty() {
-                    return Ok(datafusion::arrow::array::new_empty_array(
-                        schema.field(c).data_type(),
-                    ));
-                }
-                let array = ScalarValue::iter_to_array(rows.iter().map(|(_, r)| r[c].clone()))?;
-                if array.data_type() == schema.field(c).data_type() {
-                    Ok(array)
-                } else {
-                    Ok(datafusion::arrow::compute::cast(
-                        &array,
-                        schema.field(c).data_type(),
-                    )?)
-                }
-            })
-            .collect::<Result<_>>()?;
-        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let data = RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?;
+        let values: Vec<Vec<ScalarValue>> = rows.iter().map(|(_, r)| r.clone()).collect();
+        let projection: Vec<usize> = (0..schema.fields().len()).collect();
+        let data = crate::table::rows_to_batch(schema, &projection, &values)?;
         StreamChunk::new(rows.iter().map(|(op, _)| *op).collect(), data)
     }
 
@@ -111,17 +94,12 @@ impl StreamChunk {
 
     /// The rows as `(op, values)`.
     pub fn rows(&self) -> Result<Vec<(Op, Vec<ScalarValue>)>> {
-        (0..self.len())
-            .map(|r| {
-                let values = self
-                    .data
-                    .columns()
-                    .iter()
-                    .map(|c| ScalarValue::try_from_array(c, r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((self.ops[r], values))
-            })
-            .collect()
+        Ok(self
+            .ops
+            .iter()
+            .copied()
+            .zip(crate::table::batch_to_rows(&self.data)?)
+            .collect())
     }
 
     /// Parses the test text form: a header of type letters, then one row per line.

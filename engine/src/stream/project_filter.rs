@@ -59,14 +59,8 @@ impl ProjectFilter {
                 select(chunk.ops(), |i| mask.is_valid(i) && mask.value(i))
             }
         };
-        let indices = UInt32Array::from(rows);
-        let filtered: Vec<ArrayRef> = batch
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), &indices, None))
-            .collect::<Result<_, _>>()?;
-        let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
-        let filtered = RecordBatch::try_new_with_options(batch.schema(), filtered, &options)?;
+        let filtered = take_rows(batch, rows)?;
+        let options = RecordBatchOptions::new().with_row_count(Some(filtered.num_rows()));
         let columns: Vec<ArrayRef> = self
             .exprs
             .iter()
@@ -149,17 +143,23 @@ fn drop_no_op_updates(ops: Vec<Op>, batch: RecordBatch) -> Result<StreamChunk> {
     if keep.len() == ops.len() {
         return StreamChunk::new(ops, batch);
     }
-    let indices = UInt32Array::from(keep);
+    StreamChunk::new(keep_ops, take_rows(&batch, keep)?)
+}
+
+/// The rows of `batch` at `rows`, in that order.
+fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch> {
+    let indices = UInt32Array::from(rows);
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
         .map(|c| take(c.as_ref(), &indices, None))
         .collect::<Result<_, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
-    StreamChunk::new(
-        keep_ops,
-        RecordBatch::try_new_with_options(batch.schema(), columns, &options)?,
-    )
+    Ok(RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &options,
+    )?)
 }
 
 #[cfg(test)]
