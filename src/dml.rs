@@ -353,28 +353,10 @@ async fn apply_do_update(
         Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
     )?;
 
-    let mut assigned: Vec<Option<Expr>> = vec![None; def.columns.len()];
-    for a in &up.assignments {
-        let AssignmentTarget::ColumnName(name) = &a.target else {
-            return Err(StromError::unsupported(
-                "tuple assignment in ON CONFLICT DO UPDATE",
-            ));
-        };
-        let col = object_name(name)?.1;
-        let idx = def
-            .column_index(&col)
-            .filter(|&i| !def.columns[i].hidden)
-            .ok_or_else(|| {
-                StromError::user(
-                    "42703",
-                    format!(
-                        "column \"{col}\" of relation \"{}\" does not exist",
-                        def.name
-                    ),
-                )
-            })?;
-        assigned[idx] = Some(conflict_expr(a.value.clone(), table_names));
-    }
+    let assigned: Vec<Option<Expr>> = assigned_columns(def, &up.assignments)?
+        .into_iter()
+        .map(|e| e.map(|e| conflict_expr(e.clone(), table_names)))
+        .collect();
     let mut items: Vec<String> = Vec::new();
     for &i in &visible {
         let c = &def.columns[i];
@@ -423,6 +405,35 @@ async fn apply_do_update(
         }
     }
     Ok(updated)
+}
+
+/// The expression assigned to each column of `def` by `SET c = e, ...` (`None` where
+/// unassigned). Unknown and hidden columns are 42703, naming the column.
+fn assigned_columns<'a>(
+    def: &TableDef,
+    assignments: &'a [sqlparser::ast::Assignment],
+) -> Result<Vec<Option<&'a Expr>>> {
+    let mut assigned: Vec<Option<&Expr>> = vec![None; def.columns.len()];
+    for a in assignments {
+        let AssignmentTarget::ColumnName(n) = &a.target else {
+            return Err(StromError::unsupported("SET (a, b) = (...)"));
+        };
+        let col = object_name(n)?.1;
+        let idx = def
+            .column_index(&col)
+            .filter(|&i| !def.columns[i].hidden)
+            .ok_or_else(|| {
+                StromError::user(
+                    "42703",
+                    format!(
+                        "column \"{col}\" of relation \"{}\" does not exist",
+                        def.name
+                    ),
+                )
+            })?;
+        assigned[idx] = Some(&a.value);
+    }
+    Ok(assigned)
 }
 
 /// `EXCLUDED.c` -> `__excluded__c`; `t.c` -> `c` for the target's name or alias.
@@ -489,26 +500,7 @@ fn update_select<'a>(
     }
     let (name, q) = qualifier(&up.table)?;
     let def = resolve(catalog, settings, &name)?;
-    let mut assigned: Vec<Option<&Expr>> = vec![None; def.columns.len()];
-    for a in &up.assignments {
-        let AssignmentTarget::ColumnName(n) = &a.target else {
-            return Err(StromError::unsupported("UPDATE ... SET (a, b) = (...)"));
-        };
-        let col = object_name(n)?.1;
-        let idx = def
-            .column_index(&col)
-            .filter(|&i| !def.columns[i].hidden)
-            .ok_or_else(|| {
-                StromError::user(
-                    "42703",
-                    format!(
-                        "column \"{col}\" of relation \"{}\" does not exist",
-                        def.name
-                    ),
-                )
-            })?;
-        assigned[idx] = Some(&a.value);
-    }
+    let assigned = assigned_columns(def, &up.assignments)?;
     let mut items: Vec<String> = def
         .pk
         .iter()
