@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use strom_catalog::SqlType;
 
-use crate::pg_catalog::{index_oid_of, table_oid_of_index, type_by_oid};
+use crate::pg_catalog::{table_oid_of_index, type_by_oid};
 use crate::query::{QueryEnv, DATABASE_NAME};
 
 type Body = Arc<dyn Fn(&[ScalarValue]) -> ScalarValue + Send + Sync>;
@@ -246,7 +246,7 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
                 let Some(oid) = args.first().and_then(as_u32) else {
                     return ScalarValue::Boolean(None);
                 };
-                let oid = table_oid_of_index(oid).unwrap_or(oid);
+                let oid = table_oid_of_index(oid);
                 let visible = match env2.catalog.table_by_oid(oid) {
                     Some(t) => {
                         let first = env2
@@ -359,7 +359,7 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
                 let Some(t) = args
                     .first()
                     .and_then(as_u32)
-                    .and_then(table_oid_of_index)
+                    .map(table_oid_of_index)
                     .and_then(|o| env2.catalog.table_by_oid(o))
                 else {
                     return ScalarValue::Utf8(None);
@@ -390,7 +390,7 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
                 let Some(t) = args
                     .first()
                     .and_then(as_u32)
-                    .and_then(table_oid_of_index)
+                    .map(table_oid_of_index)
                     .and_then(|o| env2.catalog.table_by_oid(o))
                 else {
                     return ScalarValue::Utf8(None);
@@ -557,7 +557,6 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
             _ => ScalarValue::Utf8(None),
         }),
     );
-    let _ = index_oid_of;
 }
 
 fn pk_list(t: &strom_catalog::TableDef) -> String {

@@ -32,8 +32,8 @@ pub fn index_oid_of(table_oid: u32) -> u32 {
 }
 
 /// The table an index oid belongs to; a plain table oid maps to itself.
-pub fn table_oid_of_index(oid: u32) -> Option<u32> {
-    Some(oid & !INDEX_OID_BIT)
+pub fn table_oid_of_index(oid: u32) -> u32 {
+    oid & !INDEX_OID_BIT
 }
 
 /// The SQL type of a PostgreSQL type oid, for base and array types Strom knows.

@@ -151,13 +151,12 @@ impl Catalog {
 
     /// Adds a table; `def.id` is ignored and a fresh id assigned.
     pub fn create_table(&mut self, mut def: TableDef) -> Result<TableId> {
-        let schema = self
-            .schema(def.schema)
-            .ok_or_else(|| CatalogError::SchemaNotFound(format!("{:?}", def.schema)))?;
+        if self.schema(def.schema).is_none() {
+            return Err(CatalogError::SchemaNotFound(format!("{:?}", def.schema)));
+        }
         if self.table_by_name(def.schema, &def.name).is_some() {
             return Err(CatalogError::TableExists(def.name));
         }
-        let _ = schema;
         def.id = TableId(self.alloc_id());
         let id = def.id;
         self.tables.insert(id, def);

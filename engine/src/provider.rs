@@ -1,7 +1,6 @@
 //! [`StromTable`]: a DataFusion `TableProvider` over a table's rows at one snapshot, and
 //! [`StromScanExec`], the execution plan that streams them.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -309,11 +308,4 @@ impl ScanCursor {
             &rows,
         )?))
     }
-}
-
-/// Lets callers that only hold `dyn TableProvider` reach the definition.
-pub fn table_def_of(provider: &dyn Any) -> Option<&TableDef> {
-    provider
-        .downcast_ref::<StromTable>()
-        .map(|t| t.def.as_ref())
 }

@@ -203,10 +203,9 @@ fn name_items(items: &mut [SelectItem]) {
                 }
                 seen.push(name);
             }
-            SelectItem::ExprWithAlias { expr, alias } => {
+            SelectItem::ExprWithAlias { alias, .. } => {
                 let name = alias.value.clone();
                 if seen.contains(&name) {
-                    let _ = expr;
                     alias.value = format!("{name}{DUPLICATE_NAME_MARKER}{i}");
                     alias.quote_style = Some('"');
                 }
