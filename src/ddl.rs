@@ -36,6 +36,7 @@ pub async fn execute(
                 columns: plan.columns,
                 pk: plan.pk,
                 user_pk: plan.user_pk,
+                view: None,
             };
             check_defaults(db, settings, &def)?;
             catalog.create_table(def)?;

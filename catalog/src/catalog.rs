@@ -164,6 +164,33 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Views that read `id` directly.
+    pub fn dependants(&self, id: TableId) -> impl Iterator<Item = &TableDef> {
+        self.tables.values().filter(move |t| {
+            t.view
+                .as_ref()
+                .is_some_and(|v| v.depends_on.contains(&id))
+        })
+    }
+
+    /// `id` and every view that depends on it, directly or not, ordered so that each view
+    /// comes after everything it reads (drop in reverse).
+    pub fn with_dependants(&self, id: TableId) -> Vec<TableId> {
+        let mut out = vec![id];
+        let mut i = 0;
+        while i < out.len() {
+            let next: Vec<TableId> = self.dependants(out[i]).map(|t| t.id).collect();
+            for n in next {
+                if let Some(pos) = out.iter().position(|&x| x == n) {
+                    out.remove(pos);
+                }
+                out.push(n);
+            }
+            i += 1;
+        }
+        out
+    }
+
     pub fn drop_table(&mut self, id: TableId) -> Result<TableDef> {
         let def = self
             .tables
@@ -194,6 +221,7 @@ mod tests {
             }],
             pk: vec![0],
             user_pk: true,
+            view: None,
         }
     }
 

@@ -10,6 +10,20 @@ use crate::types::SqlType;
 /// Name of the hidden column that identifies rows of a table without a primary key.
 pub const ROW_ID_COLUMN: &str = "_row_id";
 
+/// Name of the hidden last column of a materialized view's stored rows: how many times the
+/// row occurs (views are multisets; a row with a unique key always has count 1).
+pub const VIEW_COUNT_COLUMN: &str = "_count";
+
+/// What makes a relation a materialized view rather than a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// The defining query, with every relation name schema-qualified, as planned at
+    /// `CREATE`. It is planned again at every start to rebuild the dataflow.
+    pub query: String,
+    /// Relations (tables and views) the query reads, in first-use order.
+    pub depends_on: Vec<TableId>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchemaDef {
     pub id: SchemaId,
@@ -40,6 +54,11 @@ pub struct TableDef {
     pub pk: Vec<usize>,
     /// True when the primary key was declared by the user (false: hidden row id).
     pub user_pk: bool,
+    /// Set for materialized views. Their columns are the query's output columns followed by
+    /// the hidden [`VIEW_COUNT_COLUMN`]; `pk` is a unique key of the output when the planner
+    /// can derive one, or every output column.
+    #[serde(default)]
+    pub view: Option<ViewDef>,
 }
 
 impl TableDef {
@@ -52,7 +71,20 @@ impl TableDef {
     }
 
     pub fn has_row_id(&self) -> bool {
-        !self.user_pk
+        !self.user_pk && self.view.is_none()
+    }
+
+    pub fn is_view(&self) -> bool {
+        self.view.is_some()
+    }
+
+    /// "table" or "materialized view", for messages.
+    pub fn kind_name(&self) -> &'static str {
+        if self.is_view() {
+            "materialized view"
+        } else {
+            "table"
+        }
     }
 
     /// The Arrow schema of stored rows, hidden columns included.

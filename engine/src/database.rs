@@ -5,18 +5,19 @@
 //! commit them in one RocksDB batch together with the catalog and the row-id sequence, so
 //! a statement's effects are either all durable or all absent after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use rocksdb::WriteBatch;
-use strom_catalog::{Catalog, TableDef};
+use strom_catalog::{Catalog, TableDef, TableId};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::{EngineError, Result};
 use crate::keys::{self, META_PREFIX};
+use crate::changelog::{self, ChangeQueue, LogEntry, RowChange};
 use crate::store::{Snapshot, Store, StoreOptions};
 use crate::table;
 
@@ -29,6 +30,12 @@ pub struct Database {
     write_lock: Mutex<()>,
     /// Next hidden row id; only touched under the write lock.
     next_row_id: std::sync::atomic::AtomicI64,
+    /// Committed row changes of tables that views read, not yet consumed by the stream
+    /// runtime. Held across the RocksDB write of a commit, so that taking a snapshot and
+    /// draining the queue under it gives a consistent cut.
+    changes: std::sync::Mutex<ChangeQueue>,
+    /// Woken after every commit that queued changes.
+    pub changes_ready: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Database {
@@ -63,12 +70,38 @@ impl Database {
             }
             None => 1,
         };
+        let changes = changelog::load(&store)?;
         Ok(Database {
             store,
             catalog: RwLock::new(Arc::new(catalog)),
             write_lock: Mutex::new(()),
             next_row_id: next_row_id.into(),
+            changes: std::sync::Mutex::new(changes),
+            changes_ready: tokio::sync::Notify::new(),
         })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, ChangeQueue> {
+        self.changes
+            .lock()
+            .expect("invariant: change queue lock is never poisoned")
+    }
+
+    /// The sequence number of the last committed change entry (0: none yet).
+    pub fn last_change_seq(&self) -> u64 {
+        self.queue().next_seq - 1
+    }
+
+    /// A consistent cut: a snapshot, and every queued change entry it contains (all entries
+    /// committed before it, none after), removed from the queue.
+    pub fn cut_changes(&self) -> (Arc<Snapshot>, Vec<LogEntry>) {
+        let mut q = self.queue();
+        let snapshot = self.store.snapshot();
+        (snapshot, q.pending.drain(..).collect())
     }
 
     /// The current catalog.
@@ -177,8 +210,44 @@ impl WriteTxn<'_> {
         self.batch.delete_range(lo, hi);
     }
 
-    /// Makes every staged change durable and visible at once.
-    pub fn commit(mut self) -> Result<()> {
+    /// The net change of every touched row of a table that some view reads.
+    fn row_changes(&self) -> Result<Vec<RowChange>> {
+        let catalog = self.catalog();
+        let watched: HashSet<TableId> = catalog
+            .tables()
+            .filter_map(|t| t.view.as_ref())
+            .flat_map(|v| v.depends_on.iter().copied())
+            .collect();
+        if watched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let touched: Vec<(TableId, &Vec<u8>, &Option<Vec<u8>>)> = self
+            .overlay
+            .iter()
+            .filter_map(|(k, v)| Some((keys::table_of_key(k)?, k, v)))
+            .filter(|(t, _, _)| watched.contains(t))
+            .collect();
+        let old = self
+            .snapshot
+            .multi_get(&touched.iter().map(|(_, k, _)| (*k).clone()).collect::<Vec<_>>())?;
+        Ok(touched
+            .into_iter()
+            .zip(old)
+            .filter(|((_, _, new), old)| *new != old)
+            .map(|((table, key, new), old)| RowChange {
+                table,
+                key: key.clone(),
+                old,
+                new: new.clone(),
+            })
+            .collect())
+    }
+
+    /// Makes every staged change durable and visible at once. Returns the sequence number
+    /// of the change entry handed to the stream runtime, if the statement changed rows that
+    /// views read (wait for it with the runtime's flush).
+    pub fn commit(mut self) -> Result<Option<u64>> {
+        let changes = self.row_changes()?;
         let next = self
             .db
             .next_row_id
@@ -190,7 +259,29 @@ impl WriteTxn<'_> {
         if let Some(c) = &self.new_catalog {
             self.batch.put(CATALOG_KEY, c.to_bytes());
         }
+        let mut queue = self.db.queue();
+        let seq = if changes.is_empty() {
+            None
+        } else {
+            let entry = LogEntry {
+                seq: queue.next_seq,
+                changes,
+            };
+            self.batch
+                .put(changelog::log_key(entry.seq), changelog::encode(&entry));
+            Some(entry)
+        };
         self.db.store.write(std::mem::take(&mut self.batch))?;
+        let seq = seq.map(|entry| {
+            let seq = entry.seq;
+            queue.next_seq += 1;
+            queue.pending.push_back(entry);
+            seq
+        });
+        drop(queue);
+        if seq.is_some() {
+            self.db.changes_ready.notify_one();
+        }
         self.db
             .next_row_id
             .store(next, std::sync::atomic::Ordering::SeqCst);
@@ -201,6 +292,6 @@ impl WriteTxn<'_> {
                 .write()
                 .expect("invariant: catalog lock is never poisoned") = Arc::new(c);
         }
-        Ok(())
+        Ok(seq)
     }
 }

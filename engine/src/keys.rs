@@ -27,6 +27,10 @@ pub const VNODE_COUNT: u16 = 256;
 pub const META_PREFIX: u8 = 0x00;
 /// First byte of table rows.
 pub const TABLE_PREFIX: u8 = 0x01;
+/// First byte of the change log the stream runtime consumes (see `changelog`).
+pub const LOG_PREFIX: u8 = 0x02;
+/// First byte of operator state (see `state`).
+pub const STATE_PREFIX: u8 = 0x03;
 
 /// `0x01 | table_id`: every row of the table starts with these bytes.
 pub fn table_prefix(table: TableId) -> Vec<u8> {
@@ -76,6 +80,14 @@ pub fn row_key(table: TableId, encoded_pk: &[u8]) -> Vec<u8> {
     let mut k = vnode_prefix(table, vnode_of(encoded_pk));
     k.extend_from_slice(encoded_pk);
     k
+}
+
+/// The table a row key belongs to, or `None` for keys outside the table space.
+pub fn table_of_key(key: &[u8]) -> Option<TableId> {
+    if key.len() < 5 || key[0] != TABLE_PREFIX {
+        return None;
+    }
+    Some(TableId(u32::from_be_bytes(key[1..5].try_into().ok()?)))
 }
 
 /// The encoded primary key part of a storage key.

@@ -9,15 +9,21 @@
 //!   statement commits its row changes, catalog change and sequences in one batch.
 //! - [`table`], [`scan_range`], [`provider`]: reading a table at a snapshot as Arrow
 //!   batches, with primary-key predicates turned into point gets and range scans.
+//! - [`changelog`]: committed row changes of tables that views read, durable until the
+//!   stream runtime has consumed them.
+//! - [`state`]: operator state tables in RocksDB with caches under one memory budget.
+//! - [`stream`]: the incremental dataflow: chunks, operators, stream plans, the runtime.
 //!
 //! Start reading at [`database::Database`].
 
+pub mod changelog;
 pub mod database;
 pub mod error;
 pub mod keys;
 pub mod provider;
 pub mod row;
 pub mod scan_range;
+pub mod state;
 pub mod store;
 pub mod stream;
 pub mod table;

@@ -297,6 +297,7 @@ mod tests {
             ],
             pk,
             user_pk: true,
+            view: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct StoreOptions {
     pub sync_writes: bool,
 }
 
+/// Cheap to clone: clones share the one RocksDB instance.
+#[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
     options: StoreOptions,
@@ -68,6 +70,23 @@ impl Store {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(key)?)
+    }
+
+    /// Every pair with `lower <= key < upper` in the latest committed state, in key order.
+    pub fn scan_latest(&self, lower: &[u8], upper: &[u8]) -> Result<KvPairs> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        self.db
+            .iterator_opt(IteratorMode::Start, ro)
+            .map(|item| item.map_err(Into::into))
+            .collect()
+    }
+
+    /// Makes every write so far durable against power loss (fsyncs the WAL).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
     }
 
     /// Flushes memtables so the next start replays less WAL. Called on clean shutdown.

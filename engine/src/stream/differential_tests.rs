@@ -12,6 +12,7 @@ use datafusion::common::ScalarValue;
 use super::chunk::{Op, StreamChunk};
 use super::hash_agg::{AggCall, AggKind, HashAgg};
 use super::hash_join::{HashJoin, JoinType, Side};
+use crate::state::tests::{spill, temp_alloc};
 
 /// xorshift64*: deterministic, dependency-free.
 struct Rng(u64);
@@ -154,13 +155,17 @@ fn hash_agg_matches_from_scratch_grouping() {
                 output_type: DataType::Int64,
             },
         ];
-        let mut agg = HashAgg::try_new(vec![1], calls, schema(6)).unwrap();
+        let (_dir, mut alloc) = temp_alloc();
+        let mut agg = HashAgg::try_new(&schema(3), vec![1], calls, schema(6), &mut alloc).unwrap();
         let (mut rows, mut next_id, mut view) = (HashMap::new(), 0, HashMap::new());
         for _ in 0..60 {
             let changes = random_changes(&mut rng, &mut rows, &mut next_id, 3);
             agg.apply(&StreamChunk::from_rows(&schema(3), &changes).unwrap())
                 .unwrap();
             accumulate(&mut view, &agg.flush().unwrap());
+            if rng.below(2) == 0 {
+                spill(alloc.store(), agg.state_tables());
+            }
 
             let mut groups: HashMap<Option<i64>, Vec<Option<i64>>> = HashMap::new();
             for r in rows.values() {
@@ -193,8 +198,17 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
         for seed in 1..=10u64 {
             let mut rng = Rng(seed.wrapping_mul(0xD1B54A32D192ED03) | 1);
             // L(id, k, v) JOIN R(id, k, w) ON L.k = R.k
-            let mut join =
-                HashJoin::try_new(join_type, vec![1], vec![1], (3, 3), None, schema(6)).unwrap();
+            let (_dir, mut alloc) = temp_alloc();
+            let mut join = HashJoin::try_new(
+                join_type,
+                vec![1],
+                vec![1],
+                (3, 3),
+                None,
+                schema(6),
+                &mut alloc,
+            )
+            .unwrap();
             let (mut l, mut r) = (HashMap::new(), HashMap::new());
             let (mut next_id, mut view) = (0, HashMap::new());
             for step in 0..60 {
@@ -209,6 +223,9 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
                     .apply(side, &StreamChunk::from_rows(&schema(3), &changes).unwrap())
                     .unwrap();
                 accumulate(&mut view, &out);
+                if rng.below(2) == 0 {
+                    spill(alloc.store(), join.state_tables());
+                }
 
                 let nulls = vec![ScalarValue::Int64(None); 3];
                 let matches = |a: &Row, b: &Row| int(&a[1]).is_some() && int(&a[1]) == int(&b[1]);

@@ -1,9 +1,11 @@
 //! Equi-joins with retraction: inner, left, right and full outer, with an optional extra
 //! (non-equi) condition on the joined row.
 //!
-//! State: both sides' rows, bucketed by join key, each with its *degree*, the number of
-//! rows of the other side it currently joins with. The degree is what outer joins need:
-//! a preserved row with degree 0 appears once, padded with NULLs.
+//! State: per side, a [`StateTable`] of its rows bucketed by join key (prefix: the
+//! memcomparable join key; suffix: the encoded row, so equal rows share one entry), each
+//! with its multiplicity and its *degree*, the number of rows of the other side it
+//! currently joins with. The degree is what outer joins need: a preserved row with degree
+//! 0 appears once per copy, padded with NULLs.
 //!
 //! What happens to each op of side S (the other side is O):
 //! - insert `r`: for every O row `o` matching `r`, emit `+ (r, o)`; if `o` is preserved and
@@ -12,20 +14,24 @@
 //! - delete `r`: the mirror image (`- (r, o)`, and `+ (NULLs, o)` when `o`'s degree drops
 //!   to 0; `- (r, NULLs)` if `r` matched nothing).
 //!
-//! Updates are handled as a delete then an insert. A NULL in a key column matches nothing.
-//! Output is emitted as rows arrive; a join keeps no per-epoch buffer, so a barrier has
-//! nothing to flush.
+//! Updates are handled as a delete then an insert. A NULL in a key column matches nothing,
+//! so such rows are not stored: a preserved one is passed through padded. Output is
+//! emitted as rows arrive; a join keeps no per-epoch buffer, so a barrier has nothing to
+//! flush. Within an epoch the runtime applies all left changes, then all right changes,
+//! which computes `ΔL ⋈ R_old + L_new ⋈ ΔR`, the change of the join.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
+use crate::keys;
+use crate::row;
+use crate::state::{StateAlloc, StateTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinType {
@@ -50,23 +56,26 @@ impl Side {
     }
 }
 
+/// A stored row of one side.
 #[derive(Debug, Clone)]
 struct Entry {
+    suffix: Vec<u8>,
     row: Vec<ScalarValue>,
+    count: i64,
     degree: i64,
 }
 
-type Key = Vec<ScalarValue>;
+const COUNTS: [DataType; 2] = [DataType::Int64, DataType::Int64];
 
 #[derive(Debug)]
 pub struct HashJoin {
     join_type: JoinType,
     keys: [Vec<usize>; 2],
-    widths: [usize; 2],
+    types: [Vec<DataType>; 2],
     /// Evaluated over `left ++ right` rows.
     condition: Option<Arc<dyn PhysicalExpr>>,
     output: SchemaRef,
-    state: [HashMap<Key, Vec<Entry>>; 2],
+    state: [StateTable; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -76,8 +85,23 @@ fn idx(side: Side) -> usize {
     }
 }
 
+fn counts(count: i64, degree: i64) -> Result<Vec<u8>> {
+    row::encode_row(&[
+        ScalarValue::Int64(Some(count)),
+        ScalarValue::Int64(Some(degree)),
+    ])
+}
+
+fn corrupt(reason: String) -> EngineError {
+    EngineError::Corrupt {
+        table: "join state".into(),
+        reason,
+    }
+}
+
 impl HashJoin {
-    /// `output` is the left columns followed by the right ones, all nullable.
+    /// `output` is the left columns followed by the right ones, all nullable; `widths`
+    /// says how many are left and right.
     pub fn try_new(
         join_type: JoinType,
         left_keys: Vec<usize>,
@@ -85,6 +109,7 @@ impl HashJoin {
         widths: (usize, usize),
         condition: Option<Arc<dyn PhysicalExpr>>,
         output: SchemaRef,
+        state: &mut StateAlloc,
     ) -> Result<Self> {
         if left_keys.len() != right_keys.len() || left_keys.is_empty() {
             return Err(EngineError::Internal(
@@ -96,14 +121,23 @@ impl HashJoin {
                 "join output is not left ++ right".into(),
             ));
         }
+        let types: Vec<DataType> = output
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         Ok(HashJoin {
             join_type,
             keys: [left_keys, right_keys],
-            widths: [widths.0, widths.1],
+            types: [types[..widths.0].to_vec(), types[widths.0..].to_vec()],
             condition,
             output,
-            state: [HashMap::new(), HashMap::new()],
+            state: [state.table(), state.table()],
         })
+    }
+
+    pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
+        self.state.iter_mut().collect()
     }
 
     fn preserved(&self, side: Side) -> bool {
@@ -123,12 +157,9 @@ impl HashJoin {
 
     /// `row` of `side` padded with NULLs for the other side.
     fn padded(&self, side: Side, row: &[ScalarValue]) -> Result<Vec<ScalarValue>> {
-        let (lo, hi) = match side {
-            Side::Left => (self.widths[0], self.widths[0] + self.widths[1]),
-            Side::Right => (0, self.widths[0]),
-        };
-        let nulls = (lo..hi)
-            .map(|i| ScalarValue::try_from(self.output.field(i).data_type()))
+        let nulls = self.types[idx(side.other())]
+            .iter()
+            .map(ScalarValue::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(match side {
             Side::Left => row.iter().cloned().chain(nulls).collect(),
@@ -136,94 +167,128 @@ impl HashJoin {
         })
     }
 
-    /// Indices into the other side's bucket that `row` joins with.
-    fn matches(&self, side: Side, key: &Key, row: &[ScalarValue]) -> Result<Vec<usize>> {
-        if key.iter().any(ScalarValue::is_null) {
-            return Ok(Vec::new());
+    /// The stored rows of `side` under `prefix`.
+    fn entries(&mut self, side: Side, prefix: &[u8]) -> Result<Vec<Entry>> {
+        let types = self.types[idx(side)].clone();
+        self.state[idx(side)]
+            .bucket(prefix)?
+            .iter()
+            .map(|(suffix, value)| {
+                let row = row::decode_row(suffix, &types).map_err(corrupt)?;
+                let c = row::decode_row(value, &COUNTS).map_err(corrupt)?;
+                let n = |v: &ScalarValue| match v {
+                    ScalarValue::Int64(Some(n)) => *n,
+                    _ => 0,
+                };
+                Ok(Entry {
+                    suffix: suffix.clone(),
+                    row,
+                    count: n(&c[0]),
+                    degree: n(&c[1]),
+                })
+            })
+            .collect()
+    }
+
+    /// The other side's rows under `prefix` that `row` joins with.
+    fn matches(&mut self, side: Side, prefix: &[u8], row: &[ScalarValue]) -> Result<Vec<Entry>> {
+        let bucket = self.entries(side.other(), prefix)?;
+        let Some(cond) = self.condition.clone() else {
+            return Ok(bucket);
+        };
+        if bucket.is_empty() {
+            return Ok(bucket);
         }
-        let Some(bucket) = self.state[idx(side.other())].get(key) else {
-            return Ok(Vec::new());
-        };
-        let Some(cond) = &self.condition else {
-            return Ok((0..bucket.len()).collect());
-        };
         let pairs: Vec<(Op, Vec<ScalarValue>)> = bucket
             .iter()
             .map(|e| (Op::Insert, self.joined(side, row, &e.row)))
             .collect();
-        if pairs.is_empty() {
-            return Ok(Vec::new());
-        }
         let batch = StreamChunk::from_rows(&self.output, &pairs)?;
         let mask = cond.evaluate(batch.data())?.into_array(pairs.len())?;
         let mask = mask
             .as_boolean_opt()
             .ok_or_else(|| EngineError::Internal("join condition is not boolean".into()))?;
-        Ok((0..pairs.len())
-            .filter(|&i| mask.is_valid(i) && mask.value(i))
+        Ok(bucket
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+            .map(|(_, e)| e)
             .collect())
     }
 
     /// Applies a chunk arriving on `side` and returns the join's output changes.
     pub fn apply(&mut self, side: Side, chunk: &StreamChunk) -> Result<StreamChunk> {
         let mut out = Vec::new();
+        let (me, other) = (idx(side), idx(side.other()));
+        let me_preserved = self.preserved(side);
+        let other_preserved = self.preserved(side.other());
         for (op, row) in chunk.rows()? {
-            if row.len() != self.widths[idx(side)] {
+            if row.len() != self.types[me].len() {
                 return Err(EngineError::Internal(
                     "join input row has the wrong width".into(),
                 ));
             }
-            let key: Key = self.keys[idx(side)]
-                .iter()
-                .map(|&k| row[k].clone())
-                .collect();
-            let matches = self.matches(side, &key, &row)?;
-            let other_preserved = self.preserved(side.other());
-            let me_preserved = self.preserved(side);
-            if op.sign() > 0 {
-                for &m in &matches {
-                    let entry = &self.state[idx(side.other())][&key][m];
-                    if other_preserved && entry.degree == 0 {
-                        out.push((Op::Delete, self.padded(side.other(), &entry.row)?));
+            let key: Vec<ScalarValue> = self.keys[me].iter().map(|&k| row[k].clone()).collect();
+            let insert = op.sign() > 0;
+            if key.iter().any(ScalarValue::is_null) {
+                if me_preserved {
+                    let op = if insert { Op::Insert } else { Op::Delete };
+                    out.push((op, self.padded(side, &row)?));
+                }
+                continue;
+            }
+            let prefix = keys::encode_key(&key)?;
+            let suffix = row::encode_row(&row)?;
+            let mine = self.state[me].get(&prefix, &suffix)?.cloned();
+            let (my_count, _) = match &mine {
+                Some(v) => {
+                    let c = row::decode_row(v, &COUNTS).map_err(corrupt)?;
+                    match (&c[0], &c[1]) {
+                        (ScalarValue::Int64(Some(a)), ScalarValue::Int64(Some(b))) => (*a, *b),
+                        _ => return Err(corrupt("bad counts".into())),
                     }
-                    out.push((Op::Insert, self.joined(side, &row, &entry.row)));
-                    self.state[idx(side.other())]
-                        .get_mut(&key)
-                        .expect("invariant: matched bucket")[m]
-                        .degree += 1;
                 }
-                if matches.is_empty() && me_preserved {
-                    out.push((Op::Insert, self.padded(side, &row)?));
+                None if insert => (0, 0),
+                None => {
+                    return Err(EngineError::Internal(
+                        "join: delete of a row that was never inserted".into(),
+                    ))
                 }
-                self.state[idx(side)].entry(key).or_default().push(Entry {
-                    row,
-                    degree: matches.len() as i64,
-                });
+            };
+            let matches = self.matches(side, &prefix, &row)?;
+            let degree: i64 = matches.iter().map(|e| e.count).sum();
+            for e in &matches {
+                let joined = self.joined(side, &row, &e.row);
+                let padded_other = if other_preserved {
+                    Some(self.padded(side.other(), &e.row)?)
+                } else {
+                    None
+                };
+                let new_degree = e.degree + if insert { 1 } else { -1 };
+                for _ in 0..e.count {
+                    if insert {
+                        if let (Some(p), 0) = (&padded_other, e.degree) {
+                            out.push((Op::Delete, p.clone()));
+                        }
+                        out.push((Op::Insert, joined.clone()));
+                    } else {
+                        out.push((Op::Delete, joined.clone()));
+                        if let (Some(p), 0) = (&padded_other, new_degree) {
+                            out.push((Op::Insert, p.clone()));
+                        }
+                    }
+                }
+                self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
+            }
+            if degree == 0 && me_preserved {
+                let op = if insert { Op::Insert } else { Op::Delete };
+                out.push((op, self.padded(side, &row)?));
+            }
+            let new_count = my_count + if insert { 1 } else { -1 };
+            if new_count == 0 {
+                self.state[me].delete(&prefix, &suffix)?;
             } else {
-                let bucket = self.state[idx(side)].get_mut(&key).ok_or_else(|| {
-                    EngineError::Internal("join: delete of a row that was never inserted".into())
-                })?;
-                let pos = bucket.iter().position(|e| e.row == row).ok_or_else(|| {
-                    EngineError::Internal("join: delete of a row that was never inserted".into())
-                })?;
-                bucket.swap_remove(pos);
-                if bucket.is_empty() {
-                    self.state[idx(side)].remove(&key);
-                }
-                for &m in &matches {
-                    let entry = &mut self.state[idx(side.other())]
-                        .get_mut(&key)
-                        .expect("invariant: matched bucket")[m];
-                    entry.degree -= 1;
-                    let (degree, other_row) = (entry.degree, entry.row.clone());
-                    out.push((Op::Delete, self.joined(side, &row, &other_row)));
-                    if other_preserved && degree == 0 {
-                        out.push((Op::Insert, self.padded(side.other(), &other_row)?));
-                    }
-                }
-                if matches.is_empty() && me_preserved {
-                    out.push((Op::Delete, self.padded(side, &row)?));
-                }
+                self.state[me].put(&prefix, &suffix, counts(new_count, degree)?)?;
             }
         }
         StreamChunk::from_rows(&self.output, &out)
@@ -233,7 +298,8 @@ impl HashJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use crate::state::tests::temp_alloc;
+    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::common::DFSchema;
     use datafusion::execution::context::ExecutionProps;
     use datafusion::logical_expr::col;
@@ -251,8 +317,10 @@ mod tests {
         ]))
     }
 
-    fn join(t: JoinType) -> HashJoin {
-        HashJoin::try_new(t, vec![1], vec![0], (3, 2), None, output()).unwrap()
+    fn join(t: JoinType) -> (tempfile::TempDir, HashJoin) {
+        let (dir, mut alloc) = temp_alloc();
+        let j = HashJoin::try_new(t, vec![1], vec![0], (3, 2), None, output(), &mut alloc).unwrap();
+        (dir, j)
     }
 
     fn left(text: &str) -> StreamChunk {
@@ -265,7 +333,7 @@ mod tests {
 
     #[test]
     fn inner_join_emits_and_retracts_pairs_with_multiplicity() {
-        let mut j = join(JoinType::Inner);
+        let (_dir, mut j) = join(JoinType::Inner);
         assert!(j
             .apply(Side::Left, &left("+ 1 F1 10\n+ 2 F1 30\n+ 3 F2 1"))
             .unwrap()
@@ -285,7 +353,7 @@ mod tests {
 
     #[test]
     fn left_join_pads_and_unpads_as_matches_come_and_go() {
-        let mut j = join(JoinType::Left);
+        let (_dir, mut j) = join(JoinType::Left);
         assert_eq!(
             j.apply(Side::Left, &left("+ 1 F1 10")).unwrap().to_pretty(),
             "+ 1 F1 10 . .\n"
@@ -321,7 +389,7 @@ mod tests {
 
     #[test]
     fn full_join_and_null_keys() {
-        let mut j = join(JoinType::Full);
+        let (_dir, mut j) = join(JoinType::Full);
         assert_eq!(
             j.apply(Side::Right, &right("+ F1 100"))
                 .unwrap()
@@ -359,8 +427,17 @@ mod tests {
             &PhysicalPlanningContext::default(),
         )
         .unwrap();
-        let mut j = HashJoin::try_new(JoinType::Left, vec![1], vec![0], (3, 2), Some(cond), schema)
-            .unwrap();
+        let (_dir, mut alloc) = temp_alloc();
+        let mut j = HashJoin::try_new(
+            JoinType::Left,
+            vec![1],
+            vec![0],
+            (3, 2),
+            Some(cond),
+            schema,
+            &mut alloc,
+        )
+        .unwrap();
         j.apply(Side::Right, &right("+ F1 20")).unwrap();
         assert_eq!(
             j.apply(Side::Left, &left("+ 1 F1 10")).unwrap().to_pretty(),
@@ -374,7 +451,7 @@ mod tests {
 
     #[test]
     fn deleting_an_unknown_row_is_an_error() {
-        let mut j = join(JoinType::Inner);
+        let (_dir, mut j) = join(JoinType::Inner);
         assert!(j.apply(Side::Left, &left("- 1 F1 10")).is_err());
     }
 }

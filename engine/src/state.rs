@@ -1,0 +1,332 @@
+//! Operator state in RocksDB: [`StateTable`]s with a bounded in-memory cache.
+//!
+//! A state table belongs to one operator of one view. Its entries are stored under
+//!
+//! ```text
+//! 0x03 | view: u32 BE | state table: u16 BE | vnode: u16 BE | prefix | suffix
+//! ```
+//!
+//! where `prefix` is what the operator looks state up by (a group key, a join key, both
+//! memcomparable) and `suffix` tells entries with one prefix apart (a join row, a min/max
+//! value). The vnode is a hash of the prefix, so one prefix's entries are contiguous and a
+//! prefix's *bucket* is read with one range scan.
+//!
+//! Caching: buckets are read into memory on first use and written back (only the changed
+//! entries) at a barrier, into the epoch's write batch. Reads of uncached buckets go to
+//! the latest committed state, which is right because the runtime commits an epoch before
+//! it starts the next one and never evicts a bucket with unwritten changes. Every table
+//! charges its cached bytes to one shared [`MemoryBudget`]; after each commit the runtime
+//! evicts buckets, least recently used epoch first, until the total is back under it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+
+use crate::error::Result;
+use crate::keys::{self, STATE_PREFIX};
+use crate::store::Store;
+
+/// Rough per-entry overhead of the cache's maps, added to key and value lengths.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The memory all state caches share.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Suffixes changed since the last write-back (present: put, absent: delete).
+    dirty: BTreeSet<Vec<u8>>,
+    bytes: usize,
+    last_used: u64,
+}
+
+/// The key range of every state table of a view (for `DROP`).
+pub fn view_range(view: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = vec![STATE_PREFIX];
+    lo.extend_from_slice(&view.to_be_bytes());
+    let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
+    (lo, hi)
+}
+
+/// Hands out a view's state tables, numbered in the order operators are built (the same
+/// order on every start, since the plan is rebuilt from the same query).
+pub struct StateAlloc {
+    view: u32,
+    next: u16,
+    store: Store,
+    budget: Arc<MemoryBudget>,
+}
+
+impl StateAlloc {
+    pub fn new(view: u32, store: Store, budget: Arc<MemoryBudget>) -> Self {
+        StateAlloc {
+            view,
+            next: 0,
+            store,
+            budget,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn table(&mut self) -> StateTable {
+        let t = StateTable::new(
+            self.view,
+            self.next,
+            self.store.clone(),
+            Arc::clone(&self.budget),
+        );
+        self.next += 1;
+        t
+    }
+}
+
+pub struct StateTable {
+    view: u32,
+    index: u16,
+    store: Store,
+    budget: Arc<MemoryBudget>,
+    buckets: HashMap<Vec<u8>, Bucket>,
+    dirty: BTreeSet<Vec<u8>>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl std::fmt::Debug for StateTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateTable")
+            .field("view", &self.view)
+            .field("index", &self.index)
+            .field("cached_buckets", &self.buckets.len())
+            .finish()
+    }
+}
+
+impl Drop for StateTable {
+    fn drop(&mut self) {
+        self.budget.sub(self.bytes);
+    }
+}
+
+impl StateTable {
+    pub fn new(view: u32, index: u16, store: Store, budget: Arc<MemoryBudget>) -> Self {
+        StateTable {
+            view,
+            index,
+            store,
+            budget,
+            buckets: HashMap::new(),
+            dirty: BTreeSet::new(),
+            bytes: 0,
+            clock: 0,
+        }
+    }
+
+    fn bucket_key(&self, prefix: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + prefix.len());
+        k.push(STATE_PREFIX);
+        k.extend_from_slice(&self.view.to_be_bytes());
+        k.extend_from_slice(&self.index.to_be_bytes());
+        k.extend_from_slice(&keys::vnode_of(prefix).to_be_bytes());
+        k.extend_from_slice(prefix);
+        k
+    }
+
+    fn load(&mut self, prefix: &[u8]) -> Result<&mut Bucket> {
+        if !self.buckets.contains_key(prefix) {
+            let lo = self.bucket_key(prefix);
+            let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
+            let mut bucket = Bucket::default();
+            for (k, v) in self.store.scan_latest(&lo, &hi)? {
+                bucket.bytes += k.len() + v.len() + ENTRY_OVERHEAD;
+                bucket.entries.insert(k[lo.len()..].to_vec(), v.into_vec());
+            }
+            self.bytes += bucket.bytes;
+            self.budget.add(bucket.bytes);
+            self.buckets.insert(prefix.to_vec(), bucket);
+        }
+        let clock = self.clock;
+        let b = self
+            .buckets
+            .get_mut(prefix)
+            .expect("invariant: loaded above");
+        b.last_used = clock;
+        Ok(b)
+    }
+
+    /// Every entry under `prefix`, by suffix, in suffix order.
+    pub fn bucket(&mut self, prefix: &[u8]) -> Result<&BTreeMap<Vec<u8>, Vec<u8>>> {
+        Ok(&self.load(prefix)?.entries)
+    }
+
+    pub fn get(&mut self, prefix: &[u8], suffix: &[u8]) -> Result<Option<&Vec<u8>>> {
+        Ok(self.load(prefix)?.entries.get(suffix))
+    }
+
+    pub fn put(&mut self, prefix: &[u8], suffix: &[u8], value: Vec<u8>) -> Result<()> {
+        let b = self.load(prefix)?;
+        let added = suffix.len() + value.len() + ENTRY_OVERHEAD;
+        let removed = b
+            .entries
+            .insert(suffix.to_vec(), value)
+            .map_or(0, |old| suffix.len() + old.len() + ENTRY_OVERHEAD);
+        b.dirty.insert(suffix.to_vec());
+        b.bytes = b.bytes + added - removed;
+        self.bytes = self.bytes + added - removed;
+        self.budget.add(added);
+        self.budget.sub(removed);
+        self.dirty.insert(prefix.to_vec());
+        Ok(())
+    }
+
+    pub fn delete(&mut self, prefix: &[u8], suffix: &[u8]) -> Result<()> {
+        let b = self.load(prefix)?;
+        if let Some(old) = b.entries.remove(suffix) {
+            let removed = suffix.len() + old.len() + ENTRY_OVERHEAD;
+            b.dirty.insert(suffix.to_vec());
+            b.bytes -= removed;
+            self.bytes -= removed;
+            self.budget.sub(removed);
+            self.dirty.insert(prefix.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Adds every change since the last call to `batch`.
+    pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
+        for prefix in std::mem::take(&mut self.dirty) {
+            let base = self.bucket_key(&prefix);
+            let b = self
+                .buckets
+                .get_mut(&prefix)
+                .expect("invariant: dirty buckets stay cached");
+            for suffix in std::mem::take(&mut b.dirty) {
+                let mut key = base.clone();
+                key.extend_from_slice(&suffix);
+                match b.entries.get(&suffix) {
+                    Some(v) => batch.put(key, v),
+                    None => batch.delete(key),
+                }
+            }
+        }
+    }
+
+    /// Advances this table's notion of time: buckets used from now on are more recent
+    /// than everything used before.
+    pub fn tick(&mut self) {
+        self.clock += 1;
+    }
+
+    /// Drops clean buckets last used before `clock - keep` (all of them with `keep` 0).
+    /// Returns the bytes freed.
+    pub fn evict(&mut self, keep: u64) -> usize {
+        let horizon = self.clock.saturating_sub(keep);
+        let mut freed = 0;
+        self.buckets.retain(|_, b| {
+            if b.dirty.is_empty() && (keep == 0 || b.last_used < horizon) {
+                freed += b.bytes;
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes -= freed;
+        self.budget.sub(freed);
+        freed
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// A store in a fresh temporary directory (kept alive by the returned guard).
+    pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        (dir, store)
+    }
+
+    /// A state allocator over a fresh temporary store with a roomy budget.
+    pub(crate) fn temp_alloc() -> (tempfile::TempDir, StateAlloc) {
+        let (dir, store) = temp_store();
+        (dir, StateAlloc::new(1, store, MemoryBudget::new(1 << 30)))
+    }
+
+    /// Writes back every change and empties the caches, so the next reads come from
+    /// RocksDB: what a barrier followed by a spill does.
+    pub(crate) fn spill(store: &Store, tables: Vec<&mut StateTable>) {
+        let mut batch = WriteBatch::default();
+        for t in tables {
+            t.write_dirty(&mut batch);
+            t.evict(0);
+        }
+        store.write(batch).unwrap();
+    }
+
+    #[test]
+    fn buckets_survive_eviction_and_reopen_through_the_store() {
+        let (_dir, store) = temp_store();
+        let budget = MemoryBudget::new(1 << 20);
+        let mut t = StateTable::new(7, 1, store.clone(), budget.clone());
+        t.put(b"g1", b"a", b"1".to_vec()).unwrap();
+        t.put(b"g1", b"b", b"2".to_vec()).unwrap();
+        t.put(b"g2", b"", b"3".to_vec()).unwrap();
+        t.delete(b"g1", b"a").unwrap();
+        assert!(budget.used() > 0);
+        // dirty buckets are never evicted
+        assert_eq!(t.evict(0), 0);
+        let mut batch = WriteBatch::default();
+        t.write_dirty(&mut batch);
+        store.write(batch).unwrap();
+        assert!(t.evict(0) > 0);
+        assert_eq!(budget.used(), 0);
+        let got: Vec<_> = t.bucket(b"g1").unwrap().clone().into_iter().collect();
+        assert_eq!(got, vec![(b"b".to_vec(), b"2".to_vec())]);
+        let mut other = StateTable::new(7, 2, store, budget);
+        assert!(other.bucket(b"g1").unwrap().is_empty());
+    }
+}
