@@ -41,6 +41,10 @@ pub struct StromTable {
 }
 
 impl StromTable {
+    pub fn def(&self) -> &Arc<TableDef> {
+        &self.def
+    }
+
     /// `with_hidden` also exposes the hidden row id (used by UPDATE and DELETE).
     /// `defaults` are the planned `DEFAULT` expressions by column name.
     pub fn new(

@@ -15,6 +15,8 @@
 pub mod chunk;
 pub mod hash_agg;
 pub mod hash_join;
+pub mod plan;
+pub mod planner;
 pub mod project_filter;
 
 #[cfg(test)]

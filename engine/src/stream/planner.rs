@@ -1,0 +1,414 @@
+//! From DataFusion's optimized logical plan to a [`PlanNode`] tree.
+//!
+//! Supported: table and view scans, filters, projections (every DataFusion scalar
+//! function), `GROUP BY` and global aggregates (`count`, `count(*)`, `sum`, `avg`, `min`,
+//! `max`, each with `FILTER`), inner/left/right/full equi-joins with extra conditions,
+//! `UNION ALL` (and `UNION`/`DISTINCT`, which DataFusion turns into aggregates), subquery
+//! aliases, and `ORDER BY` (ignored: a view has no order). Anything else is rejected with
+//! an error that names the construct.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::DFSchema;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::expr::{AggregateFunction, Alias};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, JoinType as DfJoinType, LogicalPlan};
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+
+use super::hash_agg::{AggCall, AggKind};
+use super::hash_join::JoinType;
+use super::plan::{NodeKind, PlanNode};
+use crate::error::{EngineError, Result};
+use crate::provider::StromTable;
+
+fn unsupported(what: impl std::fmt::Display) -> EngineError {
+    EngineError::Unsupported(format!(
+        "{what} is not supported in materialized views yet"
+    ))
+}
+
+/// The stream plan of a view's (optimized) query.
+pub fn plan(logical: &LogicalPlan) -> Result<PlanNode> {
+    Planner {
+        props: ExecutionProps::new(),
+    }
+    .node(logical)
+}
+
+struct Planner {
+    props: ExecutionProps,
+}
+
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<Field>>(),
+    ))
+}
+
+fn out_schema(plan: &LogicalPlan) -> SchemaRef {
+    nullable(plan.schema().as_arrow())
+}
+
+impl Planner {
+    fn expr(&self, e: &Expr, input: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        if e.exists(|x| {
+            Ok(matches!(
+                x,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+            ))
+        })? {
+            return Err(unsupported("a subquery in an expression"));
+        }
+        if e.exists(|x| Ok(matches!(x, Expr::WindowFunction(_))))? {
+            return Err(unsupported("a window function"));
+        }
+        Ok(create_physical_expr(
+            e,
+            input,
+            &self.props,
+            &PhysicalPlanningContext::default(),
+        )?)
+    }
+
+    fn node(&self, plan: &LogicalPlan) -> Result<PlanNode> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source)?;
+                let table = provider
+                    .downcast_ref::<StromTable>()
+                    .ok_or_else(|| unsupported(format!("reading \"{}\"", scan.table_name)))?;
+                let def = table.def();
+                let full_schema = def.visible_arrow_schema();
+                let unique_key = (def.user_pk && def.view.is_none()).then(|| def.pk.clone());
+                let mut node = PlanNode {
+                    kind: NodeKind::Source {
+                        relation: def.id,
+                        name: def.name.clone(),
+                        is_view: def.is_view(),
+                    },
+                    inputs: vec![],
+                    schema: nullable(&full_schema),
+                    unique_key,
+                    append_only: false,
+                };
+                if !scan.filters.is_empty() {
+                    let df = DFSchema::try_from_qualified_schema(
+                        scan.table_name.clone(),
+                        full_schema.as_ref(),
+                    )?;
+                    let conj = scan
+                        .filters
+                        .iter()
+                        .cloned()
+                        .reduce(Expr::and)
+                        .expect("non-empty");
+                    let predicate = self.expr(&conj, &df)?;
+                    node = PlanNode {
+                        kind: NodeKind::Filter {
+                            predicate,
+                            text: conj.human_display().to_string(),
+                        },
+                        schema: Arc::clone(&node.schema),
+                        unique_key: node.unique_key.clone(),
+                        append_only: node.append_only,
+                        inputs: vec![node],
+                    };
+                }
+                if let Some(projection) = &scan.projection {
+                    node = project_columns(node, projection, out_schema(plan));
+                }
+                Ok(node)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.node(&p.input)?;
+                let in_schema = p.input.schema();
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| self.expr(e, in_schema))
+                    .collect::<Result<Vec<_>>>()?;
+                let columns: Vec<Option<usize>> = p
+                    .expr
+                    .iter()
+                    .map(|e| match e.clone().unalias() {
+                        Expr::Column(c) => in_schema.index_of_column(&c).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                let unique_key = input.unique_key.as_ref().and_then(|k| {
+                    k.iter()
+                        .map(|i| columns.iter().position(|c| *c == Some(*i)))
+                        .collect::<Option<Vec<_>>>()
+                });
+                Ok(PlanNode {
+                    kind: NodeKind::Project {
+                        exprs,
+                        texts: p.expr.iter().map(|e| e.human_display().to_string()).collect(),
+                    },
+                    schema: out_schema(plan),
+                    unique_key,
+                    append_only: input.append_only,
+                    inputs: vec![input],
+                })
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.node(&f.input)?;
+                let predicate = self.expr(&f.predicate, f.input.schema())?;
+                Ok(PlanNode {
+                    kind: NodeKind::Filter {
+                        predicate,
+                        text: f.predicate.human_display().to_string(),
+                    },
+                    schema: Arc::clone(&input.schema),
+                    unique_key: input.unique_key.clone(),
+                    append_only: input.append_only,
+                    inputs: vec![input],
+                })
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let mut input = self.node(&a.input)?;
+                input.schema = out_schema(plan);
+                Ok(input)
+            }
+            LogicalPlan::Sort(s) => {
+                if s.fetch.is_some() {
+                    return Err(unsupported("ORDER BY with LIMIT"));
+                }
+                self.node(&s.input)
+            }
+            LogicalPlan::Aggregate(a) => self.aggregate(plan, a),
+            LogicalPlan::Join(j) => self.join(plan, j),
+            LogicalPlan::Union(u) => {
+                let inputs = u
+                    .inputs
+                    .iter()
+                    .map(|i| self.node(i))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(PlanNode {
+                    kind: NodeKind::UnionAll,
+                    schema: out_schema(plan),
+                    unique_key: None,
+                    append_only: inputs.iter().all(|i| i.append_only),
+                    inputs,
+                })
+            }
+            LogicalPlan::Limit(_) => Err(unsupported("LIMIT")),
+            LogicalPlan::Window(_) => Err(unsupported("a window function")),
+            LogicalPlan::Distinct(_) => Err(unsupported("DISTINCT ON")),
+            LogicalPlan::Values(_) => Err(unsupported("VALUES")),
+            LogicalPlan::EmptyRelation(_) => Err(unsupported("a query without FROM")),
+            LogicalPlan::Unnest(_) => Err(unsupported("unnest")),
+            LogicalPlan::RecursiveQuery(_) => Err(unsupported("WITH RECURSIVE")),
+            other => Err(unsupported(format!(
+                "the query construct {}",
+                other.display()
+            ))),
+        }
+    }
+
+    fn aggregate(
+        &self,
+        plan: &LogicalPlan,
+        a: &datafusion::logical_expr::Aggregate,
+    ) -> Result<PlanNode> {
+        let input = self.node(&a.input)?;
+        let in_schema = a.input.schema();
+        if a
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(unsupported("GROUPING SETS, CUBE or ROLLUP"));
+        }
+        // Pre-projection: the group keys, then each call's argument and filter.
+        let mut pre: Vec<Expr> = a.group_expr.clone();
+        let mut calls = Vec::new();
+        let out = plan.schema();
+        for (i, e) in a.aggr_expr.iter().enumerate() {
+            let mut e = e;
+            while let Expr::Alias(Alias { expr, .. }) = e {
+                e = expr;
+            }
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
+                return Err(unsupported(format!("the aggregate {}", e.human_display())));
+            };
+            let name = func.name().to_lowercase();
+            if params.distinct {
+                return Err(unsupported(format!("{name}(DISTINCT ...)")));
+            }
+            if !params.order_by.is_empty() {
+                return Err(unsupported(format!("{name}(... ORDER BY ...)")));
+            }
+            let kind = match name.as_str() {
+                "count" => {
+                    let star = params.args.is_empty()
+                        || matches!(
+                            params.args.as_slice(),
+                            [Expr::Literal(v, _)] if !v.is_null()
+                        );
+                    if star {
+                        AggKind::CountStar
+                    } else {
+                        AggKind::Count
+                    }
+                }
+                "sum" => AggKind::Sum,
+                "avg" | "mean" => AggKind::Avg,
+                "min" => AggKind::Min,
+                "max" => AggKind::Max,
+                _ => return Err(unsupported(format!("the aggregate function {name}"))),
+            };
+            let arg = if kind == AggKind::CountStar {
+                None
+            } else {
+                let [arg] = params.args.as_slice() else {
+                    return Err(unsupported(format!("{name} with several arguments")));
+                };
+                pre.push(arg.clone());
+                Some(pre.len() - 1)
+            };
+            let filter = match &params.filter {
+                Some(f) => {
+                    pre.push(f.as_ref().clone());
+                    Some(pre.len() - 1)
+                }
+                None => None,
+            };
+            calls.push(AggCall {
+                kind,
+                arg,
+                filter,
+                output_type: out.field(a.group_expr.len() + i).data_type().clone(),
+            });
+        }
+        let exprs = pre
+            .iter()
+            .map(|e| self.expr(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let pre_schema = Arc::new(Schema::new(
+            exprs
+                .iter()
+                .zip(&pre)
+                .enumerate()
+                .map(|(i, (p, e))| {
+                    let name = if i < a.group_expr.len() {
+                        e.schema_name().to_string()
+                    } else {
+                        format!("${i}")
+                    };
+                    Ok(Field::new(name, p.data_type(in_schema.as_arrow())?, true))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ));
+        let project = PlanNode {
+            kind: NodeKind::Project {
+                exprs,
+                texts: pre.iter().map(|e| e.human_display().to_string()).collect(),
+            },
+            schema: pre_schema,
+            unique_key: None,
+            append_only: input.append_only,
+            inputs: vec![input],
+        };
+        let ng = a.group_expr.len();
+        Ok(PlanNode {
+            kind: NodeKind::HashAgg {
+                group_keys: (0..ng).collect(),
+                calls,
+            },
+            schema: out_schema(plan),
+            unique_key: Some((0..ng).collect()),
+            append_only: false,
+            inputs: vec![project],
+        })
+    }
+
+    fn join(&self, plan: &LogicalPlan, j: &datafusion::logical_expr::Join) -> Result<PlanNode> {
+        let join_type = match j.join_type {
+            DfJoinType::Inner => JoinType::Inner,
+            DfJoinType::Left => JoinType::Left,
+            DfJoinType::Right => JoinType::Right,
+            DfJoinType::Full => JoinType::Full,
+            other => {
+                return Err(unsupported(format!(
+                    "a {other} join (from IN, EXISTS or a correlated subquery)"
+                )))
+            }
+        };
+        if j.on.is_empty() {
+            return Err(unsupported(
+                "a join without an equality condition (a cross join)",
+            ));
+        }
+        let left = self.node(&j.left)?;
+        let right = self.node(&j.right)?;
+        let key_index = |e: &Expr, schema: &DFSchema| -> Result<usize> {
+            match e {
+                Expr::Column(c) => Ok(schema.index_of_column(c)?),
+                other => Err(unsupported(format!(
+                    "the join key expression {} (join on plain columns)",
+                    other.human_display()
+                ))),
+            }
+        };
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &j.on {
+            left_keys.push(key_index(l, j.left.schema())?);
+            right_keys.push(key_index(r, j.right.schema())?);
+        }
+        let condition = match &j.filter {
+            Some(f) => Some((self.expr(f, &j.schema)?, f.human_display().to_string())),
+            None => None,
+        };
+        Ok(PlanNode {
+            kind: NodeKind::HashJoin {
+                join_type,
+                left_keys,
+                right_keys,
+                condition,
+            },
+            schema: out_schema(plan),
+            unique_key: None,
+            append_only: false,
+            inputs: vec![left, right],
+        })
+    }
+}
+
+/// A projection that picks `columns` of `input`.
+fn project_columns(input: PlanNode, columns: &[usize], schema: SchemaRef) -> PlanNode {
+    let exprs: Vec<Arc<dyn PhysicalExpr>> = columns
+        .iter()
+        .map(|&i| {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                input.schema.field(i).name(),
+                i,
+            )) as Arc<dyn PhysicalExpr>
+        })
+        .collect();
+    let texts = columns
+        .iter()
+        .map(|&i| input.schema.field(i).name().clone())
+        .collect();
+    let unique_key = input.unique_key.as_ref().and_then(|k| {
+        k.iter()
+            .map(|i| columns.iter().position(|c| c == i))
+            .collect::<Option<Vec<_>>>()
+    });
+    PlanNode {
+        kind: NodeKind::Project { exprs, texts },
+        schema,
+        unique_key,
+        append_only: input.append_only,
+        inputs: vec![input],
+    }
+}
