@@ -91,6 +91,10 @@ impl Database {
             .expect("invariant: change queue lock is never poisoned")
     }
 
+    pub fn has_pending_changes(&self) -> bool {
+        !self.queue().pending.is_empty()
+    }
+
     /// The sequence number of the last committed change entry (0: none yet).
     pub fn last_change_seq(&self) -> u64 {
         self.queue().next_seq - 1
@@ -201,6 +205,19 @@ impl WriteTxn<'_> {
     pub fn delete(&mut self, key: Vec<u8>) {
         self.batch.delete(&key);
         self.overlay.insert(key, None);
+    }
+
+    /// Stages a raw write outside the table space (stream runtime bookkeeping).
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put(key, value);
+    }
+
+    /// Stages the deletion of a raw key range `[lo, hi)` or key.
+    pub fn delete_raw(&mut self, lo: Vec<u8>, hi: Option<Vec<u8>>) {
+        match hi {
+            Some(hi) => self.batch.delete_range(lo, hi),
+            None => self.batch.delete(lo),
+        }
     }
 
     /// Deletes every row of a table (DROP TABLE).

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::Constraints;
+use datafusion::common::{Constraints, ScalarValue};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -264,6 +264,22 @@ struct ScanCursor {
 }
 
 impl ScanCursor {
+    /// Decodes a stored row; a view's row is repeated as often as its count says.
+    fn push_row(&self, rows: &mut Vec<Vec<ScalarValue>>, value: &[u8]) -> Result<(), EngineError> {
+        let row = table::decode(&self.def, &self.types, value)?;
+        if self.def.is_view() {
+            let n = table::view_row_count(&self.def, &row)?;
+            for _ in 1..n {
+                rows.push(row.clone());
+            }
+            if n > 0 {
+                rows.push(row);
+            }
+        } else {
+            rows.push(row);
+        }
+        Ok(())
+    }
     fn next_batch(&mut self) -> Result<Option<datafusion::arrow::array::RecordBatch>, EngineError> {
         if self.done || self.remaining == 0 {
             return Ok(None);
@@ -272,7 +288,7 @@ impl ScanCursor {
         match &self.plan {
             ScanPlan::Points(keys) => {
                 for v in self.snapshot.multi_get(keys)?.into_iter().flatten() {
-                    rows.push(table::decode(&self.def, &self.types, &v)?);
+                    self.push_row(&mut rows, &v)?;
                 }
                 self.done = true;
             }
@@ -289,7 +305,7 @@ impl ScanCursor {
                         self.resume_from = Some(next);
                     }
                     for (_, v) in &pairs {
-                        rows.push(table::decode(&self.def, &self.types, v)?);
+                        self.push_row(&mut rows, v)?;
                     }
                     if exhausted {
                         self.range_index += 1;

@@ -273,6 +273,15 @@ impl StateTable {
         freed
     }
 
+    /// Forgets every change not yet written back, and the whole cache: the table is back
+    /// at its last committed state.
+    pub fn discard(&mut self) {
+        self.buckets.clear();
+        self.dirty.clear();
+        self.budget.sub(self.bytes);
+        self.bytes = 0;
+    }
+
     pub fn cached_bytes(&self) -> usize {
         self.bytes
     }

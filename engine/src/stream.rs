@@ -18,6 +18,7 @@ pub mod hash_join;
 pub mod plan;
 pub mod planner;
 pub mod project_filter;
+pub mod runtime;
 
 #[cfg(test)]
 mod differential_tests;

@@ -27,6 +27,17 @@ pub fn decode(def: &TableDef, types: &[DataType], value: &[u8]) -> Result<Vec<Sc
     })
 }
 
+/// How many times a stored row of a materialized view occurs (its last column).
+pub fn view_row_count(def: &TableDef, row: &[ScalarValue]) -> Result<i64> {
+    match row.last() {
+        Some(ScalarValue::Int64(Some(n))) if *n > 0 => Ok(*n),
+        other => Err(EngineError::Corrupt {
+            table: def.name.clone(),
+            reason: format!("bad row count {other:?}"),
+        }),
+    }
+}
+
 /// The primary key datums of a full row.
 pub fn pk_of(def: &TableDef, row: &[ScalarValue]) -> Vec<ScalarValue> {
     def.pk.iter().map(|&i| row[i].clone()).collect()

@@ -1,0 +1,897 @@
+//! The stream runtime: runs every materialized view's dataflow, epoch by epoch.
+//!
+//! # Epochs and barriers
+//! A background task injects a barrier every `barrier_interval` (sooner when a session
+//! waits in `FLUSH`), if there is anything to do. For epoch N it
+//! 1. *cuts* the input: takes a RocksDB snapshot `C_N` and, atomically with it, every
+//!    change-log entry committed before it (see [`crate::changelog`]);
+//! 2. runs the views in dependency order. Each view's operator tree receives the epoch's
+//!    changes of its sources (tables: the cut's entries; views: what the upstream view
+//!    emitted in this epoch), then the barrier: every operator runs to completion on its
+//!    inputs before its consumer sees the barrier, so multi-input operators are aligned by
+//!    construction, and at the barrier each operator writes its state changes;
+//! 3. writes each view's output into its contents table;
+//! 4. commits epoch N: all state changes, all view contents, the consumed log position
+//!    and the deletion of the consumed entries, in **one RocksDB write batch**.
+//!
+//! `SELECT` reads the latest RocksDB snapshot, which holds exactly the last committed
+//! epoch of every view, so views are mutually consistent. Every epoch commit is in the
+//! RocksDB WAL and so survives a process crash; every `checkpoint_interval` the WAL is
+//! also fsynced, which makes the epoch survive power loss.
+//!
+//! # Backfill
+//! A new view over non-empty inputs reads them in key order, `backfill_batch` rows per
+//! source per epoch, while following their changes: a change of a row at or before the
+//! scan position is forwarded, one after it is not (the scan will read the row later, in
+//! its new state). For a table source, the scan reads `C_N` (which includes epoch N's
+//! changes), so only changes at or before the *old* position are forwarded; for a view
+//! source, `C_N` holds the upstream view as of epoch N-1, so the scan goes first and the
+//! upstream's epoch-N changes at or before the *new* position are forwarded. The
+//! positions are committed with each epoch, so a backfill resumes after a crash.
+//!
+//! # Failures
+//! A view whose dataflow fails (an expression error, say) is rolled back to its last
+//! committed state for that epoch and marked failed, durably; its dependants too. Other
+//! views carry on. Reading a failed view reports the error; drop and recreate it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use rocksdb::WriteBatch;
+use strom_catalog::{TableDef, TableId};
+use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
+
+use super::chunk::{Op, StreamChunk};
+use super::hash_agg::HashAgg;
+use super::hash_join::{HashJoin, Side};
+use super::plan::{NodeKind, PlanNode};
+use super::project_filter::ProjectFilter;
+use crate::changelog::{self, RowChange};
+use crate::database::Database;
+use crate::error::{EngineError, Result};
+use crate::keys;
+use crate::state::{self, MemoryBudget, StateAlloc, StateTable};
+use crate::store::Snapshot;
+use crate::table;
+
+const EPOCH_KEY: &[u8] = b"\x00epoch";
+
+fn backfill_key(view: TableId) -> Vec<u8> {
+    let mut k = b"\x00backfill/".to_vec();
+    k.extend_from_slice(&view.0.to_be_bytes());
+    k
+}
+
+fn failure_key(view: TableId) -> Vec<u8> {
+    let mut k = b"\x00view_failed/".to_vec();
+    k.extend_from_slice(&view.0.to_be_bytes());
+    k
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub barrier_interval: Duration,
+    pub checkpoint_interval: Duration,
+    /// Bytes of operator state kept in memory, all views together.
+    pub memory_budget: usize,
+    /// Rows read per source per epoch while a view backfills.
+    pub backfill_batch: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            barrier_interval: Duration::from_millis(20),
+            checkpoint_interval: Duration::from_millis(1000),
+            memory_budget: 256 << 20,
+            backfill_batch: 65_536,
+        }
+    }
+}
+
+/// What has been committed so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub epoch: u64,
+    /// Every change-log entry up to here is in committed view state.
+    pub consumed_seq: u64,
+}
+
+/// A view's backfill, as reported to users.
+#[derive(Debug, Clone)]
+pub struct BackfillStatus {
+    pub view: TableId,
+    pub name: String,
+    pub rows_read: u64,
+    pub done: bool,
+}
+
+/// Per source of a view: where its backfill scan is.
+#[derive(Debug, Clone, PartialEq)]
+enum Position {
+    /// Scanned up to and including this storage key (empty: nothing yet).
+    At(Vec<u8>),
+    Done,
+}
+
+struct Source {
+    def: Arc<TableDef>,
+    types: Vec<DataType>,
+    schema: SchemaRef,
+    position: Position,
+}
+
+enum Exec {
+    Source(usize),
+    ProjectFilter(ProjectFilter, Box<Exec>),
+    Agg(Box<HashAgg>, Box<Exec>),
+    Join(Box<HashJoin>, Box<Exec>, Box<Exec>),
+    Union(SchemaRef, Vec<Exec>),
+}
+
+impl Exec {
+    fn state_tables(&mut self) -> Vec<&mut StateTable> {
+        match self {
+            Exec::Source(_) => vec![],
+            Exec::ProjectFilter(_, i) => i.state_tables(),
+            Exec::Agg(a, i) => {
+                let mut v = a.state_tables();
+                v.extend(i.state_tables());
+                v
+            }
+            Exec::Join(j, l, r) => {
+                let mut v = j.state_tables();
+                v.extend(l.state_tables());
+                v.extend(r.state_tables());
+                v
+            }
+            Exec::Union(_, inputs) => inputs.iter_mut().flat_map(|i| i.state_tables()).collect(),
+        }
+    }
+
+    fn run(&mut self, inputs: &mut [Option<Vec<StreamChunk>>]) -> Result<Vec<StreamChunk>> {
+        Ok(match self {
+            Exec::Source(i) => inputs[*i].take().unwrap_or_default(),
+            Exec::ProjectFilter(pf, input) => input
+                .run(inputs)?
+                .iter()
+                .map(|c| pf.apply(c))
+                .filter(|c| !matches!(c, Ok(c) if c.is_empty()))
+                .collect::<Result<_>>()?,
+            Exec::Agg(agg, input) => {
+                for c in input.run(inputs)? {
+                    agg.apply(&c)?;
+                }
+                let out = agg.flush()?;
+                if out.is_empty() {
+                    vec![]
+                } else {
+                    vec![out]
+                }
+            }
+            Exec::Join(join, left, right) => {
+                let l = left.run(inputs)?;
+                let r = right.run(inputs)?;
+                let mut out = Vec::new();
+                for c in &l {
+                    out.push(join.apply(Side::Left, c)?);
+                }
+                for c in &r {
+                    out.push(join.apply(Side::Right, c)?);
+                }
+                out.retain(|c| !c.is_empty());
+                out
+            }
+            Exec::Union(schema, branches) => {
+                let mut out = Vec::new();
+                for b in branches {
+                    for c in b.run(inputs)? {
+                        let data = RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
+                        out.push(StreamChunk::new(c.ops().to_vec(), data)?);
+                    }
+                }
+                out
+            }
+        })
+    }
+}
+
+/// One view's changes in an epoch, with the storage key of each row.
+type Changes = Vec<(Op, Vec<ScalarValue>, Vec<u8>)>;
+
+struct View {
+    def: Arc<TableDef>,
+    types: Vec<DataType>,
+    root: Exec,
+    sources: Vec<Source>,
+    failed: Option<String>,
+    rows_read: u64,
+}
+
+impl View {
+    fn backfilling(&self) -> bool {
+        self.sources.iter().any(|s| s.position != Position::Done)
+    }
+
+    fn encode_positions(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in &self.sources {
+            match &s.position {
+                Position::Done => out.push(0),
+                Position::At(k) => {
+                    out.push(1);
+                    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                    out.extend_from_slice(k);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode_positions(&mut self, mut b: &[u8]) -> Result<()> {
+        let bad = || EngineError::Corrupt {
+            table: self.def.name.clone(),
+            reason: "bad backfill position".into(),
+        };
+        for s in &mut self.sources {
+            let (&tag, rest) = b.split_first().ok_or_else(bad)?;
+            b = rest;
+            s.position = match tag {
+                0 => Position::Done,
+                1 => {
+                    if b.len() < 4 {
+                        return Err(bad());
+                    }
+                    let n = u32::from_be_bytes(b[..4].try_into().expect("4 bytes")) as usize;
+                    let k = b.get(4..4 + n).ok_or_else(bad)?.to_vec();
+                    b = &b[4 + n..];
+                    Position::At(k)
+                }
+                _ => return Err(bad()),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Every deployed view. Held (locked) for the whole of an epoch; DDL that adds or removes
+/// views locks it too, so it never races an epoch.
+pub struct Graph {
+    db: Arc<Database>,
+    config: RuntimeConfig,
+    budget: Arc<MemoryBudget>,
+    views: Vec<View>,
+    epoch: u64,
+    last_sync: Instant,
+    status: Arc<StdMutex<Vec<BackfillStatus>>>,
+}
+
+pub struct StreamRuntime {
+    db: Arc<Database>,
+    graph: Arc<Mutex<Graph>>,
+    progress: watch::Sender<Progress>,
+    flush_requested: Notify,
+    status: Arc<StdMutex<Vec<BackfillStatus>>>,
+    budget: Arc<MemoryBudget>,
+    /// Why the barrier loop stopped, if it did.
+    stopped: StdMutex<Option<String>>,
+}
+
+impl std::fmt::Debug for StreamRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRuntime").finish_non_exhaustive()
+    }
+}
+
+impl StreamRuntime {
+    pub fn new(db: Arc<Database>, config: RuntimeConfig) -> Result<Arc<Self>> {
+        let epoch = match db.store().get(EPOCH_KEY)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                EngineError::Corrupt {
+                    table: "epoch".into(),
+                    reason: "bad length".into(),
+                }
+            })?),
+            None => 0,
+        };
+        let consumed = match db.store().get(changelog::CONSUMED_KEY)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])),
+            None => 0,
+        };
+        let budget = MemoryBudget::new(config.memory_budget);
+        let status = Arc::new(StdMutex::new(Vec::new()));
+        let graph = Graph {
+            db: Arc::clone(&db),
+            config,
+            budget: Arc::clone(&budget),
+            views: Vec::new(),
+            epoch,
+            last_sync: Instant::now(),
+            status: Arc::clone(&status),
+        };
+        let (progress, _) = watch::channel(Progress {
+            epoch,
+            consumed_seq: consumed,
+        });
+        Ok(Arc::new(StreamRuntime {
+            db,
+            graph: Arc::new(Mutex::new(graph)),
+            progress,
+            flush_requested: Notify::new(),
+            status,
+            budget,
+            stopped: StdMutex::new(None),
+        }))
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    pub fn memory_used(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// Backfill status of every view still backfilling or created since the start.
+    pub fn backfills(&self) -> Vec<BackfillStatus> {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    /// Locks the graph (waiting for a running epoch to commit), for DDL.
+    pub async fn lock(&self) -> OwnedMutexGuard<Graph> {
+        Arc::clone(&self.graph).lock_owned().await
+    }
+
+    /// Runs the barrier loop until the process exits.
+    pub fn start(self: &Arc<Self>) {
+        let rt = Arc::clone(self);
+        tokio::spawn(async move { rt.run_loop().await });
+    }
+
+    async fn run_loop(self: Arc<Self>) {
+        let interval = self.graph.lock().await.config.barrier_interval;
+        loop {
+            tokio::select! {
+                _ = self.flush_requested.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let graph = Arc::clone(&self.graph).lock_owned().await;
+            if !graph.has_work() {
+                continue;
+            }
+            let result = tokio::task::spawn_blocking(move || {
+                let mut graph = graph;
+                let r = graph.run_epoch();
+                (graph, r)
+            })
+            .await;
+            match result {
+                Ok((_, Ok(progress))) => {
+                    self.progress.send_replace(progress);
+                }
+                Ok((_, Err(e))) => {
+                    // Nothing of the epoch was committed, and its input is out of the
+                    // queue: stop rather than carry on inconsistently. A restart replays
+                    // it from the change log.
+                    self.stop(format!("epoch failed: {e}"));
+                    return;
+                }
+                Err(e) => {
+                    self.stop(format!("epoch task panicked: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop(&self, reason: String) {
+        tracing::error!("stream runtime stopped: {reason}; restart the server to recover");
+        *self.stopped.lock().expect("stopped lock") = Some(reason);
+        self.progress.send_modify(|_| {});
+    }
+
+    fn check_running(&self) -> Result<()> {
+        match &*self.stopped.lock().expect("stopped lock") {
+            Some(r) => Err(EngineError::Internal(format!(
+                "the stream runtime stopped ({r}); restart the server to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once every change committed before the call is in every view.
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.db.last_change_seq();
+        self.wait_for(|p| p.consumed_seq >= target).await
+    }
+
+    /// Waits until `view` has finished backfilling (or failed, or was dropped).
+    pub async fn wait_backfill(&self, view: TableId) -> Result<()> {
+        loop {
+            let pending = self
+                .backfills()
+                .iter()
+                .any(|s| s.view == view && !s.done);
+            if !pending {
+                return Ok(());
+            }
+            let epoch = self.progress().epoch;
+            self.wait_for(|p| p.epoch > epoch).await?;
+        }
+    }
+
+    async fn wait_for(&self, done: impl Fn(&Progress) -> bool) -> Result<()> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            self.check_running()?;
+            if done(&rx.borrow_and_update()) {
+                return Ok(());
+            }
+            self.flush_requested.notify_one();
+            // Wake up now and then even without news, in case the notify raced a tick.
+            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+        }
+    }
+
+    /// The error a failed view stopped with.
+    pub fn failure(&self, view: TableId) -> Result<Option<String>> {
+        Ok(self
+            .db
+            .store()
+            .get(&failure_key(view))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
+/// Meta writes that go with creating a view: its backfill starts at the beginning of
+/// every source. Commit them with the catalog change.
+pub fn creation_writes(view: TableId, plan: &PlanNode) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut positions = Vec::new();
+    for _ in plan.sources() {
+        positions.push(1);
+        positions.extend_from_slice(&0u32.to_be_bytes());
+    }
+    vec![(backfill_key(view), positions)]
+}
+
+/// The key ranges and meta keys to delete when dropping a view.
+pub fn drop_ranges(view: TableId) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>) {
+    (
+        vec![state::view_range(view.0)],
+        vec![backfill_key(view), failure_key(view)],
+    )
+}
+
+impl Graph {
+    fn has_work(&self) -> bool {
+        self.db.has_pending_changes() || self.views.iter().any(|v| v.failed.is_none() && v.backfilling())
+    }
+
+    /// Deploys a view: `def` is its catalog entry, `plan` its stream plan. Views must be
+    /// deployed after the views they read.
+    pub fn deploy(&mut self, def: Arc<TableDef>, plan: &PlanNode) -> Result<()> {
+        let mut alloc = StateAlloc::new(def.id.0, self.db.store().clone(), Arc::clone(&self.budget));
+        let catalog = self.db.catalog();
+        let mut sources = Vec::new();
+        let root = build(plan, &mut alloc, &mut sources, &catalog)?;
+        let mut view = View {
+            types: table::stored_types(&def),
+            def: Arc::clone(&def),
+            root,
+            sources,
+            failed: None,
+            rows_read: 0,
+        };
+        let store = self.db.store();
+        match store.get(&backfill_key(def.id))? {
+            Some(b) => view.decode_positions(&b)?,
+            None => view.sources.iter_mut().for_each(|s| s.position = Position::Done),
+        }
+        if let Some(msg) = store.get(&failure_key(def.id))? {
+            view.failed = Some(String::from_utf8_lossy(&msg).into_owned());
+        }
+        self.status.lock().expect("status lock").push(BackfillStatus {
+            view: def.id,
+            name: def.name.clone(),
+            rows_read: 0,
+            done: !view.backfilling() || view.failed.is_some(),
+        });
+        self.views.push(view);
+        Ok(())
+    }
+
+    /// Forgets a view (its stored state is deleted by the caller's DDL commit).
+    pub fn remove(&mut self, view: TableId) {
+        self.views.retain(|v| v.def.id != view);
+        self.status.lock().expect("status lock").retain(|s| s.view != view);
+    }
+
+    fn run_epoch(&mut self) -> Result<Progress> {
+        let (snapshot, entries) = self.db.cut_changes();
+        let last_seq = entries.last().map(|e| e.seq);
+        let mut table_changes: HashMap<TableId, Vec<&RowChange>> = HashMap::new();
+        for e in &entries {
+            for c in &e.changes {
+                table_changes.entry(c.table).or_default().push(c);
+            }
+        }
+        let mut outputs: HashMap<TableId, Changes> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut failed_now: Vec<TableId> = Vec::new();
+        let batch_rows = self.config.backfill_batch;
+        for view in &mut self.views {
+            if view.failed.is_some() {
+                continue;
+            }
+            let upstream_failed = view
+                .sources
+                .iter()
+                .find(|s| failed_now.contains(&s.def.id))
+                .map(|s| s.def.name.clone());
+            let result = match upstream_failed {
+                Some(name) => Err(EngineError::Internal(format!(
+                    "materialized view \"{name}\" it reads failed"
+                ))),
+                None => step(view, &snapshot, &table_changes, &outputs, batch_rows).and_then(
+                    |changes| {
+                        let writes = content_writes(view, &snapshot, &changes)?;
+                        Ok((changes, writes))
+                    },
+                ),
+            };
+            match result {
+                Ok((changes, writes)) => {
+                    for t in view.root.state_tables() {
+                        t.write_dirty(&mut batch);
+                    }
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => batch.put(k, v),
+                            None => batch.delete(k),
+                        }
+                    }
+                    if view.backfilling() || view.rows_read > 0 {
+                        if view.backfilling() {
+                            batch.put(backfill_key(view.def.id), view.encode_positions());
+                        } else {
+                            batch.delete(backfill_key(view.def.id));
+                        }
+                    }
+                    outputs.insert(view.def.id, changes);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::error!("materialized view \"{}\" failed: {msg}", view.def.name);
+                    // Roll the view's state back to its last commit.
+                    for t in view.root.state_tables() {
+                        t.discard();
+                    }
+                    batch.put(failure_key(view.def.id), msg.as_bytes());
+                    view.failed = Some(msg);
+                    failed_now.push(view.def.id);
+                }
+            }
+        }
+        if let Some(seq) = last_seq {
+            changelog::mark_consumed(&mut batch, seq);
+        }
+        self.epoch += 1;
+        batch.put(EPOCH_KEY, self.epoch.to_be_bytes());
+        self.db.store().write(batch)?;
+        if self.last_sync.elapsed() >= self.config.checkpoint_interval {
+            self.db.store().sync_wal()?;
+            self.last_sync = Instant::now();
+        }
+        self.evict();
+        {
+            let mut status = self.status.lock().expect("status lock");
+            for s in status.iter_mut() {
+                if let Some(v) = self.views.iter().find(|v| v.def.id == s.view) {
+                    s.rows_read = v.rows_read;
+                    s.done = !v.backfilling() || v.failed.is_some();
+                }
+            }
+        }
+        let consumed_seq = match last_seq {
+            Some(s) => s,
+            None => self.db.store().get(changelog::CONSUMED_KEY)?.map_or(0, |b| {
+                u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
+            }),
+        };
+        Ok(Progress {
+            epoch: self.epoch,
+            consumed_seq,
+        })
+    }
+
+    /// Brings cached state back under the memory budget: first buckets not used in this
+    /// epoch, then everything (all of it is written back by now).
+    fn evict(&mut self) {
+        for v in &mut self.views {
+            for t in v.root.state_tables() {
+                t.tick();
+            }
+        }
+        for keep in [1, 0] {
+            if !self.budget.over() {
+                return;
+            }
+            for v in &mut self.views {
+                for t in v.root.state_tables() {
+                    t.evict(keep);
+                }
+            }
+        }
+    }
+}
+
+fn build(
+    node: &PlanNode,
+    alloc: &mut StateAlloc,
+    sources: &mut Vec<Source>,
+    catalog: &strom_catalog::Catalog,
+) -> Result<Exec> {
+    let mut inputs = node
+        .inputs
+        .iter()
+        .map(|i| build(i, alloc, sources, catalog))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(match &node.kind {
+        NodeKind::Source { relation, name, .. } => {
+            let def = catalog.table(*relation).ok_or_else(|| {
+                EngineError::Internal(format!("source \"{name}\" is not in the catalog"))
+            })?;
+            sources.push(Source {
+                types: table::stored_types(def),
+                def: Arc::new(def.clone()),
+                schema: Arc::clone(&node.schema),
+                position: Position::At(Vec::new()),
+            });
+            Exec::Source(sources.len() - 1)
+        }
+        NodeKind::Filter { predicate, .. } => {
+            let input = inputs.remove(0);
+            let cols = (0..node.schema.fields().len())
+                .map(|i| {
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        node.schema.field(i).name(),
+                        i,
+                    )) as Arc<dyn datafusion::physical_expr::PhysicalExpr>
+                })
+                .collect();
+            Exec::ProjectFilter(
+                ProjectFilter::try_new(Some(Arc::clone(predicate)), cols, Arc::clone(&node.schema))?,
+                Box::new(input),
+            )
+        }
+        NodeKind::Project { exprs, .. } => Exec::ProjectFilter(
+            ProjectFilter::try_new(None, exprs.clone(), Arc::clone(&node.schema))?,
+            Box::new(inputs.remove(0)),
+        ),
+        NodeKind::HashAgg { group_keys, calls } => Exec::Agg(
+            Box::new(HashAgg::try_new(
+                &node.inputs[0].schema,
+                group_keys.clone(),
+                calls.clone(),
+                Arc::clone(&node.schema),
+                alloc,
+            )?),
+            Box::new(inputs.remove(0)),
+        ),
+        NodeKind::HashJoin {
+            join_type,
+            left_keys,
+            right_keys,
+            condition,
+        } => {
+            let right = inputs.pop().expect("join has two inputs");
+            let left = inputs.pop().expect("join has two inputs");
+            Exec::Join(
+                Box::new(HashJoin::try_new(
+                    *join_type,
+                    left_keys.clone(),
+                    right_keys.clone(),
+                    (
+                        node.inputs[0].schema.fields().len(),
+                        node.inputs[1].schema.fields().len(),
+                    ),
+                    condition.as_ref().map(|(c, _)| Arc::clone(c)),
+                    Arc::clone(&node.schema),
+                    alloc,
+                )?),
+                Box::new(left),
+                Box::new(right),
+            )
+        }
+        NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+    })
+}
+
+/// Runs one view for one epoch and returns its output changes.
+fn step(
+    view: &mut View,
+    snapshot: &Snapshot,
+    table_changes: &HashMap<TableId, Vec<&RowChange>>,
+    outputs: &HashMap<TableId, Changes>,
+    batch_rows: usize,
+) -> Result<Changes> {
+    let mut inputs: Vec<Option<Vec<StreamChunk>>> = Vec::new();
+    let mut rows_read = 0u64;
+    for src in &mut view.sources {
+        let mut rows: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
+        let visible = src.schema.fields().len();
+        let forward = |key: &[u8], position: &Position| match position {
+            Position::Done => true,
+            Position::At(p) => !p.is_empty() && key <= p.as_slice(),
+        };
+        if src.def.is_view() {
+            // Scan first (the snapshot holds the upstream as of the last epoch), then
+            // forward this epoch's changes up to the new position.
+            let scanned = scan(src, snapshot, batch_rows, &mut rows)?;
+            rows_read += scanned;
+            if let Some(changes) = outputs.get(&src.def.id) {
+                for (op, row, key) in changes {
+                    if forward(key, &src.position) {
+                        rows.push((*op, row.clone()));
+                    }
+                }
+            }
+        } else {
+            // Forward changes up to the old position, then scan (the snapshot already
+            // holds this epoch's changes).
+            if let Some(changes) = table_changes.get(&src.def.id) {
+                for c in changes {
+                    if !forward(&c.key, &src.position) {
+                        continue;
+                    }
+                    let decode = |b: &Vec<u8>| -> Result<Vec<ScalarValue>> {
+                        let mut r = table::decode(&src.def, &src.types, b)?;
+                        r.truncate(visible);
+                        Ok(r)
+                    };
+                    match (&c.old, &c.new) {
+                        (Some(o), Some(n)) => {
+                            rows.push((Op::UpdateDelete, decode(o)?));
+                            rows.push((Op::UpdateInsert, decode(n)?));
+                        }
+                        (Some(o), None) => rows.push((Op::Delete, decode(o)?)),
+                        (None, Some(n)) => rows.push((Op::Insert, decode(n)?)),
+                        (None, None) => {}
+                    }
+                }
+            }
+            rows_read += scan(src, snapshot, batch_rows, &mut rows)?;
+        }
+        inputs.push(if rows.is_empty() {
+            None
+        } else {
+            Some(vec![StreamChunk::from_rows(&src.schema, &rows)?])
+        });
+    }
+    view.rows_read += rows_read;
+    let out = view.root.run(&mut inputs)?;
+    let mut changes = Vec::new();
+    for chunk in out {
+        for (op, row) in chunk.rows()? {
+            let key = table::key_of(&view.def, &row)?;
+            changes.push((op, row, key));
+        }
+    }
+    Ok(changes)
+}
+
+/// Reads the next backfill rows of a source, as inserts; advances its position.
+fn scan(
+    src: &mut Source,
+    snapshot: &Snapshot,
+    limit: usize,
+    rows: &mut Vec<(Op, Vec<ScalarValue>)>,
+) -> Result<u64> {
+    let Position::At(pos) = &src.position else {
+        return Ok(0);
+    };
+    let table_lo = keys::table_prefix(src.def.id);
+    let hi = keys::prefix_successor(&table_lo).expect("invariant: table prefix");
+    let lo = if pos.is_empty() {
+        table_lo
+    } else {
+        let mut k = pos.clone();
+        k.push(0);
+        k
+    };
+    let pairs = snapshot.scan(&lo, &hi, limit)?;
+    let visible = src.schema.fields().len();
+    for (_, v) in &pairs {
+        let mut row = table::decode(&src.def, &src.types, v)?;
+        let copies = if src.def.is_view() {
+            table::view_row_count(&src.def, &row)?
+        } else {
+            1
+        };
+        row.truncate(visible);
+        for _ in 0..copies {
+            rows.push((Op::Insert, row.clone()));
+        }
+    }
+    let n = pairs.len() as u64;
+    src.position = match pairs.last() {
+        _ if pairs.len() < limit => Position::Done,
+        Some((k, _)) => Position::At(k.to_vec()),
+        None => Position::Done,
+    };
+    Ok(n)
+}
+
+/// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
+/// to put, `(key, None)` to delete.
+fn content_writes(
+    view: &View,
+    snapshot: &Snapshot,
+    changes: &Changes,
+) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    // Net effect per key: the change in count, the last row inserted under it and
+    // whether the last op was an insert.
+    let mut net: HashMap<&[u8], (i64, Option<&Vec<ScalarValue>>, bool)> = HashMap::new();
+    let mut order: Vec<&[u8]> = Vec::new();
+    for (op, row, key) in changes {
+        let e = net.entry(key.as_slice()).or_insert_with(|| {
+            order.push(key.as_slice());
+            (0, None, false)
+        });
+        e.0 += op.sign();
+        e.2 = op.sign() > 0;
+        if e.2 {
+            e.1 = Some(row);
+        }
+    }
+    // With a unique key the last op decides (an insert leaves the row, a delete removes
+    // it); otherwise rows are counted and the stored count is needed.
+    let keyed = view.def.user_pk;
+    let current: Vec<Option<Vec<u8>>> = if keyed {
+        vec![]
+    } else {
+        snapshot.multi_get(&order.iter().map(|k| k.to_vec()).collect::<Vec<_>>())?
+    };
+    let mut out = Vec::with_capacity(order.len());
+    for (i, key) in order.iter().enumerate() {
+        let (delta, last_insert, last_is_insert) = net[key];
+        let (new_count, old_row) = if keyed {
+            (i64::from(last_is_insert), None)
+        } else {
+            match &current[i] {
+                Some(v) => {
+                    let row = table::decode(&view.def, &view.types, v)?;
+                    (table::view_row_count(&view.def, &row)? + delta, Some(row))
+                }
+                None => (delta, None),
+            }
+        };
+        if new_count < 0 {
+            return Err(EngineError::Internal(format!(
+                "materialized view \"{}\": a row was deleted more often than inserted",
+                view.def.name
+            )));
+        }
+        if new_count == 0 {
+            out.push((key.to_vec(), None));
+        } else if delta != 0 || last_insert.is_some() {
+            let mut row = match (last_insert, old_row) {
+                (Some(r), _) => r.clone(),
+                (None, Some(mut r)) => {
+                    r.pop();
+                    r
+                }
+                (None, None) => {
+                    return Err(EngineError::Internal("view row without contents".into()))
+                }
+            };
+            row.push(ScalarValue::Int64(Some(new_count)));
+            out.push((key.to_vec(), Some(crate::row::encode_row(&row)?)));
+        }
+    }
+    Ok(out)
+}
