@@ -32,6 +32,16 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `strom=debug` (also `RUST_LOG`).
     #[arg(long, env = "STROM_LOG")]
     pub log: Option<String>,
+    /// How often the stream runtime injects a barrier (ends an epoch), in milliseconds.
+    #[arg(long, env = "STROM_BARRIER_INTERVAL_MS")]
+    pub barrier_interval_ms: Option<u64>,
+    /// How often a committed epoch is also fsynced (survives power loss), in milliseconds.
+    #[arg(long, env = "STROM_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Memory for cached operator state, all views together: bytes or a size such as
+    /// `512MiB`, `2GiB`. Default: a quarter of the machine's memory.
+    #[arg(long, env = "STROM_MEMORY_BUDGET")]
+    pub memory_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +51,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     sync_writes: Option<bool>,
     log: Option<String>,
+    barrier_interval_ms: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
+    memory_budget: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +62,43 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub sync_writes: bool,
     pub log: String,
+    pub barrier_interval_ms: u64,
+    pub checkpoint_interval_ms: u64,
+    pub memory_budget: usize,
+}
+
+pub const DEFAULT_BARRIER_INTERVAL_MS: u64 = 20;
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+
+/// Parses `1048576`, `512MiB`, `64MB`, `2GiB`, `1G`, `100k` (binary multiples).
+pub fn parse_size(text: &str) -> anyhow::Result<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad size {text:?}: expected e.g. 512MiB or 2GiB"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => anyhow::bail!("bad size {text:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("size {text:?} is too large"))
+}
+
+/// A quarter of physical memory (256 MiB if it cannot be read).
+fn default_memory_budget() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        });
+    total_kib.map_or(256 << 20, |k| k * 1024 / 4)
 }
 
 impl Config {
@@ -68,6 +118,22 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sync_writes: cli.sync_writes.or(file.sync_writes).unwrap_or(false),
+            barrier_interval_ms: positive(
+                "barrier_interval_ms",
+                cli.barrier_interval_ms
+                    .or(file.barrier_interval_ms)
+                    .unwrap_or(DEFAULT_BARRIER_INTERVAL_MS),
+            )?,
+            checkpoint_interval_ms: positive(
+                "checkpoint_interval_ms",
+                cli.checkpoint_interval_ms
+                    .or(file.checkpoint_interval_ms)
+                    .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS),
+            )?,
+            memory_budget: match cli.memory_budget.or(file.memory_budget) {
+                Some(s) => parse_size(&s)?,
+                None => default_memory_budget(),
+            },
             log: cli
                 .log
                 .or(file.log)
@@ -75,6 +141,13 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
         })
     }
+}
+
+fn positive(name: &str, v: u64) -> anyhow::Result<u64> {
+    if v == 0 {
+        anyhow::bail!("{name} must be greater than 0");
+    }
+    Ok(v)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -107,5 +180,15 @@ mod tests {
         let cli = Cli::parse_from(["strom", "--config", f.to_str().unwrap()]);
         let err = Config::resolve(cli).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_reject_nonsense() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64mb").unwrap(), 64 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 }

@@ -8,12 +8,16 @@ use strom_catalog::{SchemaId, TableDef, TableId};
 use strom_engine::Database;
 use strom_sql::ddl::{bind_create_table, ident_name, object_name};
 
+use strom_engine::stream::runtime::StreamRuntime;
+
 use crate::error::{Result, StromError};
+use crate::views;
 use crate::query::QueryEnv;
 use crate::session::Settings;
 
 pub async fn execute(
     db: &Arc<Database>,
+    stream: &Arc<StreamRuntime>,
     settings: &Settings,
     stmt: &Statement,
 ) -> Result<&'static str> {
@@ -75,46 +79,63 @@ pub async fn execute(
             ..
         } => match object_type {
             ObjectType::Table => {
+                let mut graph = stream.lock().await;
                 let mut txn = db.begin_write().await;
                 let mut catalog = txn.catalog().clone();
-                let mut dropped = Vec::new();
+                let mut ids = Vec::new();
                 for n in names {
                     let (schema, name) = object_name(n)?;
                     match catalog.resolve_table(schema.as_deref(), &name, &settings.search_path) {
-                        Ok(def) => {
-                            let id = def.id;
-                            dropped.push(catalog.drop_table(id)?);
+                        Ok(def) if def.is_view() => {
+                            return Err(StromError::user(
+                                "42809",
+                                format!(
+                                    "\"{}\" is not a table\nHINT: Use DROP MATERIALIZED VIEW to remove a materialized view.",
+                                    def.name
+                                ),
+                            ))
                         }
+                        Ok(def) => ids.push(def.id),
                         Err(_) if *if_exists => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
-                for def in &dropped {
-                    txn.delete_table_rows(def);
-                }
+                let views = views::drop_in_txn(&mut txn, &mut catalog, &ids, *cascade)?;
                 txn.set_catalog(catalog);
                 txn.commit()?;
+                for v in views {
+                    graph.remove(v);
+                }
                 Ok("DROP TABLE")
             }
             ObjectType::Schema => {
+                let mut graph = stream.lock().await;
                 let mut txn = db.begin_write().await;
                 let mut catalog = txn.catalog().clone();
-                let mut dropped = Vec::new();
+                let mut dropped_views = Vec::new();
                 for n in names {
                     let (_, name) = object_name(n)?;
                     if strom_catalog::catalog::SYSTEM_SCHEMAS.contains(&name.as_str()) {
                         return Err(strom_catalog::CatalogError::SchemaProtected(name).into());
                     }
-                    if catalog.schema_by_name(&name).is_none() && *if_exists {
-                        continue;
+                    let Some(sd) = catalog.schema_by_name(&name).cloned() else {
+                        if *if_exists {
+                            continue;
+                        }
+                        return Err(strom_catalog::CatalogError::SchemaNotFound(name).into());
+                    };
+                    let ids: Vec<TableId> = catalog.tables_in(sd.id).map(|t| t.id).collect();
+                    if !ids.is_empty() && !*cascade {
+                        return Err(strom_catalog::CatalogError::SchemaNotEmpty(name).into());
                     }
-                    dropped.extend(catalog.drop_schema(&name, *cascade)?);
-                }
-                for def in &dropped {
-                    txn.delete_table_rows(def);
+                    dropped_views.extend(views::drop_in_txn(&mut txn, &mut catalog, &ids, true)?);
+                    catalog.drop_schema(&name, false)?;
                 }
                 txn.set_catalog(catalog);
                 txn.commit()?;
+                for v in dropped_views {
+                    graph.remove(v);
+                }
                 Ok("DROP SCHEMA")
             }
             other => Err(StromError::unsupported(format!("DROP {other}"))),

@@ -103,7 +103,14 @@ fn resolve<'a>(
     name: &sqlparser::ast::ObjectName,
 ) -> Result<&'a TableDef> {
     let (schema, name) = object_name(name)?;
-    Ok(catalog.resolve_table(schema.as_deref(), &name, &settings.search_path)?)
+    let def = catalog.resolve_table(schema.as_deref(), &name, &settings.search_path)?;
+    if def.is_view() {
+        return Err(StromError::user(
+            "42809",
+            format!("cannot change materialized view \"{}\"", def.name),
+        ));
+    }
+    Ok(def)
 }
 
 fn insert_target(ins: &Insert) -> Result<&sqlparser::ast::ObjectName> {

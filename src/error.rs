@@ -47,14 +47,25 @@ impl StromError {
     }
 
     pub fn into_pgwire(self) -> PgWireError {
+        PgWireError::UserError(Box::new(self.error_info()))
+    }
+
+    /// The ErrorResponse fields. A message may carry `\nDETAIL: ...` and then
+    /// `\nHINT: ...` parts, which become the DETAIL and HINT fields.
+    pub fn error_info(&self) -> ErrorInfo {
         let (code, message) = self.code_and_message();
+        let (message, hint) = match message.split_once("\nHINT: ") {
+            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+            None => (message, None),
+        };
         let (message, detail) = match message.split_once("\nDETAIL: ") {
             Some((m, d)) => (m.to_string(), Some(d.to_string())),
             None => (message, None),
         };
         let mut info = ErrorInfo::new("ERROR".to_string(), code.to_string(), message);
         info.detail = detail;
-        PgWireError::UserError(Box::new(info))
+        info.hint = hint;
+        info
     }
 }
 

@@ -13,10 +13,14 @@ mod pg_catalog;
 mod pg_literals;
 mod query;
 mod session;
+mod views;
 
 use std::sync::Arc;
 
 use clap::Parser;
+use std::time::Duration;
+
+use strom_engine::stream::runtime::{RuntimeConfig, StreamRuntime};
 use strom_engine::{Database, StoreOptions};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -57,11 +61,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let db = Arc::new(db);
+    let stream = StreamRuntime::new(
+        Arc::clone(&db),
+        RuntimeConfig {
+            barrier_interval: Duration::from_millis(config.barrier_interval_ms),
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+            memory_budget: config.memory_budget,
+            ..RuntimeConfig::default()
+        },
+    )?;
+    views::deploy_all(&db, &stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot redeploy materialized views: {}", e.code_and_message().1))?;
+    stream.start();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), "strom is ready");
-    let handlers = Arc::new(pg::handler::Handlers::new(Arc::clone(&db)));
+    let handlers = Arc::new(pg::handler::Handlers::new(Arc::clone(&db), Arc::clone(&stream)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {

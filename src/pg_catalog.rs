@@ -348,8 +348,10 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
                         null(),
                     ]
                 };
-                rows.push(class(tb.id.oid(), tb.name.clone(), "r", natts, tb.user_pk));
-                if tb.user_pk {
+                let kind = if tb.is_view() { "m" } else { "r" };
+                let has_index = tb.user_pk && !tb.is_view();
+                rows.push(class(tb.id.oid(), tb.name.clone(), kind, natts, has_index));
+                if has_index {
                     rows.push(class(
                         index_oid_of(tb.id.oid()),
                         format!("{}_pkey", tb.name),
@@ -491,7 +493,7 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
         }
         "pg_index" => cat
             .tables()
-            .filter(|tb| tb.user_pk)
+            .filter(|tb| tb.has_declared_pk())
             .map(|tb| {
                 let attnums: Vec<i16> = tb.pk.iter().map(|&i| i as i16 + 1).collect();
                 let n = attnums.len() as i16;
@@ -517,7 +519,7 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
             .collect(),
         "pg_constraint" => cat
             .tables()
-            .filter(|tb| tb.user_pk)
+            .filter(|tb| tb.has_declared_pk())
             .map(|tb| {
                 let attnums: Vec<i16> = tb.pk.iter().map(|&i| i as i16 + 1).collect();
                 vec![
@@ -600,13 +602,14 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
         ],
         "pg_tables" => cat
             .tables()
+            .filter(|tb| !tb.is_view())
             .map(|tb| {
                 vec![
                     t(schema_name(tb.schema)),
                     t(&tb.name),
                     t(&user),
                     null(),
-                    b(tb.user_pk),
+                    b(tb.has_declared_pk()),
                     b(false),
                     b(false),
                     b(false),
@@ -615,7 +618,7 @@ fn rows_of(name: &str, env: &QueryEnv) -> Vec<Vec<ScalarValue>> {
             .collect(),
         "pg_indexes" => cat
             .tables()
-            .filter(|tb| tb.user_pk)
+            .filter(|tb| tb.has_declared_pk())
             .map(|tb| {
                 let s = schema_name(tb.schema);
                 let cols: Vec<String> = tb

@@ -8,7 +8,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
-use sqlparser::ast::{Expr, Set, Statement, Value};
+use sqlparser::ast::{Expr, ObjectType, Set, Statement, Value};
+use strom_engine::stream::runtime::StreamRuntime;
 use strom_engine::Database;
 
 use crate::error::{Result, StromError};
@@ -16,7 +17,7 @@ use crate::functions::SERVER_VERSION;
 use crate::pg::binary::decode_param;
 use crate::pg::text::parse_time_zone;
 use crate::query::{self, QueryEnv};
-use crate::{ddl, dml};
+use crate::{ddl, dml, views};
 
 /// Settings a session can `SET` and `SHOW`.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct Settings {
     search_path_text: String,
     pub time_zone: Tz,
     pub time_zone_name: String,
+    /// DML returns only once its changes are visible in every view (`implicit_flush`,
+    /// also accepted as `RW_IMPLICIT_FLUSH`).
+    pub implicit_flush: bool,
     /// Other settings clients set (`application_name`, `extra_float_digits`, ...): kept and
     /// shown back, without effect.
     other: BTreeMap<String, String>,
@@ -39,6 +43,7 @@ impl Settings {
             search_path_text: String::new(),
             time_zone: Tz::UTC,
             time_zone_name: "UTC".into(),
+            implicit_flush: true,
             other: BTreeMap::new(),
         };
         s.set_search_path("\"$user\", public");
@@ -92,6 +97,9 @@ impl Settings {
             "search_path" => Some(self.search_path_text.clone()),
             "server_version" => Some(SERVER_VERSION.to_string()),
             "session_authorization" => Some(self.user.clone()),
+            "implicit_flush" | "rw_implicit_flush" => {
+                Some(if self.implicit_flush { "on" } else { "off" }.into())
+            }
             _ => self.other.get(&n).cloned(),
         }
     }
@@ -121,6 +129,18 @@ impl Settings {
                 };
             }
             "search_path" => self.set_search_path(value),
+            "implicit_flush" | "rw_implicit_flush" => {
+                self.implicit_flush = match value.to_lowercase().as_str() {
+                    "on" | "true" | "1" | "yes" | "default" => true,
+                    "off" | "false" | "0" | "no" => false,
+                    _ => {
+                        return Err(StromError::user(
+                            "22023",
+                            format!("parameter \"{n}\" requires a Boolean value"),
+                        ))
+                    }
+                }
+            }
             "server_version"
             | "server_encoding"
             | "integer_datetimes"
@@ -143,6 +163,10 @@ impl Settings {
         all.push(("TimeZone".into(), self.time_zone_name.clone()));
         all.push(("search_path".into(), self.search_path_text.clone()));
         all.push(("server_version".into(), SERVER_VERSION.into()));
+        all.push((
+            "implicit_flush".into(),
+            if self.implicit_flush { "on" } else { "off" }.into(),
+        ));
         all.sort();
         all
     }
@@ -182,6 +206,7 @@ pub struct Description {
 
 pub struct Session {
     pub db: Arc<Database>,
+    pub stream: Arc<StreamRuntime>,
     pub settings: std::sync::Mutex<Settings>,
 }
 
@@ -192,9 +217,10 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub fn new(db: Arc<Database>, user: &str) -> Self {
+    pub fn new(db: Arc<Database>, stream: Arc<StreamRuntime>, user: &str) -> Self {
         Session {
             db,
+            stream,
             settings: std::sync::Mutex::new(Settings::new(user)),
         }
     }
@@ -220,6 +246,42 @@ impl Session {
         let mut stmt = stmt.clone();
         query::prepare_statement(&mut stmt, &self.db.catalog(), &self.settings())?;
         match &stmt {
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(_)) =>
+            {
+                no_params(params)?;
+                views::explain(&self.db, &self.settings(), statement).await
+            }
+            Statement::CreateView(_) => {
+                no_params(params)?;
+                let tag = views::create(&self.db, &self.stream, &self.settings(), &stmt).await?;
+                Ok(Outcome::Command { tag, rows: None })
+            }
+            Statement::Drop {
+                object_type: ObjectType::MaterializedView,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => {
+                let tag = views::drop(
+                    &self.db,
+                    &self.stream,
+                    &self.settings(),
+                    names,
+                    *if_exists,
+                    *cascade,
+                )
+                .await?;
+                Ok(Outcome::Command { tag, rows: None })
+            }
+            s if strom_sql::parser::is_flush(s) => {
+                self.stream.flush().await?;
+                Ok(Outcome::Command {
+                    tag: "FLUSH",
+                    rows: None,
+                })
+            }
             Statement::Query(_) | Statement::Explain { .. } => {
                 let env = self.env();
                 let ctx = env.context();
@@ -230,8 +292,12 @@ impl Session {
                 Ok(Outcome::Rows { schema, batches })
             }
             Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+                let settings = self.settings();
                 let (tag, rows) =
-                    dml::execute(&self.db, &self.settings(), &stmt, params, param_oids).await?;
+                    dml::execute(&self.db, &settings, &stmt, params, param_oids).await?;
+                if settings.implicit_flush {
+                    self.stream.flush().await?;
+                }
                 Ok(Outcome::Command {
                     tag,
                     rows: Some(rows),
@@ -239,7 +305,7 @@ impl Session {
             }
             Statement::CreateTable(_) | Statement::CreateSchema { .. } | Statement::Drop { .. } => {
                 no_params(params)?;
-                let tag = ddl::execute(&self.db, &self.settings(), &stmt).await?;
+                let tag = ddl::execute(&self.db, &self.stream, &self.settings(), &stmt).await?;
                 Ok(Outcome::Command { tag, rows: None })
             }
             Statement::Set(set) => {
@@ -280,6 +346,18 @@ impl Session {
         let mut stmt = stmt.clone();
         query::prepare_statement(&mut stmt, &self.db.catalog(), &self.settings())?;
         match &stmt {
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(_)) =>
+            {
+                Ok(Description {
+                    params: vec![],
+                    columns: Some(Arc::new(Schema::new(vec![Field::new(
+                        "QUERY PLAN",
+                        DataType::Utf8,
+                        false,
+                    )]))),
+                })
+            }
             Statement::Query(_) | Statement::Explain { .. } => {
                 let env = self.env();
                 let ctx = env.context();

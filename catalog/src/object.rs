@@ -74,6 +74,11 @@ impl TableDef {
         !self.user_pk && self.view.is_none()
     }
 
+    /// A primary key the user declared (views have derived keys, never declared ones).
+    pub fn has_declared_pk(&self) -> bool {
+        self.user_pk && self.view.is_none()
+    }
+
     pub fn is_view(&self) -> bool {
         self.view.is_some()
     }

@@ -20,13 +20,14 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use pgwire::types::ToSqlText;
 use postgres_types::{IsNull, ToSql};
 use sqlparser::ast::Statement;
 use strom_catalog::SqlType;
+use strom_engine::stream::runtime::StreamRuntime;
 use strom_engine::Database;
 
 use super::text::TextOptions;
@@ -35,13 +36,15 @@ use crate::session::{Outcome, Param, Session};
 
 pub struct Backend {
     db: Arc<Database>,
+    stream: Arc<StreamRuntime>,
     parser: Arc<StromParser>,
 }
 
 impl Backend {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<Database>, stream: Arc<StreamRuntime>) -> Self {
         Backend {
             db,
+            stream,
             parser: Arc::new(StromParser),
         }
     }
@@ -53,9 +56,10 @@ impl Backend {
             .cloned()
             .unwrap_or_else(|| "root".into());
         let db = Arc::clone(&self.db);
+        let stream = Arc::clone(&self.stream);
         client
             .session_extensions()
-            .get_or_insert_with(move || Session::new(db, &user))
+            .get_or_insert_with(move || Session::new(db, stream, &user))
     }
 }
 
@@ -237,14 +241,7 @@ fn response(outcome: Outcome, format: &Format, session: &Session) -> PgWireResul
 }
 
 fn error_response(e: StromError) -> Response {
-    let (code, message) = e.code_and_message();
-    let (message, detail) = match message.split_once("\nDETAIL: ") {
-        Some((m, d)) => (m.to_string(), Some(d.to_string())),
-        None => (message, None),
-    };
-    let mut info = ErrorInfo::new("ERROR".into(), code.into(), message);
-    info.detail = detail;
-    Response::Error(Box::new(info))
+    Response::Error(Box::new(e.error_info()))
 }
 
 #[async_trait]
@@ -444,9 +441,9 @@ pub struct Handlers {
 }
 
 impl Handlers {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<Database>, stream: Arc<StreamRuntime>) -> Self {
         Handlers {
-            backend: Arc::new(Backend::new(db)),
+            backend: Arc::new(Backend::new(db, stream)),
             startup: Arc::new(Startup),
         }
     }

@@ -99,29 +99,8 @@ impl Planner {
                     unique_key,
                     append_only: false,
                 };
-                if !scan.filters.is_empty() {
-                    let df = DFSchema::try_from_qualified_schema(
-                        scan.table_name.clone(),
-                        full_schema.as_ref(),
-                    )?;
-                    let conj = scan
-                        .filters
-                        .iter()
-                        .cloned()
-                        .reduce(Expr::and)
-                        .expect("non-empty");
-                    let predicate = self.expr(&conj, &df)?;
-                    node = PlanNode {
-                        kind: NodeKind::Filter {
-                            predicate,
-                            text: conj.human_display().to_string(),
-                        },
-                        schema: Arc::clone(&node.schema),
-                        unique_key: node.unique_key.clone(),
-                        append_only: node.append_only,
-                        inputs: vec![node],
-                    };
-                }
+                // `scan.filters` are ignored: the provider accepts them as Inexact, so
+                // DataFusion keeps the same predicates in a Filter above the scan.
                 if let Some(projection) = &scan.projection {
                     node = project_columns(node, projection, out_schema(plan));
                 }

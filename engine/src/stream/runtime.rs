@@ -472,8 +472,9 @@ impl Graph {
     }
 
     /// Deploys a view: `def` is its catalog entry, `plan` its stream plan. Views must be
-    /// deployed after the views they read.
-    pub fn deploy(&mut self, def: Arc<TableDef>, plan: &PlanNode) -> Result<()> {
+    /// deployed after the views they read. A `new` view starts backfilling; an existing
+    /// one resumes where its last committed epoch left it.
+    pub fn deploy(&mut self, def: Arc<TableDef>, plan: &PlanNode, new: bool) -> Result<()> {
         let mut alloc = StateAlloc::new(def.id.0, self.db.store().clone(), Arc::clone(&self.budget));
         let catalog = self.db.catalog();
         let mut sources = Vec::new();
@@ -487,12 +488,17 @@ impl Graph {
             rows_read: 0,
         };
         let store = self.db.store();
-        match store.get(&backfill_key(def.id))? {
-            Some(b) => view.decode_positions(&b)?,
-            None => view.sources.iter_mut().for_each(|s| s.position = Position::Done),
-        }
-        if let Some(msg) = store.get(&failure_key(def.id))? {
-            view.failed = Some(String::from_utf8_lossy(&msg).into_owned());
+        if !new {
+            match store.get(&backfill_key(def.id))? {
+                Some(b) => view.decode_positions(&b)?,
+                None => view
+                    .sources
+                    .iter_mut()
+                    .for_each(|s| s.position = Position::Done),
+            }
+            if let Some(msg) = store.get(&failure_key(def.id))? {
+                view.failed = Some(String::from_utf8_lossy(&msg).into_owned());
+            }
         }
         self.status.lock().expect("status lock").push(BackfillStatus {
             view: def.id,
