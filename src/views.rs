@@ -79,7 +79,15 @@ async fn plan_view(
     }
     let mut cols: Vec<ColumnDef> = Vec::new();
     for (i, f) in out.fields().iter().enumerate() {
-        let col_name = columns.get(i).cloned().unwrap_or_else(|| f.name().clone());
+        // Duplicate output names carry a marker (see `strom_sql::rewrite`); PostgreSQL
+        // reports them when a relation would have them.
+        let col_name = columns.get(i).cloned().unwrap_or_else(|| {
+            f.name()
+                .split(strom_sql::rewrite::DUPLICATE_NAME_MARKER)
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
         if cols.iter().any(|c| c.name == col_name) {
             return Err(StromError::user(
                 "42701",

@@ -107,13 +107,18 @@ impl Planner {
                 Ok(node)
             }
             LogicalPlan::Projection(p) => {
-                let input = self.node(&p.input)?;
+                let mut input = self.node(&p.input)?;
                 let in_schema = p.input.schema();
                 let exprs = p
                     .expr
                     .iter()
                     .map(|e| self.expr(e, in_schema))
                     .collect::<Result<Vec<_>>>()?;
+                if is_identity(&exprs, input.schema.fields().len()) {
+                    // Only renames columns: no operator needed.
+                    input.schema = out_schema(plan);
+                    return Ok(input);
+                }
                 let columns: Vec<Option<usize>> = p
                     .expr
                     .iter()
@@ -272,6 +277,7 @@ impl Planner {
             .iter()
             .map(|e| self.expr(e, in_schema))
             .collect::<Result<Vec<_>>>()?;
+        let identity = is_identity(&exprs, input.schema.fields().len());
         let pre_schema = Arc::new(Schema::new(
             exprs
                 .iter()
@@ -287,15 +293,22 @@ impl Planner {
                 })
                 .collect::<Result<Vec<_>>>()?,
         ));
-        let project = PlanNode {
-            kind: NodeKind::Project {
-                exprs,
-                texts: pre.iter().map(|e| e.human_display().to_string()).collect(),
-            },
-            schema: pre_schema,
-            unique_key: None,
-            append_only: input.append_only,
-            inputs: vec![input],
+        let project = if identity {
+            PlanNode {
+                schema: pre_schema,
+                ..input
+            }
+        } else {
+            PlanNode {
+                kind: NodeKind::Project {
+                    exprs,
+                    texts: pre.iter().map(|e| e.human_display().to_string()).collect(),
+                },
+                schema: pre_schema,
+                unique_key: None,
+                append_only: input.append_only,
+                inputs: vec![input],
+            }
         };
         let ng = a.group_expr.len();
         Ok(PlanNode {
@@ -363,8 +376,20 @@ impl Planner {
     }
 }
 
+/// True when `exprs` are exactly the input's columns, in order.
+fn is_identity(exprs: &[Arc<dyn PhysicalExpr>], input_width: usize) -> bool {
+    exprs.len() == input_width
+        && exprs.iter().enumerate().all(|(i, e)| {
+            e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                .is_some_and(|c| c.index() == i)
+        })
+}
+
 /// A projection that picks `columns` of `input`.
 fn project_columns(input: PlanNode, columns: &[usize], schema: SchemaRef) -> PlanNode {
+    if columns.len() == input.schema.fields().len() && columns.iter().enumerate().all(|(i, &c)| i == c) {
+        return PlanNode { schema, ..input };
+    }
     let exprs: Vec<Arc<dyn PhysicalExpr>> = columns
         .iter()
         .map(|&i| {
