@@ -70,7 +70,8 @@ async fn plan_view(
     }
     let optimized = ctx.state().optimize(&logical)?;
     let plan = planner::plan(&optimized)?;
-    let out = logical.schema();
+    // Types after analysis (UNION branches are coerced to common types there).
+    let out = optimized.schema();
     if !columns.is_empty() && columns.len() > out.fields().len() {
         return Err(StromError::user(
             "42601",

@@ -10,4 +10,5 @@ mod psql;
 mod recovery;
 mod server;
 mod slt;
+mod streaming;
 mod wire;

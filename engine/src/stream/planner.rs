@@ -340,39 +340,100 @@ impl Planner {
                 "a join without an equality condition (a cross join)",
             ));
         }
-        let left = self.node(&j.left)?;
-        let right = self.node(&j.right)?;
-        let key_index = |e: &Expr, schema: &DFSchema| -> Result<usize> {
-            match e {
-                Expr::Column(c) => Ok(schema.index_of_column(c)?),
-                other => Err(unsupported(format!(
-                    "the join key expression {} (join on plain columns)",
-                    other.human_display()
-                ))),
-            }
-        };
-        let mut left_keys = Vec::new();
-        let mut right_keys = Vec::new();
+        let mut left = self.node(&j.left)?;
+        let mut right = self.node(&j.right)?;
+        let (lw, rw) = (left.schema.fields().len(), right.schema.fields().len());
+        // Key expressions that are not plain columns are computed by a projection on
+        // their side, appended after the side's columns, and projected away after the join.
+        let mut extra: [Vec<Expr>; 2] = [Vec::new(), Vec::new()];
+        let mut keys: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         for (l, r) in &j.on {
-            left_keys.push(key_index(l, j.left.schema())?);
-            right_keys.push(key_index(r, j.right.schema())?);
+            for (side, e, schema, width) in [(0, l, j.left.schema(), lw), (1, r, j.right.schema(), rw)] {
+                let index = match e {
+                    Expr::Column(c) => schema.index_of_column(c)?,
+                    other => {
+                        extra[side].push(other.clone());
+                        width + extra[side].len() - 1
+                    }
+                };
+                keys[side].push(index);
+            }
         }
+        let mut ext_schemas = Vec::new();
+        for (side, input, logical) in [(0, &mut left, &j.left), (1, &mut right, &j.right)] {
+            let in_df = logical.schema();
+            if extra[side].is_empty() {
+                ext_schemas.push(in_df.as_ref().clone());
+                continue;
+            }
+            let width = input.schema.fields().len();
+            let mut exprs: Vec<Arc<dyn PhysicalExpr>> = (0..width)
+                .map(|i| {
+                    Arc::new(datafusion::physical_expr::expressions::Column::new(
+                        input.schema.field(i).name(),
+                        i,
+                    )) as Arc<dyn PhysicalExpr>
+                })
+                .collect();
+            let mut fields: Vec<Field> = input.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut extra_fields = Vec::new();
+            for (n, e) in extra[side].iter().enumerate() {
+                let p = self.expr(e, in_df)?;
+                let f = Field::new(format!("__join_key_{side}_{n}"), p.data_type(in_df.as_arrow())?, true);
+                fields.push(f.clone());
+                extra_fields.push(f);
+                exprs.push(p);
+            }
+            let mut texts: Vec<String> = (0..width).map(|i| input.schema.field(i).name().clone()).collect();
+            texts.extend(extra[side].iter().map(|e| e.human_display().to_string()));
+            let extra_df = DFSchema::try_from(Schema::new(extra_fields))?;
+            ext_schemas.push(in_df.join(&extra_df)?);
+            let taken = std::mem::replace(
+                input,
+                PlanNode {
+                    kind: NodeKind::UnionAll,
+                    inputs: vec![],
+                    schema: Arc::new(Schema::empty()),
+                    unique_key: None,
+                    append_only: false,
+                },
+            );
+            *input = PlanNode {
+                kind: NodeKind::Project { exprs, texts },
+                schema: Arc::new(Schema::new(fields)),
+                unique_key: taken.unique_key.clone(),
+                append_only: taken.append_only,
+                inputs: vec![taken],
+            };
+        }
+        let (le, re) = (extra[0].len(), extra[1].len());
+        let joined_df = ext_schemas[0].join(&ext_schemas[1])?;
         let condition = match &j.filter {
-            Some(f) => Some((self.expr(f, &j.schema)?, f.human_display().to_string())),
+            Some(f) => Some((self.expr(f, &joined_df)?, f.human_display().to_string())),
             None => None,
         };
-        Ok(PlanNode {
+        let [left_keys, right_keys] = keys;
+        let join_schema = nullable(joined_df.as_arrow());
+        let join = PlanNode {
             kind: NodeKind::HashJoin {
                 join_type,
                 left_keys,
                 right_keys,
                 condition,
             },
-            schema: out_schema(plan),
+            schema: join_schema,
             unique_key: None,
             append_only: false,
             inputs: vec![left, right],
-        })
+        };
+        if le == 0 && re == 0 {
+            return Ok(PlanNode {
+                schema: out_schema(plan),
+                ..join
+            });
+        }
+        let columns: Vec<usize> = (0..lw).chain(lw + le..lw + le + rw).collect();
+        Ok(project_columns(join, &columns, out_schema(plan)))
     }
 }
 

@@ -533,6 +533,7 @@ impl Graph {
             if view.failed.is_some() {
                 continue;
             }
+            let was_backfilling = view.backfilling();
             let upstream_failed = view
                 .sources
                 .iter()
@@ -560,7 +561,7 @@ impl Graph {
                             None => batch.delete(k),
                         }
                     }
-                    if view.backfilling() || view.rows_read > 0 {
+                    if was_backfilling {
                         if view.backfilling() {
                             batch.put(backfill_key(view.def.id), view.encode_positions());
                         } else {
