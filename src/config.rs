@@ -91,13 +91,11 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
 
 /// A quarter of physical memory (256 MiB if it cannot be read).
 fn default_memory_budget() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        });
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+    });
     total_kib.map_or(256 << 20, |k| k * 1024 / 4)
 }
 

@@ -11,9 +11,9 @@ use strom_sql::ddl::{bind_create_table, ident_name, object_name};
 use strom_engine::stream::runtime::StreamRuntime;
 
 use crate::error::{Result, StromError};
-use crate::views;
 use crate::query::QueryEnv;
 use crate::session::Settings;
+use crate::views;
 
 pub async fn execute(
     db: &Arc<Database>,

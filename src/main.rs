@@ -70,15 +70,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ..RuntimeConfig::default()
         },
     )?;
-    views::deploy_all(&db, &stream)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot redeploy materialized views: {}", e.code_and_message().1))?;
+    views::deploy_all(&db, &stream).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot redeploy materialized views: {}",
+            e.code_and_message().1
+        )
+    })?;
     stream.start();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     info!(listen = %config.listen, data_dir = %config.data_dir.display(), "strom is ready");
-    let handlers = Arc::new(pg::handler::Handlers::new(Arc::clone(&db), Arc::clone(&stream)));
+    let handlers = Arc::new(pg::handler::Handlers::new(
+        Arc::clone(&db),
+        Arc::clone(&stream),
+    ));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {

@@ -43,7 +43,10 @@ fn view_parts(
         Statement::CreateView(_) => Err(StromError::unsupported(
             "CREATE VIEW (only CREATE MATERIALIZED VIEW)",
         )),
-        _ => Err(StromError::user("XX000", "internal error: not a CREATE VIEW")),
+        _ => Err(StromError::user(
+            "XX000",
+            "internal error: not a CREATE VIEW",
+        )),
     }
 }
 
@@ -277,22 +280,22 @@ pub async fn explain(db: &Arc<Database>, settings: &Settings, stmt: &Statement) 
     let mut lines = vec![format!(
         "MaterializedView {name} key=[{}]{}",
         key.join(", "),
-        if planned.def.user_pk { "" } else { " (all columns, counted)" }
+        if planned.def.user_pk {
+            ""
+        } else {
+            " (all columns, counted)"
+        }
     )];
-    lines.extend(
-        planned
-            .plan
-            .explain()
-            .lines()
-            .map(|l| format!("  {l}")),
-    );
-    let schema = Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]));
+    lines.extend(planned.plan.explain().lines().map(|l| format!("  {l}")));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "QUERY PLAN",
+        DataType::Utf8,
+        false,
+    )]));
     let array = datafusion::arrow::array::StringArray::from(lines);
-    let batch = datafusion::arrow::array::RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![Arc::new(array)],
-    )
-    .map_err(|e| StromError::user("XX000", e.to_string()))?;
+    let batch =
+        datafusion::arrow::array::RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(array)])
+            .map_err(|e| StromError::user("XX000", e.to_string()))?;
     Ok(Outcome::Rows {
         schema,
         batches: vec![batch],
@@ -322,11 +325,7 @@ pub fn drop_in_txn(
             let base = ids
                 .iter()
                 .filter_map(|&i| catalog.table(i))
-                .find(|b| {
-                    catalog
-                        .with_dependants(b.id)
-                        .contains(&extra)
-                })
+                .find(|b| catalog.with_dependants(b.id).contains(&extra))
                 .expect("some dropped relation has the dependant");
             let direct = dep
                 .view
@@ -386,9 +385,9 @@ pub async fn drop(
                 return Err(StromError::user(
                     "42809",
                     format!(
-                        "\"{}\" is not a materialized view\nHINT: Use DROP TABLE to remove a table.",
-                        def.name
-                    ),
+                    "\"{}\" is not a materialized view\nHINT: Use DROP TABLE to remove a table.",
+                    def.name
+                ),
                 ))
             }
             Err(_) if if_exists => {}
@@ -422,23 +421,28 @@ pub async fn deploy_all(db: &Arc<Database>, stream: &Arc<StreamRuntime>) -> Resu
             _ => {
                 return Err(StromError::user(
                     "XX001",
-                    format!("stored query of materialized view \"{}\" is not a query", def.name),
+                    format!(
+                        "stored query of materialized view \"{}\" is not a query",
+                        def.name
+                    ),
                 ))
             }
         };
         let visible: Vec<String> = def.visible_columns().map(|(_, c)| c.name.clone()).collect();
-        let planned = plan_view(db, &catalog, &settings, def.schema, &def.name, &visible, &query)
-            .await
-            .map_err(|e| {
-                StromError::user(
-                    "XX000",
-                    format!(
-                        "cannot plan materialized view \"{}\" again: {}",
-                        def.name,
-                        e.code_and_message().1
-                    ),
-                )
-            })?;
+        let planned = plan_view(
+            db, &catalog, &settings, def.schema, &def.name, &visible, &query,
+        )
+        .await
+        .map_err(|e| {
+            StromError::user(
+                "XX000",
+                format!(
+                    "cannot plan materialized view \"{}\" again: {}",
+                    def.name,
+                    e.code_and_message().1
+                ),
+            )
+        })?;
         if planned.def.columns != def.columns || planned.def.pk != def.pk {
             return Err(StromError::user(
                 "XX000",

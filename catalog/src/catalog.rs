@@ -166,11 +166,9 @@ impl Catalog {
 
     /// Views that read `id` directly.
     pub fn dependants(&self, id: TableId) -> impl Iterator<Item = &TableDef> {
-        self.tables.values().filter(move |t| {
-            t.view
-                .as_ref()
-                .is_some_and(|v| v.depends_on.contains(&id))
-        })
+        self.tables
+            .values()
+            .filter(move |t| t.view.as_ref().is_some_and(|v| v.depends_on.contains(&id)))
     }
 
     /// `id` and every view that depends on it, directly or not, ordered so that each view

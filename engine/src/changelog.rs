@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use strom_catalog::TableId;
 
 use crate::error::{EngineError, Result};
-use crate::keys::{META_PREFIX, LOG_PREFIX};
+use crate::keys::{LOG_PREFIX, META_PREFIX};
 use crate::store::Store;
 
 /// The last log sequence number whose changes are in committed view state.
@@ -147,7 +147,9 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn bytes(&mut self) -> Result<Option<Vec<u8>>> {

@@ -15,9 +15,9 @@ use rocksdb::WriteBatch;
 use strom_catalog::{Catalog, TableDef, TableId};
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::changelog::{self, ChangeQueue, LogEntry, RowChange};
 use crate::error::{EngineError, Result};
 use crate::keys::{self, META_PREFIX};
-use crate::changelog::{self, ChangeQueue, LogEntry, RowChange};
 use crate::store::{Snapshot, Store, StoreOptions};
 use crate::table;
 
@@ -238,15 +238,19 @@ impl WriteTxn<'_> {
         if watched.is_empty() {
             return Ok(Vec::new());
         }
-        let touched: Vec<(TableId, &Vec<u8>, &Option<Vec<u8>>)> = self
+        type Touched<'k> = (TableId, &'k Vec<u8>, &'k Option<Vec<u8>>);
+        let touched: Vec<Touched<'_>> = self
             .overlay
             .iter()
             .filter_map(|(k, v)| Some((keys::table_of_key(k)?, k, v)))
             .filter(|(t, _, _)| watched.contains(t))
             .collect();
-        let old = self
-            .snapshot
-            .multi_get(&touched.iter().map(|(_, k, _)| (*k).clone()).collect::<Vec<_>>())?;
+        let old = self.snapshot.multi_get(
+            &touched
+                .iter()
+                .map(|(_, k, _)| (*k).clone())
+                .collect::<Vec<_>>(),
+        )?;
         Ok(touched
             .into_iter()
             .zip(old)

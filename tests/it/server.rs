@@ -10,6 +10,7 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -23,6 +24,11 @@ fn free_port() -> u16 {
 impl TestServer {
     /// A server on a fresh data directory.
     pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// A server on a fresh data directory, with extra command-line flags.
+    pub fn start_with(args: &[&str]) -> TestServer {
         let tmp = tempfile::tempdir().expect("create temp dir");
         let data_dir = tmp.path().join("data");
         let mut s = TestServer {
@@ -30,6 +36,7 @@ impl TestServer {
             data_dir,
             child: None,
             _tmp: Some(tmp),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -42,6 +49,7 @@ impl TestServer {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.args)
             .env("STROM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

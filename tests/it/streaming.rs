@@ -93,16 +93,17 @@ const VIEWS: &[(&str, &str)] = &[
 ];
 
 async fn rows(c: &Client, sql: &str) -> Result<Vec<String>, String> {
-    let msgs = c.simple_query(sql).await.map_err(|e| match e.as_db_error() {
-        Some(db) => format!("{sql}: [{}] {}", db.code().code(), db.message()),
-        None => format!("{sql}: {e}"),
-    })?;
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{sql}: [{}] {}", db.code().code(), db.message()),
+            None => format!("{sql}: {e}"),
+        })?;
     let mut out = Vec::new();
     for m in msgs {
         if let SimpleQueryMessage::Row(r) = m {
-            let vals: Vec<String> = (0..r.len())
-                .map(|i| normalize(r.get(i)))
-                .collect();
+            let vals: Vec<String> = (0..r.len()).map(|i| normalize(r.get(i))).collect();
             out.push(vals.join("|"));
         }
     }
@@ -170,11 +171,19 @@ fn random_statement(rng: &mut Rng, next_id: &mut i64) -> String {
             format!(
                 "INSERT INTO dt_b VALUES ({next_id}, {}, {}, {})",
                 rng.small(5),
-                if rng.below(4) == 0 { "150".to_string() } else { rng.small(7) },
+                if rng.below(4) == 0 {
+                    "150".to_string()
+                } else {
+                    rng.small(7)
+                },
                 rng.name()
             )
         }
-        5 => format!("INSERT INTO dt_c VALUES ({}, {}), ({0}, {1})", rng.small(5), rng.small(4)),
+        5 => format!(
+            "INSERT INTO dt_c VALUES ({}, {}), ({0}, {1})",
+            rng.small(5),
+            rng.small(4)
+        ),
         6 => format!(
             "UPDATE dt_a SET v = {}, g = {} WHERE id % 5 = {}",
             rng.small(7),
@@ -193,7 +202,12 @@ fn random_statement(rng: &mut Rng, next_id: &mut i64) -> String {
         8 => "DELETE FROM dt_a WHERE v = (SELECT max(v) FROM dt_a)".to_string(),
         9 => match rng.below(3) {
             0 => format!("DELETE FROM dt_b WHERE k = {}", rng.small(5)),
-            1 => format!("UPDATE dt_b SET k = {}, w = {} WHERE id % 3 = {}", rng.small(5), rng.small(7), rng.below(3)),
+            1 => format!(
+                "UPDATE dt_b SET k = {}, w = {} WHERE id % 3 = {}",
+                rng.small(5),
+                rng.small(7),
+                rng.below(3)
+            ),
             _ => format!("DELETE FROM dt_c WHERE x = {}", rng.small(4)),
         },
         _ => format!("DELETE FROM dt_a WHERE id % 7 = {}", rng.below(7)),
@@ -244,10 +258,16 @@ async fn views_equal_datafusion_and_postgres_from_scratch() {
             let stmt = random_statement(&mut rng, &mut next_id);
             let a = strom.batch_execute(&stmt).await.map_err(|e| e.to_string());
             let b = pg.batch_execute(&stmt).await.map_err(|e| e.to_string());
-            assert_eq!(a.is_ok(), b.is_ok(), "seed {seed} step {step}: {stmt}: strom {a:?}, pg {b:?}");
+            assert_eq!(
+                a.is_ok(),
+                b.is_ok(),
+                "seed {seed} step {step}: {stmt}: strom {a:?}, pg {b:?}"
+            );
         }
         for (name, query) in VIEWS {
-            let view = rows(&strom, &format!("SELECT * FROM {name}")).await.unwrap();
+            let view = rows(&strom, &format!("SELECT * FROM {name}"))
+                .await
+                .unwrap();
             let scratch = rows(&strom, query).await.unwrap();
             let reference = rows(&pg, query).await.unwrap();
             assert_eq!(
@@ -266,10 +286,22 @@ async fn views_equal_datafusion_and_postgres_from_scratch() {
 }
 
 const CRASH_VIEWS: &[(&str, &str)] = &[
-    ("cv_agg", "SELECT g, count(*) AS n, sum(v) AS s, max(v) AS hi, min(v) AS lo FROM ct GROUP BY g"),
-    ("cv_join", "SELECT t.id, d.label FROM ct t LEFT JOIN cd d ON t.g = d.g"),
-    ("cv_union", "SELECT g, v FROM ct WHERE v > 50 UNION ALL SELECT g, 0 FROM cd"),
-    ("cv_on_view", "SELECT count(*) AS groups, sum(n) AS n FROM cv_agg"),
+    (
+        "cv_agg",
+        "SELECT g, count(*) AS n, sum(v) AS s, max(v) AS hi, min(v) AS lo FROM ct GROUP BY g",
+    ),
+    (
+        "cv_join",
+        "SELECT t.id, d.label FROM ct t LEFT JOIN cd d ON t.g = d.g",
+    ),
+    (
+        "cv_union",
+        "SELECT g, v FROM ct WHERE v > 50 UNION ALL SELECT g, 0 FROM cd",
+    ),
+    (
+        "cv_on_view",
+        "SELECT count(*) AS groups, sum(n) AS n FROM cv_agg",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +346,11 @@ async fn views_are_exactly_once_across_sigkill() {
                         .collect();
                     format!("INSERT INTO ct VALUES {}", values.join(", "))
                 }
-                2 => format!("UPDATE ct SET v = v + 1, g = {} WHERE id % 11 = {}", rng.below(6), rng.below(11)),
+                2 => format!(
+                    "UPDATE ct SET v = v + 1, g = {} WHERE id % 11 = {}",
+                    rng.below(6),
+                    rng.below(11)
+                ),
                 _ => format!("DELETE FROM ct WHERE id % 13 = {}", rng.below(13)),
             };
             c.batch_execute(&stmt).await.unwrap();
@@ -332,6 +368,48 @@ async fn views_are_exactly_once_across_sigkill() {
                 "round {round}: view {name} is not the result over the committed rows after SIGKILL ({} statements acknowledged)",
                 acked.len()
             );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_far_larger_than_the_memory_budget_spills_and_stays_correct() {
+    // 20k groups and a 20k-row join side against a 64 KiB budget for all cached state.
+    let server = TestServer::start_with(&["--memory-budget", "64KiB"]);
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE TABLE sp (id INT PRIMARY KEY, g INT, v INT);
+         CREATE TABLE sd (g INT PRIMARY KEY, label VARCHAR);
+         INSERT INTO sp SELECT i, i % 20000, i FROM generate_series(1, 40000) AS s(i);
+         INSERT INTO sd SELECT i, 'l' || i FROM generate_series(0, 19999) AS s(i);
+         CREATE MATERIALIZED VIEW sp_agg AS SELECT g, count(*) AS n, sum(v) AS s, max(v) AS hi FROM sp GROUP BY g;
+         CREATE MATERIALIZED VIEW sp_join AS SELECT p.id, d.label FROM sp p JOIN sd d ON p.g = d.g;",
+    )
+    .await
+    .unwrap();
+    let checks = [
+        (
+            "SELECT * FROM sp_agg",
+            "SELECT g, count(*) AS n, sum(v) AS s, max(v) AS hi FROM sp GROUP BY g",
+        ),
+        (
+            "SELECT * FROM sp_join",
+            "SELECT p.id, d.label FROM sp p JOIN sd d ON p.g = d.g",
+        ),
+    ];
+    for round in 0..3 {
+        c.batch_execute(&format!(
+            "UPDATE sp SET v = v + 1 WHERE id % 3 = {round};
+             DELETE FROM sp WHERE id % 7 = {round};
+             UPDATE sd SET label = label || 'x' WHERE g % 5 = {round};"
+        ))
+        .await
+        .unwrap();
+        for (view, query) in checks {
+            let got = rows(&c, view).await.unwrap();
+            let want = rows(&c, query).await.unwrap();
+            assert!(got.len() > 10_000, "{view}: {} rows", got.len());
+            assert_eq!(got, want, "round {round}: {view} differs from scratch");
         }
     }
 }

@@ -593,7 +593,12 @@ mod tests {
         assert_eq!(agg.flush().unwrap().to_pretty(), "- F1 1 5 5 5\n");
         let f1 = keys::encode_key(&[ScalarValue::from("F1")]).unwrap();
         assert!(agg.main.get(&f1, &[]).unwrap().is_none());
-        assert!(agg.extremes[2].as_mut().unwrap().bucket(&f1).unwrap().is_empty());
+        assert!(agg.extremes[2]
+            .as_mut()
+            .unwrap()
+            .bucket(&f1)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

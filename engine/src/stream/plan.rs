@@ -61,7 +61,9 @@ impl PlanNode {
     fn name(&self) -> String {
         match &self.kind {
             NodeKind::Source {
-                name, is_view: true, ..
+                name,
+                is_view: true,
+                ..
             } => format!("ViewSource {name}"),
             NodeKind::Source { name, .. } => format!("TableSource {name}"),
             NodeKind::Filter { text, .. } => format!("Filter {text}"),
@@ -119,7 +121,10 @@ impl PlanNode {
     fn explain_into(&self, depth: usize, out: &mut String) {
         let key = match &self.unique_key {
             Some(k) => {
-                let names: Vec<&str> = k.iter().map(|&i| self.schema.field(i).name().as_str()).collect();
+                let names: Vec<&str> = k
+                    .iter()
+                    .map(|&i| self.schema.field(i).name().as_str())
+                    .collect();
                 format!(" key=[{}]", names.join(", "))
             }
             None => String::new(),

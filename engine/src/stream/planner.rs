@@ -26,9 +26,7 @@ use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
 
 fn unsupported(what: impl std::fmt::Display) -> EngineError {
-    EngineError::Unsupported(format!(
-        "{what} is not supported in materialized views yet"
-    ))
+    EngineError::Unsupported(format!("{what} is not supported in materialized views yet"))
 }
 
 /// The stream plan of a view's (optimized) query.
@@ -135,7 +133,11 @@ impl Planner {
                 Ok(PlanNode {
                     kind: NodeKind::Project {
                         exprs,
-                        texts: p.expr.iter().map(|e| e.human_display().to_string()).collect(),
+                        texts: p
+                            .expr
+                            .iter()
+                            .map(|e| e.human_display().to_string())
+                            .collect(),
                     },
                     schema: out_schema(plan),
                     unique_key,
@@ -205,8 +207,7 @@ impl Planner {
     ) -> Result<PlanNode> {
         let input = self.node(&a.input)?;
         let in_schema = a.input.schema();
-        if a
-            .group_expr
+        if a.group_expr
             .iter()
             .any(|e| matches!(e, Expr::GroupingSet(_)))
         {
@@ -348,7 +349,9 @@ impl Planner {
         let mut extra: [Vec<Expr>; 2] = [Vec::new(), Vec::new()];
         let mut keys: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         for (l, r) in &j.on {
-            for (side, e, schema, width) in [(0, l, j.left.schema(), lw), (1, r, j.right.schema(), rw)] {
+            for (side, e, schema, width) in
+                [(0, l, j.left.schema(), lw), (1, r, j.right.schema(), rw)]
+            {
                 let index = match e {
                     Expr::Column(c) => schema.index_of_column(c)?,
                     other => {
@@ -375,16 +378,27 @@ impl Planner {
                     )) as Arc<dyn PhysicalExpr>
                 })
                 .collect();
-            let mut fields: Vec<Field> = input.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<Field> = input
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
             let mut extra_fields = Vec::new();
             for (n, e) in extra[side].iter().enumerate() {
                 let p = self.expr(e, in_df)?;
-                let f = Field::new(format!("__join_key_{side}_{n}"), p.data_type(in_df.as_arrow())?, true);
+                let f = Field::new(
+                    format!("__join_key_{side}_{n}"),
+                    p.data_type(in_df.as_arrow())?,
+                    true,
+                );
                 fields.push(f.clone());
                 extra_fields.push(f);
                 exprs.push(p);
             }
-            let mut texts: Vec<String> = (0..width).map(|i| input.schema.field(i).name().clone()).collect();
+            let mut texts: Vec<String> = (0..width)
+                .map(|i| input.schema.field(i).name().clone())
+                .collect();
             texts.extend(extra[side].iter().map(|e| e.human_display().to_string()));
             let extra_df = DFSchema::try_from(Schema::new(extra_fields))?;
             ext_schemas.push(in_df.join(&extra_df)?);
@@ -448,7 +462,9 @@ fn is_identity(exprs: &[Arc<dyn PhysicalExpr>], input_width: usize) -> bool {
 
 /// A projection that picks `columns` of `input`.
 fn project_columns(input: PlanNode, columns: &[usize], schema: SchemaRef) -> PlanNode {
-    if columns.len() == input.schema.fields().len() && columns.iter().enumerate().all(|(i, &c)| i == c) {
+    if columns.len() == input.schema.fields().len()
+        && columns.iter().enumerate().all(|(i, &c)| i == c)
+    {
         return PlanNode { schema, ..input };
     }
     let exprs: Vec<Arc<dyn PhysicalExpr>> = columns

@@ -190,7 +190,8 @@ impl Exec {
                 let mut out = Vec::new();
                 for b in branches {
                     for c in b.run(inputs)? {
-                        let data = RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
+                        let data =
+                            RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
                         out.push(StreamChunk::new(c.ops().to_vec(), data)?);
                     }
                 }
@@ -199,6 +200,9 @@ impl Exec {
         })
     }
 }
+
+/// A put (`Some(value)`) or delete (`None`) of a key.
+type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
 
 /// One view's changes in an epoch, with the storage key of each row.
 type Changes = Vec<(Op, Vec<ScalarValue>, Vec<u8>)>;
@@ -290,12 +294,12 @@ impl std::fmt::Debug for StreamRuntime {
 impl StreamRuntime {
     pub fn new(db: Arc<Database>, config: RuntimeConfig) -> Result<Arc<Self>> {
         let epoch = match db.store().get(EPOCH_KEY)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
-                EngineError::Corrupt {
+            Some(b) => {
+                u64::from_be_bytes(b.as_slice().try_into().map_err(|_| EngineError::Corrupt {
                     table: "epoch".into(),
                     reason: "bad length".into(),
-                }
-            })?),
+                })?)
+            }
             None => 0,
         };
         let consumed = match db.store().get(changelog::CONSUMED_KEY)? {
@@ -412,10 +416,7 @@ impl StreamRuntime {
     /// Waits until `view` has finished backfilling (or failed, or was dropped).
     pub async fn wait_backfill(&self, view: TableId) -> Result<()> {
         loop {
-            let pending = self
-                .backfills()
-                .iter()
-                .any(|s| s.view == view && !s.done);
+            let pending = self.backfills().iter().any(|s| s.view == view && !s.done);
             if !pending {
                 return Ok(());
             }
@@ -459,7 +460,10 @@ pub fn creation_writes(view: TableId, plan: &PlanNode) -> Vec<(Vec<u8>, Vec<u8>)
 }
 
 /// The key ranges and meta keys to delete when dropping a view.
-pub fn drop_ranges(view: TableId) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>) {
+/// Key ranges `[lo, hi)` and single keys.
+pub type KeysToDelete = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
+
+pub fn drop_ranges(view: TableId) -> KeysToDelete {
     (
         vec![state::view_range(view.0)],
         vec![backfill_key(view), failure_key(view)],
@@ -468,14 +472,19 @@ pub fn drop_ranges(view: TableId) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>) {
 
 impl Graph {
     fn has_work(&self) -> bool {
-        self.db.has_pending_changes() || self.views.iter().any(|v| v.failed.is_none() && v.backfilling())
+        self.db.has_pending_changes()
+            || self
+                .views
+                .iter()
+                .any(|v| v.failed.is_none() && v.backfilling())
     }
 
     /// Deploys a view: `def` is its catalog entry, `plan` its stream plan. Views must be
     /// deployed after the views they read. A `new` view starts backfilling; an existing
     /// one resumes where its last committed epoch left it.
     pub fn deploy(&mut self, def: Arc<TableDef>, plan: &PlanNode, new: bool) -> Result<()> {
-        let mut alloc = StateAlloc::new(def.id.0, self.db.store().clone(), Arc::clone(&self.budget));
+        let mut alloc =
+            StateAlloc::new(def.id.0, self.db.store().clone(), Arc::clone(&self.budget));
         let catalog = self.db.catalog();
         let mut sources = Vec::new();
         let root = build(plan, &mut alloc, &mut sources, &catalog)?;
@@ -500,12 +509,15 @@ impl Graph {
                 view.failed = Some(String::from_utf8_lossy(&msg).into_owned());
             }
         }
-        self.status.lock().expect("status lock").push(BackfillStatus {
-            view: def.id,
-            name: def.name.clone(),
-            rows_read: 0,
-            done: !view.backfilling() || view.failed.is_some(),
-        });
+        self.status
+            .lock()
+            .expect("status lock")
+            .push(BackfillStatus {
+                view: def.id,
+                name: def.name.clone(),
+                rows_read: 0,
+                done: !view.backfilling() || view.failed.is_some(),
+            });
         self.views.push(view);
         Ok(())
     }
@@ -513,7 +525,10 @@ impl Graph {
     /// Forgets a view (its stored state is deleted by the caller's DDL commit).
     pub fn remove(&mut self, view: TableId) {
         self.views.retain(|v| v.def.id != view);
-        self.status.lock().expect("status lock").retain(|s| s.view != view);
+        self.status
+            .lock()
+            .expect("status lock")
+            .retain(|s| s.view != view);
     }
 
     fn run_epoch(&mut self) -> Result<Progress> {
@@ -605,9 +620,13 @@ impl Graph {
         }
         let consumed_seq = match last_seq {
             Some(s) => s,
-            None => self.db.store().get(changelog::CONSUMED_KEY)?.map_or(0, |b| {
-                u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-            }),
+            None => self
+                .db
+                .store()
+                .get(changelog::CONSUMED_KEY)?
+                .map_or(0, |b| {
+                    u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
+                }),
         };
         Ok(Progress {
             epoch: self.epoch,
@@ -671,7 +690,11 @@ fn build(
                 })
                 .collect();
             Exec::ProjectFilter(
-                ProjectFilter::try_new(Some(Arc::clone(predicate)), cols, Arc::clone(&node.schema))?,
+                ProjectFilter::try_new(
+                    Some(Arc::clone(predicate)),
+                    cols,
+                    Arc::clone(&node.schema),
+                )?,
                 Box::new(input),
             )
         }
@@ -835,14 +858,11 @@ fn scan(
 
 /// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
 /// to put, `(key, None)` to delete.
-fn content_writes(
-    view: &View,
-    snapshot: &Snapshot,
-    changes: &Changes,
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+fn content_writes(view: &View, snapshot: &Snapshot, changes: &Changes) -> Result<Vec<KeyWrite>> {
     // Net effect per key: the change in count, the last row inserted under it and
     // whether the last op was an insert.
-    let mut net: HashMap<&[u8], (i64, Option<&Vec<ScalarValue>>, bool)> = HashMap::new();
+    type Net<'r> = (i64, Option<&'r Vec<ScalarValue>>, bool);
+    let mut net: HashMap<&[u8], Net<'_>> = HashMap::new();
     let mut order: Vec<&[u8]> = Vec::new();
     for (op, row, key) in changes {
         let e = net.entry(key.as_slice()).or_insert_with(|| {
