@@ -120,6 +120,20 @@ impl TableProvider for StromTable {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
+        if self.def.is_view() {
+            let key = crate::stream::runtime::failure_key(self.def.id);
+            if let Some(msg) = self
+                .snapshot
+                .get(&key)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+            {
+                return Err(DataFusionError::Execution(format!(
+                    "materialized view \"{}\" failed and is no longer maintained: {}; drop and recreate it",
+                    self.def.name,
+                    String::from_utf8_lossy(&msg)
+                )));
+            }
+        }
         let schema = Arc::new(self.schema.project(&projection)?);
         let row_positions = projection.iter().map(|&i| self.columns[i]).collect();
         let plan = plan_scan(&self.def, filters);

@@ -66,7 +66,8 @@ fn backfill_key(view: TableId) -> Vec<u8> {
     k
 }
 
-fn failure_key(view: TableId) -> Vec<u8> {
+/// Where a failed view's error message is kept.
+pub fn failure_key(view: TableId) -> Vec<u8> {
     let mut k = b"\x00view_failed/".to_vec();
     k.extend_from_slice(&view.0.to_be_bytes());
     k
