@@ -79,33 +79,8 @@ pub async fn execute(
             ..
         } => match object_type {
             ObjectType::Table => {
-                let mut graph = stream.lock().await;
-                let mut txn = db.begin_write().await;
-                let mut catalog = txn.catalog().clone();
-                let mut ids = Vec::new();
-                for n in names {
-                    let (schema, name) = object_name(n)?;
-                    match catalog.resolve_table(schema.as_deref(), &name, &settings.search_path) {
-                        Ok(def) if def.is_view() => {
-                            return Err(StromError::user(
-                                "42809",
-                                format!(
-                                    "\"{}\" is not a table\nHINT: Use DROP MATERIALIZED VIEW to remove a materialized view.",
-                                    def.name
-                                ),
-                            ))
-                        }
-                        Ok(def) => ids.push(def.id),
-                        Err(_) if *if_exists => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                let views = views::drop_in_txn(&mut txn, &mut catalog, &ids, *cascade)?;
-                txn.set_catalog(catalog);
-                txn.commit()?;
-                for v in views {
-                    graph.remove(v);
-                }
+                views::drop_relations(db, stream, settings, names, *if_exists, *cascade, false)
+                    .await?;
                 Ok("DROP TABLE")
             }
             ObjectType::Schema => {

@@ -264,15 +264,17 @@ impl Session {
                 cascade,
                 ..
             } => {
-                let tag = views::drop(
+                views::drop_relations(
                     &self.db,
                     &self.stream,
                     &self.settings(),
                     names,
                     *if_exists,
                     *cascade,
+                    true,
                 )
                 .await?;
+                let tag = "DROP MATERIALIZED VIEW";
                 Ok(Outcome::Command { tag, rows: None })
             }
             s if strom_sql::parser::is_flush(s) => {

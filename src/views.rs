@@ -177,6 +177,28 @@ fn column_names(columns: &[sqlparser::ast::ViewColumnDef]) -> Vec<String> {
     columns.iter().map(|c| ident_name(&c.name)).collect()
 }
 
+/// Plans a `CREATE MATERIALIZED VIEW` statement against the current catalog.
+async fn plan_statement(
+    db: &Arc<Database>,
+    catalog: &Arc<Catalog>,
+    settings: &Settings,
+    schema: strom_catalog::SchemaId,
+    name: &str,
+    stmt: &Statement,
+) -> Result<Planned> {
+    let (_, columns, query, _) = view_parts(stmt)?;
+    plan_view(
+        db,
+        catalog,
+        settings,
+        schema,
+        name,
+        &column_names(columns),
+        query,
+    )
+    .await
+}
+
 /// `CREATE MATERIALIZED VIEW`: returns once the view is backfilled.
 pub async fn create(
     db: &Arc<Database>,
@@ -185,7 +207,7 @@ pub async fn create(
     stmt: &Statement,
 ) -> Result<&'static str> {
     const TAG: &str = "CREATE MATERIALIZED VIEW";
-    let (name, columns, query, if_not_exists) = view_parts(stmt)?;
+    let (name, _, _, if_not_exists) = view_parts(stmt)?;
     let catalog = db.catalog();
     let (schema, name) = target(&catalog, settings, name)?;
     if catalog.table_by_name(schema, &name).is_some() {
@@ -194,16 +216,7 @@ pub async fn create(
         }
         return Err(strom_catalog::CatalogError::TableExists(name).into());
     }
-    let planned = plan_view(
-        db,
-        &catalog,
-        settings,
-        schema,
-        &name,
-        &column_names(columns),
-        query,
-    )
-    .await?;
+    let planned = plan_statement(db, &catalog, settings, schema, &name, stmt).await?;
     let backfilling: Vec<String> = stream
         .backfills()
         .into_iter()
@@ -258,19 +271,10 @@ pub async fn create(
 
 /// `EXPLAIN CREATE MATERIALIZED VIEW`: the stream plan, one node per row.
 pub async fn explain(db: &Arc<Database>, settings: &Settings, stmt: &Statement) -> Result<Outcome> {
-    let (name, columns, query, _) = view_parts(stmt)?;
+    let (name, _, _, _) = view_parts(stmt)?;
     let catalog = db.catalog();
     let (schema, name) = target(&catalog, settings, name)?;
-    let planned = plan_view(
-        db,
-        &catalog,
-        settings,
-        schema,
-        &name,
-        &column_names(columns),
-        query,
-    )
-    .await?;
+    let planned = plan_statement(db, &catalog, settings, schema, &name, stmt).await?;
     let key: Vec<&str> = planned
         .def
         .pk
@@ -364,15 +368,17 @@ pub fn drop_in_txn(
     Ok(views)
 }
 
-/// `DROP MATERIALIZED VIEW [IF EXISTS] names [CASCADE]`.
-pub async fn drop(
+/// `DROP MATERIALIZED VIEW` (`views`) or `DROP TABLE` (`!views`) `[IF EXISTS] names
+/// [CASCADE]`: the named relations must be of that kind.
+pub async fn drop_relations(
     db: &Arc<Database>,
     stream: &Arc<StreamRuntime>,
     settings: &Settings,
     names: &[ObjectName],
     if_exists: bool,
     cascade: bool,
-) -> Result<&'static str> {
+    views: bool,
+) -> Result<()> {
     let mut graph = stream.lock().await;
     let mut txn = db.begin_write().await;
     let mut catalog = txn.catalog().clone();
@@ -380,32 +386,38 @@ pub async fn drop(
     for n in names {
         let (schema, name) = object_name(n)?;
         match catalog.resolve_table(schema.as_deref(), &name, &settings.search_path) {
-            Ok(def) if def.is_view() => ids.push(def.id),
+            Ok(def) if def.is_view() == views => ids.push(def.id),
             Ok(def) => {
+                let (kind, hint) = if views {
+                    ("a materialized view", "Use DROP TABLE to remove a table.")
+                } else {
+                    (
+                        "a table",
+                        "Use DROP MATERIALIZED VIEW to remove a materialized view.",
+                    )
+                };
                 return Err(StromError::user(
                     "42809",
-                    format!(
-                    "\"{}\" is not a materialized view\nHINT: Use DROP TABLE to remove a table.",
-                    def.name
-                ),
-                ))
+                    format!("\"{}\" is not {kind}\nHINT: {hint}", def.name),
+                ));
             }
             Err(_) if if_exists => {}
-            Err(_) => {
+            Err(_) if views => {
                 return Err(StromError::user(
                     "42P01",
                     format!("materialized view \"{name}\" does not exist"),
                 ))
             }
+            Err(e) => return Err(e.into()),
         }
     }
-    let views = drop_in_txn(&mut txn, &mut catalog, &ids, cascade)?;
+    let dropped = drop_in_txn(&mut txn, &mut catalog, &ids, cascade)?;
     txn.set_catalog(catalog);
     txn.commit()?;
-    for v in views {
+    for v in dropped {
         graph.remove(v);
     }
-    Ok("DROP MATERIALIZED VIEW")
+    Ok(())
 }
 
 /// Plans and deploys every view in the catalog (at start), in creation order, which puts

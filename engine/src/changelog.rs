@@ -49,13 +49,18 @@ pub fn log_key(seq: u64) -> Vec<u8> {
     k
 }
 
-/// Reads the consumed mark and every unconsumed entry (at start).
-pub fn load(store: &Store) -> Result<ChangeQueue> {
+/// The last sequence number whose changes are in committed view state (0: none).
+pub fn consumed(store: &Store) -> Result<u64> {
     debug_assert_eq!(CONSUMED_KEY[0], META_PREFIX);
-    let consumed = match store.get(CONSUMED_KEY)? {
+    Ok(match store.get(CONSUMED_KEY)? {
         Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| corrupt("mark"))?),
         None => 0,
-    };
+    })
+}
+
+/// Reads the consumed mark and every unconsumed entry (at start).
+pub fn load(store: &Store) -> Result<ChangeQueue> {
+    let consumed = consumed(store)?;
     let mut pending = VecDeque::new();
     let mut next_seq = consumed + 1;
     for (k, v) in store.scan_latest(&[LOG_PREFIX], &[LOG_PREFIX + 1])? {

@@ -169,12 +169,12 @@ impl HashJoin {
 
     /// The stored rows of `side` under `prefix`.
     fn entries(&mut self, side: Side, prefix: &[u8]) -> Result<Vec<Entry>> {
-        let types = self.types[idx(side)].clone();
+        let types = &self.types[idx(side)];
         self.state[idx(side)]
             .bucket(prefix)?
             .iter()
             .map(|(suffix, value)| {
-                let row = row::decode_row(suffix, &types).map_err(corrupt)?;
+                let row = row::decode_row(suffix, types).map_err(corrupt)?;
                 let c = row::decode_row(value, &COUNTS).map_err(corrupt)?;
                 let n = |v: &ScalarValue| match v {
                     ScalarValue::Int64(Some(n)) => *n,

@@ -16,6 +16,22 @@ use strom_catalog::TableId;
 use super::hash_agg::{AggCall, AggKind};
 use super::hash_join::JoinType;
 
+/// Physical expressions that read `columns` of `schema` unchanged.
+pub fn column_refs(
+    schema: &SchemaRef,
+    columns: impl IntoIterator<Item = usize>,
+) -> Vec<Arc<dyn PhysicalExpr>> {
+    columns
+        .into_iter()
+        .map(|i| {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                schema.field(i).name(),
+                i,
+            )) as Arc<dyn PhysicalExpr>
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     /// The changes of a table or of another view (its visible columns).

@@ -21,7 +21,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 
 use super::hash_agg::{AggCall, AggKind};
 use super::hash_join::JoinType;
-use super::plan::{NodeKind, PlanNode};
+use super::plan::{column_refs, NodeKind, PlanNode};
 use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
 
@@ -370,14 +370,7 @@ impl Planner {
                 continue;
             }
             let width = input.schema.fields().len();
-            let mut exprs: Vec<Arc<dyn PhysicalExpr>> = (0..width)
-                .map(|i| {
-                    Arc::new(datafusion::physical_expr::expressions::Column::new(
-                        input.schema.field(i).name(),
-                        i,
-                    )) as Arc<dyn PhysicalExpr>
-                })
-                .collect();
+            let mut exprs = column_refs(&input.schema, 0..width);
             let mut fields: Vec<Field> = input
                 .schema
                 .fields()
@@ -467,15 +460,7 @@ fn project_columns(input: PlanNode, columns: &[usize], schema: SchemaRef) -> Pla
     {
         return PlanNode { schema, ..input };
     }
-    let exprs: Vec<Arc<dyn PhysicalExpr>> = columns
-        .iter()
-        .map(|&i| {
-            Arc::new(datafusion::physical_expr::expressions::Column::new(
-                input.schema.field(i).name(),
-                i,
-            )) as Arc<dyn PhysicalExpr>
-        })
-        .collect();
+    let exprs = column_refs(&input.schema, columns.iter().copied());
     let texts = columns
         .iter()
         .map(|&i| input.schema.field(i).name().clone())

@@ -48,7 +48,7 @@ use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 use super::chunk::{Op, StreamChunk};
 use super::hash_agg::HashAgg;
 use super::hash_join::{HashJoin, Side};
-use super::plan::{NodeKind, PlanNode};
+use super::plan::{column_refs, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
 use crate::changelog::{self, RowChange};
 use crate::database::Database;
@@ -271,6 +271,8 @@ pub struct Graph {
     budget: Arc<MemoryBudget>,
     views: Vec<View>,
     epoch: u64,
+    /// The last change-log entry in committed view state.
+    consumed_seq: u64,
     last_sync: Instant,
     status: Arc<StdMutex<Vec<BackfillStatus>>>,
 }
@@ -303,10 +305,7 @@ impl StreamRuntime {
             }
             None => 0,
         };
-        let consumed = match db.store().get(changelog::CONSUMED_KEY)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8])),
-            None => 0,
-        };
+        let consumed = changelog::consumed(db.store())?;
         let budget = MemoryBudget::new(config.memory_budget);
         let status = Arc::new(StdMutex::new(Vec::new()));
         let graph = Graph {
@@ -315,6 +314,7 @@ impl StreamRuntime {
             budget: Arc::clone(&budget),
             views: Vec::new(),
             epoch,
+            consumed_seq: consumed,
             last_sync: Instant::now(),
             status: Arc::clone(&status),
         };
@@ -619,19 +619,12 @@ impl Graph {
                 }
             }
         }
-        let consumed_seq = match last_seq {
-            Some(s) => s,
-            None => self
-                .db
-                .store()
-                .get(changelog::CONSUMED_KEY)?
-                .map_or(0, |b| {
-                    u64::from_be_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-                }),
-        };
+        if let Some(seq) = last_seq {
+            self.consumed_seq = seq;
+        }
         Ok(Progress {
             epoch: self.epoch,
-            consumed_seq,
+            consumed_seq: self.consumed_seq,
         })
     }
 
@@ -682,14 +675,7 @@ fn build(
         }
         NodeKind::Filter { predicate, .. } => {
             let input = inputs.remove(0);
-            let cols = (0..node.schema.fields().len())
-                .map(|i| {
-                    Arc::new(datafusion::physical_expr::expressions::Column::new(
-                        node.schema.field(i).name(),
-                        i,
-                    )) as Arc<dyn datafusion::physical_expr::PhysicalExpr>
-                })
-                .collect();
+            let cols = column_refs(&node.schema, 0..node.schema.fields().len());
             Exec::ProjectFilter(
                 ProjectFilter::try_new(
                     Some(Arc::clone(predicate)),
