@@ -18,10 +18,11 @@
 //! charges its cached bytes to one shared [`MemoryBudget`]; after each commit the runtime
 //! evicts buckets, least recently used epoch first, until the total is back under it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use datafusion::common::HashMap;
 use rocksdb::WriteBatch;
 
 use crate::error::Result;
@@ -107,6 +108,14 @@ impl StateAlloc {
         &self.store
     }
 
+    /// A table whose entries all have the empty suffix (one value per prefix, like an
+    /// aggregate's groups): cache misses are point reads instead of range scans.
+    pub fn single_table(&mut self) -> StateTable {
+        let mut t = self.table();
+        t.single = true;
+        t
+    }
+
     pub fn table(&mut self) -> StateTable {
         let t = StateTable::new(
             self.view,
@@ -119,15 +128,27 @@ impl StateAlloc {
     }
 }
 
+/// Records `suffix` as changed in `b`; true when `b` had no changes before.
+fn mark_dirty(b: &mut Bucket, suffix: &[u8]) -> bool {
+    let was_clean = b.dirty.is_empty();
+    if !b.dirty.contains(suffix) {
+        b.dirty.insert(suffix.to_vec());
+    }
+    was_clean
+}
+
 pub struct StateTable {
     view: u32,
     index: u16,
     store: Store,
     budget: Arc<MemoryBudget>,
     buckets: HashMap<Vec<u8>, Bucket>,
-    dirty: BTreeSet<Vec<u8>>,
+    /// Prefixes of the buckets with a non-empty dirty set, each once.
+    dirty: Vec<Vec<u8>>,
     bytes: usize,
     clock: u64,
+    /// Every bucket holds at most the entry with the empty suffix: read with a point get.
+    single: bool,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -153,10 +174,11 @@ impl StateTable {
             index,
             store,
             budget,
-            buckets: HashMap::new(),
-            dirty: BTreeSet::new(),
+            buckets: HashMap::default(),
+            dirty: Vec::new(),
             bytes: 0,
             clock: 0,
+            single: false,
         }
     }
 
@@ -175,9 +197,16 @@ impl StateTable {
             let lo = self.bucket_key(prefix);
             let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
             let mut bucket = Bucket::default();
-            for (k, v) in self.store.scan_latest(&lo, &hi)? {
-                bucket.bytes += k.len() + v.len() + ENTRY_OVERHEAD;
-                bucket.entries.insert(k[lo.len()..].to_vec(), v.into_vec());
+            if self.single {
+                if let Some(v) = self.store.get(&lo)? {
+                    bucket.bytes += lo.len() + v.len() + ENTRY_OVERHEAD;
+                    bucket.entries.insert(Vec::new(), v);
+                }
+            } else {
+                for (k, v) in self.store.scan_latest(&lo, &hi)? {
+                    bucket.bytes += k.len() + v.len() + ENTRY_OVERHEAD;
+                    bucket.entries.insert(k[lo.len()..].to_vec(), v.into_vec());
+                }
             }
             self.bytes += bucket.bytes;
             self.budget.add(bucket.bytes);
@@ -204,16 +233,21 @@ impl StateTable {
     pub fn put(&mut self, prefix: &[u8], suffix: &[u8], value: Vec<u8>) -> Result<()> {
         let b = self.load(prefix)?;
         let added = suffix.len() + value.len() + ENTRY_OVERHEAD;
-        let removed = b
-            .entries
-            .insert(suffix.to_vec(), value)
-            .map_or(0, |old| suffix.len() + old.len() + ENTRY_OVERHEAD);
-        b.dirty.insert(suffix.to_vec());
+        let removed = match b.entries.get_mut(suffix) {
+            Some(slot) => suffix.len() + std::mem::replace(slot, value).len() + ENTRY_OVERHEAD,
+            None => {
+                b.entries.insert(suffix.to_vec(), value);
+                0
+            }
+        };
         b.bytes = b.bytes + added - removed;
+        let newly_dirty = mark_dirty(b, suffix);
         self.bytes = self.bytes + added - removed;
         self.budget.add(added);
         self.budget.sub(removed);
-        self.dirty.insert(prefix.to_vec());
+        if newly_dirty {
+            self.dirty.push(prefix.to_vec());
+        }
         Ok(())
     }
 
@@ -221,11 +255,13 @@ impl StateTable {
         let b = self.load(prefix)?;
         if let Some(old) = b.entries.remove(suffix) {
             let removed = suffix.len() + old.len() + ENTRY_OVERHEAD;
-            b.dirty.insert(suffix.to_vec());
             b.bytes -= removed;
+            let newly_dirty = mark_dirty(b, suffix);
             self.bytes -= removed;
             self.budget.sub(removed);
-            self.dirty.insert(prefix.to_vec());
+            if newly_dirty {
+                self.dirty.push(prefix.to_vec());
+            }
         }
         Ok(())
     }
@@ -233,17 +269,18 @@ impl StateTable {
     /// Adds every change since the last call to `batch`.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
         for prefix in std::mem::take(&mut self.dirty) {
-            let base = self.bucket_key(&prefix);
+            let mut key = self.bucket_key(&prefix);
+            let base = key.len();
             let b = self
                 .buckets
                 .get_mut(&prefix)
                 .expect("invariant: dirty buckets stay cached");
             for suffix in std::mem::take(&mut b.dirty) {
-                let mut key = base.clone();
+                key.truncate(base);
                 key.extend_from_slice(&suffix);
                 match b.entries.get(&suffix) {
-                    Some(v) => batch.put(key, v),
-                    None => batch.delete(key),
+                    Some(v) => batch.put(&key, v),
+                    None => batch.delete(&key),
                 }
             }
         }

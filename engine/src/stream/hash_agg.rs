@@ -10,7 +10,12 @@
 //! - the main table: per group, the key values, the row count and per aggregate a count
 //!   (`count`) or a sum and a count of non-NULL inputs (`sum`, `avg`);
 //! - one table per `min`/`max`: per group, the multiset of input values (suffix: the
-//!   memcomparable value, so entries are in value order; value: the datum and its count).
+//!   memcomparable value, so entries are in value order; value: its count as 8 bytes
+//!   big-endian, then the datum).
+//!
+//! Input is read straight from the chunk's Arrow columns: keys are encoded from the arrays,
+//! and `count`/`sum`/`avg` over integers, doubles and decimals update their running state
+//! in place; a `ScalarValue` is built only for a group's first row in an epoch.
 //!   Deleting the current extreme falls back to the next value, with no recomputation.
 //!
 //! The previous output of a group is computed from its state when the group is first
@@ -21,10 +26,9 @@
 //! `FILTER (WHERE ...)` is a boolean input column per aggregate: rows where it is not true
 //! do not reach that aggregate.
 
-use std::collections::HashMap;
-
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::ScalarValue;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use datafusion::common::{HashMap, ScalarValue};
 
 use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
@@ -141,7 +145,7 @@ impl HashAgg {
             }
             arg_types.push(arg_type);
         }
-        let main = state.table();
+        let main = state.single_table();
         let extremes = calls
             .iter()
             .map(|c| matches!(c.kind, AggKind::Min | AggKind::Max).then(|| state.table()))
@@ -154,7 +158,7 @@ impl HashAgg {
             arg_types,
             main,
             extremes,
-            touched: HashMap::new(),
+            touched: HashMap::default(),
             groups: Vec::new(),
         })
     }
@@ -255,7 +259,7 @@ impl HashAgg {
                         None => ScalarValue::try_from(&self.calls[i].output_type)?,
                         Some(bytes) => {
                             let t = self.arg_types[i].clone().expect("min/max has an argument");
-                            decode(bytes, &[t, DataType::Int64])?.swap_remove(0)
+                            decode(&bytes[8..], &[t])?.swap_remove(0)
                         }
                     }
                 }
@@ -268,10 +272,47 @@ impl HashAgg {
 
     /// Folds a chunk into the group states.
     pub fn apply(&mut self, chunk: &StreamChunk) -> Result<()> {
-        for (op, row) in chunk.rows()? {
-            let key: Vec<ScalarValue> = self.group_keys.iter().map(|&k| row[k].clone()).collect();
-            let prefix = keys::encode_key(&key)?;
-            let gi = self.touch(&prefix, &key)?;
+        let batch = chunk.data();
+        let key_cols: Vec<ArrayRef> = self
+            .group_keys
+            .iter()
+            .map(|&k| batch.column(k).clone())
+            .collect();
+        let args: Vec<Option<ArrayRef>> = self
+            .calls
+            .iter()
+            .map(|c| c.arg.map(|a| batch.column(a).clone()))
+            .collect();
+        let filters: Vec<Option<&BooleanArray>> = self
+            .calls
+            .iter()
+            .map(|c| {
+                c.filter
+                    .map(|f| {
+                        batch.column(f).as_boolean_opt().ok_or_else(|| {
+                            EngineError::Internal("aggregate FILTER is not boolean".into())
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let mut prefix = Vec::new();
+        let mut suffix = Vec::new();
+        for (row, op) in chunk.ops().iter().enumerate() {
+            prefix.clear();
+            for c in &key_cols {
+                keys::encode_array_datum(c.as_ref(), row, &mut prefix)?;
+            }
+            let gi = match self.touched.get(prefix.as_slice()) {
+                Some(&i) => i,
+                None => {
+                    let key = key_cols
+                        .iter()
+                        .map(|c| ScalarValue::try_from_array(c, row))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    self.touch(&prefix, &key)?
+                }
+            };
             let sign = op.sign();
             let group = &mut self.groups[gi].1;
             group.rows += sign;
@@ -281,21 +322,37 @@ impl HashAgg {
                 ));
             }
             for (i, call) in self.calls.iter().enumerate() {
-                if let Some(f) = call.filter {
-                    if !matches!(row[f], ScalarValue::Boolean(Some(true))) {
+                if let Some(f) = filters[i] {
+                    if !(f.is_valid(row) && f.value(row)) {
                         continue;
                     }
                 }
-                let arg = call.arg.map(|a| &row[a]);
-                match &mut self.groups[gi].1.states[i] {
-                    AggState::Extreme => {
-                        let Some(v) = arg.filter(|v| !v.is_null()) else {
+                let arg = args[i].as_ref();
+                match &mut group.states[i] {
+                    AggState::Count(n) => {
+                        if call.kind == AggKind::CountStar || arg.is_some_and(|a| a.is_valid(row)) {
+                            *n += sign;
+                        }
+                    }
+                    AggState::Sum { sum, count } => {
+                        let Some(a) = arg.filter(|a| a.is_valid(row)) else {
                             continue;
                         };
-                        let table = self.extremes[i].as_mut().expect("min/max has a table");
-                        update_extreme(table, &prefix, v, sign)?;
+                        *count += sign;
+                        add_to_sum(sum, a.as_ref(), row, sign)?;
+                        if *count == 0 {
+                            *sum = None;
+                        }
                     }
-                    state => update(call.kind, state, arg, sign)?,
+                    AggState::Extreme => {
+                        let Some(a) = arg.filter(|a| a.is_valid(row)) else {
+                            continue;
+                        };
+                        suffix.clear();
+                        keys::encode_array_datum(a.as_ref(), row, &mut suffix)?;
+                        let table = self.extremes[i].as_mut().expect("min/max has a table");
+                        update_extreme(table, &prefix, &suffix, a.as_ref(), row, sign)?;
+                    }
                 }
             }
         }
@@ -374,27 +431,108 @@ fn cast_to(v: ScalarValue, t: &DataType) -> Result<ScalarValue> {
     }
 }
 
-/// Adds `sign` occurrences of `v` to a group's value multiset.
-fn update_extreme(table: &mut StateTable, prefix: &[u8], v: &ScalarValue, sign: i64) -> Result<()> {
-    let suffix = keys::encode_key(std::slice::from_ref(v))?;
-    let count = match table.get(prefix, &suffix)? {
-        Some(bytes) => as_i64(decode(bytes, &[v.data_type(), DataType::Int64])?.pop()),
-        None => 0,
-    } + sign;
+/// Adds `sign` occurrences of `array[row]` (memcomparable `suffix`) to a group's value
+/// multiset.
+fn update_extreme(
+    table: &mut StateTable,
+    prefix: &[u8],
+    suffix: &[u8],
+    array: &dyn Array,
+    row: usize,
+    sign: i64,
+) -> Result<()> {
+    let (count, value) = match table.get(prefix, suffix)? {
+        Some(bytes) => {
+            let count = bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .ok_or_else(|| EngineError::Corrupt {
+                    table: "aggregate state".into(),
+                    reason: "short min/max entry".into(),
+                })?;
+            (count + sign, Some(bytes.clone()))
+        }
+        None => (sign, None),
+    };
     if count < 0 {
         return Err(EngineError::Internal(
             "min/max: a value was deleted more often than inserted".into(),
         ));
     }
     if count == 0 {
-        table.delete(prefix, &suffix)
-    } else {
-        table.put(
-            prefix,
-            &suffix,
-            row::encode_row(&[v.clone(), ScalarValue::Int64(Some(count))])?,
-        )
+        return table.delete(prefix, suffix);
     }
+    let bytes = match value {
+        Some(mut bytes) => {
+            bytes[..8].copy_from_slice(&count.to_be_bytes());
+            bytes
+        }
+        None => {
+            let mut bytes = count.to_be_bytes().to_vec();
+            bytes.extend(row::encode_row(&[ScalarValue::try_from_array(
+                array, row,
+            )?])?);
+            bytes
+        }
+    };
+    table.put(prefix, suffix, bytes)
+}
+
+/// Adds (`sign` > 0) or subtracts `array[row]` (not NULL) to a running sum: in place for
+/// integers, doubles and decimals, through `ScalarValue` arithmetic otherwise.
+fn add_to_sum(
+    sum: &mut Option<ScalarValue>,
+    array: &dyn Array,
+    row: usize,
+    sign: i64,
+) -> Result<()> {
+    let overflow = || {
+        EngineError::Arrow(arrow::error::ArrowError::ArithmeticOverflow(format!(
+            "sum of {} out of range",
+            array.data_type()
+        )))
+    };
+    match (sum.as_mut(), array.data_type()) {
+        (Some(ScalarValue::Float64(Some(s))), DataType::Float64) => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            if sign > 0 {
+                *s += v
+            } else {
+                *s -= v
+            }
+        }
+        (Some(ScalarValue::Int64(Some(s))), DataType::Int64) => {
+            let v = array.as_primitive::<Int64Type>().value(row);
+            *s = if sign > 0 {
+                s.checked_add(v)
+            } else {
+                s.checked_sub(v)
+            }
+            .ok_or_else(overflow)?;
+        }
+        (Some(ScalarValue::Decimal128(Some(s), _, ss)), DataType::Decimal128(_, vs))
+            if ss == vs =>
+        {
+            let v = array.as_primitive::<Decimal128Type>().value(row);
+            *s = if sign > 0 {
+                s.checked_add(v)
+            } else {
+                s.checked_sub(v)
+            }
+            .ok_or_else(overflow)?;
+        }
+        _ => {
+            let v = widen(&ScalarValue::try_from_array(array, row)?)?;
+            *sum = Some(match (sum.take(), sign > 0) {
+                (None, true) => v,
+                (None, false) => v.arithmetic_negate()?,
+                (Some(s), true) => s.add_checked(&v)?,
+                (Some(s), false) => s.sub_checked(&v)?,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The type a sum of `t` values is kept in.
@@ -408,39 +546,6 @@ fn sum_type(t: &DataType) -> DataType {
         DataType::Decimal128(_, s) => DataType::Decimal128(38, *s),
         other => other.clone(),
     }
-}
-
-fn update(kind: AggKind, state: &mut AggState, arg: Option<&ScalarValue>, sign: i64) -> Result<()> {
-    match (kind, state) {
-        (AggKind::CountStar, AggState::Count(n)) => *n += sign,
-        (AggKind::Count, AggState::Count(n)) => {
-            if arg.is_some_and(|v| !v.is_null()) {
-                *n += sign
-            }
-        }
-        (AggKind::Sum | AggKind::Avg, AggState::Sum { sum, count }) => {
-            let Some(v) = arg.filter(|v| !v.is_null()) else {
-                return Ok(());
-            };
-            let v = widen(v)?;
-            *count += sign;
-            *sum = Some(match (sum.take(), sign > 0) {
-                (None, true) => v,
-                (None, false) => v.arithmetic_negate()?,
-                (Some(s), true) => s.add_checked(&v)?,
-                (Some(s), false) => s.sub_checked(&v)?,
-            });
-            if *count == 0 {
-                *sum = None;
-            }
-        }
-        (kind, _) => {
-            return Err(EngineError::Internal(format!(
-                "state mismatch for {kind:?}"
-            )))
-        }
-    }
-    Ok(())
 }
 
 fn widen(v: &ScalarValue) -> Result<ScalarValue> {

@@ -5,7 +5,8 @@
 //! memcomparable join key; suffix: the encoded row, so equal rows share one entry), each
 //! with its multiplicity and its *degree*, the number of rows of the other side it
 //! currently joins with. The degree is what outer joins need: a preserved row with degree
-//! 0 appears once per copy, padded with NULLs.
+//! 0 appears once per copy, padded with NULLs. It is kept for preserved sides only (0 is
+//! stored otherwise), so probing an inner join never rewrites the other side's state.
 //!
 //! What happens to each op of side S (the other side is O):
 //! - insert `r`: for every O row `o` matching `r`, emit `+ (r, o)`; if `o` is preserved and
@@ -22,9 +23,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::chunk::{Op, StreamChunk};
@@ -190,14 +191,14 @@ impl HashJoin {
             .collect()
     }
 
-    /// The other side's rows under `prefix` that `row` joins with.
-    fn matches(&mut self, side: Side, prefix: &[u8], row: &[ScalarValue]) -> Result<Vec<Entry>> {
-        let bucket = self.entries(side.other(), prefix)?;
-        let Some(cond) = self.condition.clone() else {
-            return Ok(bucket);
+    /// The positions in `bucket` (rows of the other side under `row`'s key) of the rows
+    /// `row` joins with: all of them, or those passing the extra condition.
+    fn matching(&self, side: Side, row: &[ScalarValue], bucket: &[Entry]) -> Result<Vec<usize>> {
+        let Some(cond) = &self.condition else {
+            return Ok((0..bucket.len()).collect());
         };
         if bucket.is_empty() {
-            return Ok(bucket);
+            return Ok(Vec::new());
         }
         let pairs: Vec<(Op, Vec<ScalarValue>)> = bucket
             .iter()
@@ -208,63 +209,79 @@ impl HashJoin {
         let mask = mask
             .as_boolean_opt()
             .ok_or_else(|| EngineError::Internal("join condition is not boolean".into()))?;
-        Ok(bucket
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
-            .map(|(_, e)| e)
+        Ok((0..bucket.len())
+            .filter(|&i| mask.is_valid(i) && mask.value(i))
             .collect())
     }
 
     /// Applies a chunk arriving on `side` and returns the join's output changes.
+    ///
+    /// Degrees are only kept for a preserved side (they are read only to pad its rows),
+    /// so an inner join writes nothing to the other side's state per probe. The other
+    /// side's buckets are decoded once per chunk and kept in step with the degree updates.
     pub fn apply(&mut self, side: Side, chunk: &StreamChunk) -> Result<StreamChunk> {
         let mut out = Vec::new();
         let (me, other) = (idx(side), idx(side.other()));
         let me_preserved = self.preserved(side);
         let other_preserved = self.preserved(side.other());
-        for (op, row) in chunk.rows()? {
-            if row.len() != self.types[me].len() {
-                return Err(EngineError::Internal(
-                    "join input row has the wrong width".into(),
-                ));
-            }
-            let key: Vec<ScalarValue> = self.keys[me].iter().map(|&k| row[k].clone()).collect();
+        if chunk.data().num_columns() != self.types[me].len() {
+            return Err(EngineError::Internal(
+                "join input row has the wrong width".into(),
+            ));
+        }
+        let key_cols: Vec<ArrayRef> = self.keys[me]
+            .iter()
+            .map(|&k| chunk.data().column(k).clone())
+            .collect();
+        let mut buckets: HashMap<Vec<u8>, Vec<Entry>> = HashMap::default();
+        let mut prefix = Vec::new();
+        for (i, (op, row)) in chunk.rows()?.into_iter().enumerate() {
             let insert = op.sign() > 0;
-            if key.iter().any(ScalarValue::is_null) {
+            if key_cols.iter().any(|c| c.is_null(i)) {
                 if me_preserved {
                     let op = if insert { Op::Insert } else { Op::Delete };
                     out.push((op, self.padded(side, &row)?));
                 }
                 continue;
             }
-            let prefix = keys::encode_key(&key)?;
+            prefix.clear();
+            for c in &key_cols {
+                keys::encode_array_datum(c.as_ref(), i, &mut prefix)?;
+            }
             let suffix = row::encode_row(&row)?;
-            let mine = self.state[me].get(&prefix, &suffix)?.cloned();
-            let (my_count, _) = match &mine {
+            let my_count = match self.state[me].get(&prefix, &suffix)? {
                 Some(v) => {
                     let c = row::decode_row(v, &COUNTS).map_err(corrupt)?;
-                    match (&c[0], &c[1]) {
-                        (ScalarValue::Int64(Some(a)), ScalarValue::Int64(Some(b))) => (*a, *b),
+                    match &c[0] {
+                        ScalarValue::Int64(Some(a)) => *a,
                         _ => return Err(corrupt("bad counts".into())),
                     }
                 }
-                None if insert => (0, 0),
+                None if insert => 0,
                 None => {
                     return Err(EngineError::Internal(
                         "join: delete of a row that was never inserted".into(),
                     ))
                 }
             };
-            let matches = self.matches(side, &prefix, &row)?;
-            let degree: i64 = matches.iter().map(|e| e.count).sum();
-            for e in &matches {
+            if !buckets.contains_key(prefix.as_slice()) {
+                let entries = self.entries(side.other(), &prefix)?;
+                buckets.insert(prefix.clone(), entries);
+            }
+            let bucket = buckets
+                .get_mut(prefix.as_slice())
+                .expect("invariant: decoded above");
+            let matched = self.matching(side, &row, bucket)?;
+            let degree: i64 = matched.iter().map(|&j| bucket[j].count).sum();
+            for &j in &matched {
+                let e = &mut bucket[j];
                 let joined = self.joined(side, &row, &e.row);
+                let new_degree = e.degree + if insert { 1 } else { -1 };
                 let padded_other = if other_preserved {
                     Some(self.padded(side.other(), &e.row)?)
                 } else {
                     None
                 };
-                let new_degree = e.degree + if insert { 1 } else { -1 };
                 for _ in 0..e.count {
                     if insert {
                         if let (Some(p), 0) = (&padded_other, e.degree) {
@@ -278,17 +295,21 @@ impl HashJoin {
                         }
                     }
                 }
-                self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
+                if other_preserved {
+                    e.degree = new_degree;
+                    self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
+                }
             }
             if degree == 0 && me_preserved {
                 let op = if insert { Op::Insert } else { Op::Delete };
                 out.push((op, self.padded(side, &row)?));
             }
             let new_count = my_count + if insert { 1 } else { -1 };
+            let my_degree = if me_preserved { degree } else { 0 };
             if new_count == 0 {
                 self.state[me].delete(&prefix, &suffix)?;
             } else {
-                self.state[me].put(&prefix, &suffix, counts(new_count, degree)?)?;
+                self.state[me].put(&prefix, &suffix, counts(new_count, my_degree)?)?;
             }
         }
         StreamChunk::from_rows(&self.output, &out)
