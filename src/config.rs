@@ -42,6 +42,17 @@ pub struct Cli {
     /// `512MiB`, `2GiB`. Default: a quarter of the machine's memory.
     #[arg(long, env = "STROM_MEMORY_BUDGET")]
     pub memory_budget: Option<String>,
+    /// Rows a backfilling view reads per source per epoch (smaller: gentler on other work).
+    #[arg(long, env = "STROM_BACKFILL_ROWS_PER_EPOCH")]
+    pub backfill_rows_per_epoch: Option<usize>,
+    /// Workers an aggregation or join runs on, rows routed to them by vnode of the key.
+    /// Default: the number of cores.
+    #[arg(long, env = "STROM_STREAM_WORKERS")]
+    pub stream_workers: Option<usize>,
+    /// Fewest input rows in an epoch for which an operator's workers run on threads
+    /// (below it they run one after another). For tests and tuning.
+    #[arg(long, env = "STROM_STREAM_PARALLEL_MIN_ROWS", hide = true)]
+    pub stream_parallel_min_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +65,8 @@ struct FileConfig {
     barrier_interval_ms: Option<u64>,
     checkpoint_interval_ms: Option<u64>,
     memory_budget: Option<String>,
+    backfill_rows_per_epoch: Option<usize>,
+    stream_workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,9 +78,13 @@ pub struct Config {
     pub barrier_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub memory_budget: usize,
+    pub backfill_rows_per_epoch: usize,
+    pub stream_workers: usize,
+    pub stream_parallel_min_rows: usize,
 }
 
 pub const DEFAULT_BARRIER_INTERVAL_MS: u64 = 20;
+pub const DEFAULT_BACKFILL_ROWS_PER_EPOCH: usize = 65_536;
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
 /// Parses `1048576`, `512MiB`, `64MB`, `2GiB`, `1G`, `100k` (binary multiples).
@@ -132,6 +149,17 @@ impl Config {
                 Some(s) => parse_size(&s)?,
                 None => default_memory_budget(),
             },
+            backfill_rows_per_epoch: positive(
+                "backfill_rows_per_epoch",
+                cli.backfill_rows_per_epoch
+                    .or(file.backfill_rows_per_epoch)
+                    .unwrap_or(DEFAULT_BACKFILL_ROWS_PER_EPOCH) as u64,
+            )? as usize,
+            stream_workers: match cli.stream_workers.or(file.stream_workers) {
+                Some(n) => positive("stream_workers", n as u64)? as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+            stream_parallel_min_rows: cli.stream_parallel_min_rows.unwrap_or(4096),
             log: cli
                 .log
                 .or(file.log)

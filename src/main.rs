@@ -13,6 +13,7 @@ mod pg_catalog;
 mod pg_literals;
 mod query;
 mod session;
+mod system;
 mod views;
 
 use std::sync::Arc;
@@ -67,7 +68,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             barrier_interval: Duration::from_millis(config.barrier_interval_ms),
             checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
             memory_budget: config.memory_budget,
-            ..RuntimeConfig::default()
+            backfill_batch: config.backfill_rows_per_epoch,
+            workers: config.stream_workers,
+            parallel_min_rows: config.stream_parallel_min_rows,
         },
     )?;
     views::deploy_all(&db, &stream).await.map_err(|e| {

@@ -20,6 +20,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use sqlparser::ast::Statement;
 use strom_catalog::{Catalog, SchemaId, TableDef, TableId};
+use strom_engine::stream::runtime::BackfillStatus;
 use strom_engine::{Snapshot, StromTable};
 
 use crate::error::Result;
@@ -36,6 +37,8 @@ pub struct QueryEnv {
     pub expose_hidden: Vec<TableId>,
     /// Planned `DEFAULT` expressions of INSERT targets.
     defaults: Mutex<HashMap<TableId, HashMap<String, Expr>>>,
+    /// What `strom_catalog.backfill_progress` shows.
+    pub backfills: Vec<BackfillStatus>,
 }
 
 impl std::fmt::Debug for QueryEnv {
@@ -54,6 +57,24 @@ impl QueryEnv {
             settings,
             expose_hidden: Vec::new(),
             defaults: Mutex::default(),
+            backfills: Vec::new(),
+        })
+    }
+
+    /// An environment that also shows the stream runtime's status (`strom_catalog`).
+    pub fn with_status(
+        catalog: Arc<Catalog>,
+        snapshot: Arc<Snapshot>,
+        settings: Settings,
+        backfills: Vec<BackfillStatus>,
+    ) -> Arc<Self> {
+        Arc::new(QueryEnv {
+            catalog,
+            snapshot,
+            settings,
+            expose_hidden: Vec::new(),
+            defaults: Mutex::default(),
+            backfills,
         })
     }
 
@@ -69,6 +90,7 @@ impl QueryEnv {
             settings,
             expose_hidden: vec![t],
             defaults: Mutex::default(),
+            backfills: Vec::new(),
         })
     }
 
@@ -338,10 +360,16 @@ impl CatalogProvider for StromDatabase {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.env.catalog.schemas().map(|s| s.name.clone()).collect();
         names.push("pg_catalog".into());
+        names.push(crate::system::SCHEMA.into());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == crate::system::SCHEMA {
+            return Some(Arc::new(crate::system::StromCatalogSchema::new(
+                Arc::clone(&self.env),
+            )));
+        }
         if name == "pg_catalog" {
             return Some(Arc::new(crate::pg_catalog::PgCatalogSchema::new(
                 Arc::clone(&self.env),

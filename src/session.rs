@@ -233,7 +233,12 @@ impl Session {
     }
 
     fn env(&self) -> Arc<QueryEnv> {
-        QueryEnv::new(self.db.catalog(), self.db.snapshot(), self.settings())
+        QueryEnv::with_status(
+            self.db.catalog(),
+            self.db.snapshot(),
+            self.settings(),
+            self.stream.backfills(),
+        )
     }
 
     /// Runs one statement with its bound parameters.

@@ -108,6 +108,25 @@ impl StateAlloc {
         &self.store
     }
 
+    /// Builds one operator `workers` times, every instance on the same state tables (the
+    /// workers of a parallel operator: each uses only its own vnodes of those tables).
+    pub fn build_workers<T>(
+        &mut self,
+        workers: usize,
+        mut build: impl FnMut(&mut StateAlloc) -> crate::error::Result<T>,
+    ) -> crate::error::Result<Vec<T>> {
+        let start = self.next;
+        let mut out = Vec::with_capacity(workers);
+        let mut end = start;
+        for _ in 0..workers.max(1) {
+            self.next = start;
+            out.push(build(self)?);
+            end = self.next;
+        }
+        self.next = end;
+        Ok(out)
+    }
+
     /// A table whose entries all have the empty suffix (one value per prefix, like an
     /// aggregate's groups): cache misses are point reads instead of range scans.
     pub fn single_table(&mut self) -> StateTable {

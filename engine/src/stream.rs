@@ -1,18 +1,21 @@
-//! The streaming layer (work in progress toward materialized views; see
-//! `docs/architecture.md`): changelog chunks and the pure, chunk-level operator cores.
+//! The streaming layer: materialized views as incremental dataflows (see
+//! `docs/architecture.md`).
 //!
 //! - [`chunk`]: [`chunk::StreamChunk`], an Arrow batch whose rows carry an [`chunk::Op`],
 //!   and a compact text form for tests.
 //! - [`hash_agg`]: grouped and global aggregation with retraction.
 //! - [`hash_join`]: inner/left/right/full equi-joins with retraction.
 //! - [`project_filter`]: filters and projections with DataFusion physical expressions.
+//! - [`exchange`]: routing rows to an operator's parallel workers by vnode.
+//! - [`plan`], [`planner`]: the stream plan and its derivation from DataFusion plans.
+//! - [`runtime`]: epochs, barriers, backfill, recovery.
 //!
-//! Operators here are state machines driven by the caller: `apply(chunk)` folds a chunk
-//! into state, `flush()` (called at a barrier) emits the changes to the output since the
-//! last flush. They hold their state in memory for now; persisting it in RocksDB state
-//! tables and running operators as tasks between barriers is the next step.
+//! Operators are state machines driven by the runtime: `apply(chunk)` folds a chunk into
+//! state, `flush()` (called at a barrier) emits the changes to the output since the last
+//! flush; their state lives in RocksDB [`crate::state::StateTable`]s.
 
 pub mod chunk;
+pub mod exchange;
 pub mod hash_agg;
 pub mod hash_join;
 pub mod plan;

@@ -46,6 +46,7 @@ use strom_catalog::{TableDef, TableId};
 use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
 
 use super::chunk::{Op, StreamChunk};
+use super::exchange;
 use super::hash_agg::HashAgg;
 use super::hash_join::{HashJoin, Side};
 use super::plan::{column_refs, NodeKind, PlanNode};
@@ -81,6 +82,10 @@ pub struct RuntimeConfig {
     pub memory_budget: usize,
     /// Rows read per source per epoch while a view backfills.
     pub backfill_batch: usize,
+    /// Workers per aggregation or join (see [`exchange`]).
+    pub workers: usize,
+    /// Fewest input rows of an operator in an epoch for which its workers run on threads.
+    pub parallel_min_rows: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -90,6 +95,8 @@ impl Default for RuntimeConfig {
             checkpoint_interval: Duration::from_millis(1000),
             memory_budget: 256 << 20,
             backfill_batch: 65_536,
+            workers: 1,
+            parallel_min_rows: 4096,
         }
     }
 }
@@ -129,9 +136,71 @@ struct Source {
 enum Exec {
     Source(usize),
     ProjectFilter(ProjectFilter, Box<Exec>),
-    Agg(Box<HashAgg>, Box<Exec>),
-    Join(Box<HashJoin>, Box<Exec>, Box<Exec>),
+    /// Workers (see [`exchange`]) and the group key columns rows are routed by.
+    Agg(Vec<HashAgg>, Vec<usize>, Box<Exec>),
+    /// Workers and the left and right key columns rows are routed by.
+    Join(Vec<HashJoin>, [Vec<usize>; 2], Box<Exec>, Box<Exec>),
     Union(SchemaRef, Vec<Exec>),
+}
+
+/// Runs `work` for every worker with its share of the input, on scoped threads when there
+/// are at least `parallel_min_rows` input rows (below that, starting threads would cost
+/// more than it saves), and concatenates the outputs in worker order.
+fn run_workers<W: Send, I: Send>(
+    workers: &mut [W],
+    parts: Vec<I>,
+    parallel: bool,
+    work: impl Fn(&mut W, I) -> Result<Vec<StreamChunk>> + Sync,
+) -> Result<Vec<StreamChunk>> {
+    let results: Vec<Result<Vec<StreamChunk>>> = if workers.len() > 1 && parallel {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .zip(parts)
+                .map(|(w, p)| {
+                    let work = &work;
+                    s.spawn(move || work(w, p))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EngineError::Internal("a stream worker panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    } else {
+        workers
+            .iter_mut()
+            .zip(parts)
+            .map(|(w, p)| work(w, p))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// Splits every chunk by worker: the result has one list of chunks per worker.
+fn split(chunks: &[StreamChunk], keys: &[usize], workers: usize) -> Result<Vec<Vec<StreamChunk>>> {
+    let mut parts: Vec<Vec<StreamChunk>> = (0..workers).map(|_| Vec::new()).collect();
+    for c in chunks {
+        for (w, part) in exchange::partition(c, keys, workers)?
+            .into_iter()
+            .enumerate()
+        {
+            parts[w].extend(part);
+        }
+    }
+    Ok(parts)
+}
+
+fn rows_in(chunks: &[StreamChunk]) -> usize {
+    chunks.iter().map(StreamChunk::len).sum()
 }
 
 impl Exec {
@@ -139,13 +208,15 @@ impl Exec {
         match self {
             Exec::Source(_) => vec![],
             Exec::ProjectFilter(_, i) => i.state_tables(),
-            Exec::Agg(a, i) => {
-                let mut v = a.state_tables();
+            Exec::Agg(workers, _, i) => {
+                let mut v: Vec<&mut StateTable> =
+                    workers.iter_mut().flat_map(|a| a.state_tables()).collect();
                 v.extend(i.state_tables());
                 v
             }
-            Exec::Join(j, l, r) => {
-                let mut v = j.state_tables();
+            Exec::Join(workers, _, l, r) => {
+                let mut v: Vec<&mut StateTable> =
+                    workers.iter_mut().flat_map(|j| j.state_tables()).collect();
                 v.extend(l.state_tables());
                 v.extend(r.state_tables());
                 v
@@ -154,43 +225,57 @@ impl Exec {
         }
     }
 
-    fn run(&mut self, inputs: &mut [Option<Vec<StreamChunk>>]) -> Result<Vec<StreamChunk>> {
+    fn run(
+        &mut self,
+        inputs: &mut [Option<Vec<StreamChunk>>],
+        parallel_min_rows: usize,
+    ) -> Result<Vec<StreamChunk>> {
+        let min = parallel_min_rows;
         Ok(match self {
             Exec::Source(i) => inputs[*i].take().unwrap_or_default(),
             Exec::ProjectFilter(pf, input) => input
-                .run(inputs)?
+                .run(inputs, min)?
                 .iter()
                 .map(|c| pf.apply(c))
                 .filter(|c| !matches!(c, Ok(c) if c.is_empty()))
                 .collect::<Result<_>>()?,
-            Exec::Agg(agg, input) => {
-                for c in input.run(inputs)? {
-                    agg.apply(&c)?;
-                }
-                let out = agg.flush()?;
-                if out.is_empty() {
-                    vec![]
-                } else {
-                    vec![out]
-                }
+            Exec::Agg(workers, keys, input) => {
+                let chunks = input.run(inputs, min)?;
+                let parallel = rows_in(&chunks) >= min;
+                let parts = split(&chunks, keys, workers.len())?;
+                run_workers(workers, parts, parallel, |agg, part| {
+                    for c in &part {
+                        agg.apply(c)?;
+                    }
+                    let out = agg.flush()?;
+                    Ok(if out.is_empty() { vec![] } else { vec![out] })
+                })?
             }
-            Exec::Join(join, left, right) => {
-                let l = left.run(inputs)?;
-                let r = right.run(inputs)?;
-                let mut out = Vec::new();
-                for c in &l {
-                    out.push(join.apply(Side::Left, c)?);
-                }
-                for c in &r {
-                    out.push(join.apply(Side::Right, c)?);
-                }
-                out.retain(|c| !c.is_empty());
-                out
+            Exec::Join(workers, keys, left, right) => {
+                let l = left.run(inputs, min)?;
+                let r = right.run(inputs, min)?;
+                let parallel = rows_in(&l) + rows_in(&r) >= min;
+                let n = workers.len();
+                let parts: Vec<(Vec<StreamChunk>, Vec<StreamChunk>)> = split(&l, &keys[0], n)?
+                    .into_iter()
+                    .zip(split(&r, &keys[1], n)?)
+                    .collect();
+                run_workers(workers, parts, parallel, |join, (l, r)| {
+                    let mut out = Vec::new();
+                    for c in &l {
+                        out.push(join.apply(Side::Left, c)?);
+                    }
+                    for c in &r {
+                        out.push(join.apply(Side::Right, c)?);
+                    }
+                    out.retain(|c| !c.is_empty());
+                    Ok(out)
+                })?
             }
             Exec::Union(schema, branches) => {
                 let mut out = Vec::new();
                 for b in branches {
-                    for c in b.run(inputs)? {
+                    for c in b.run(inputs, min)? {
                         let data =
                             RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
                         out.push(StreamChunk::new(c.ops().to_vec(), data)?);
@@ -488,7 +573,13 @@ impl Graph {
             StateAlloc::new(def.id.0, self.db.store().clone(), Arc::clone(&self.budget));
         let catalog = self.db.catalog();
         let mut sources = Vec::new();
-        let root = build(plan, &mut alloc, &mut sources, &catalog)?;
+        let root = build(
+            plan,
+            &mut alloc,
+            &mut sources,
+            &catalog,
+            self.config.workers.max(1),
+        )?;
         let mut view = View {
             types: table::stored_types(&def),
             def: Arc::clone(&def),
@@ -545,6 +636,7 @@ impl Graph {
         let mut batch = WriteBatch::default();
         let mut failed_now: Vec<TableId> = Vec::new();
         let batch_rows = self.config.backfill_batch;
+        let parallel_min_rows = self.config.parallel_min_rows;
         for view in &mut self.views {
             if view.failed.is_some() {
                 continue;
@@ -559,12 +651,18 @@ impl Graph {
                 Some(name) => Err(EngineError::Internal(format!(
                     "materialized view \"{name}\" it reads failed"
                 ))),
-                None => step(view, &snapshot, &table_changes, &outputs, batch_rows).and_then(
-                    |changes| {
-                        let writes = content_writes(view, &snapshot, &changes)?;
-                        Ok((changes, writes))
-                    },
-                ),
+                None => step(
+                    view,
+                    &snapshot,
+                    &table_changes,
+                    &outputs,
+                    batch_rows,
+                    parallel_min_rows,
+                )
+                .and_then(|changes| {
+                    let writes = content_writes(view, &snapshot, &changes)?;
+                    Ok((changes, writes))
+                }),
             };
             match result {
                 Ok((changes, writes)) => {
@@ -654,11 +752,12 @@ fn build(
     alloc: &mut StateAlloc,
     sources: &mut Vec<Source>,
     catalog: &strom_catalog::Catalog,
+    workers: usize,
 ) -> Result<Exec> {
     let mut inputs = node
         .inputs
         .iter()
-        .map(|i| build(i, alloc, sources, catalog))
+        .map(|i| build(i, alloc, sources, catalog, workers))
         .collect::<Result<Vec<_>>>()?;
     Ok(match &node.kind {
         NodeKind::Source { relation, name, .. } => {
@@ -689,16 +788,20 @@ fn build(
             ProjectFilter::try_new(None, exprs.clone(), Arc::clone(&node.schema))?,
             Box::new(inputs.remove(0)),
         ),
-        NodeKind::HashAgg { group_keys, calls } => Exec::Agg(
-            Box::new(HashAgg::try_new(
-                &node.inputs[0].schema,
-                group_keys.clone(),
-                calls.clone(),
-                Arc::clone(&node.schema),
-                alloc,
-            )?),
-            Box::new(inputs.remove(0)),
-        ),
+        NodeKind::HashAgg { group_keys, calls } => {
+            // A global aggregate has one group: one worker.
+            let n = if group_keys.is_empty() { 1 } else { workers };
+            let aggs = alloc.build_workers(n, |alloc| {
+                HashAgg::try_new(
+                    &node.inputs[0].schema,
+                    group_keys.clone(),
+                    calls.clone(),
+                    Arc::clone(&node.schema),
+                    alloc,
+                )
+            })?;
+            Exec::Agg(aggs, group_keys.clone(), Box::new(inputs.remove(0)))
+        }
         NodeKind::HashJoin {
             join_type,
             left_keys,
@@ -707,8 +810,8 @@ fn build(
         } => {
             let right = inputs.pop().expect("join has two inputs");
             let left = inputs.pop().expect("join has two inputs");
-            Exec::Join(
-                Box::new(HashJoin::try_new(
+            let joins = alloc.build_workers(workers, |alloc| {
+                HashJoin::try_new(
                     *join_type,
                     left_keys.clone(),
                     right_keys.clone(),
@@ -719,7 +822,11 @@ fn build(
                     condition.as_ref().map(|(c, _)| Arc::clone(c)),
                     Arc::clone(&node.schema),
                     alloc,
-                )?),
+                )
+            })?;
+            Exec::Join(
+                joins,
+                [left_keys.clone(), right_keys.clone()],
                 Box::new(left),
                 Box::new(right),
             )
@@ -735,6 +842,7 @@ fn step(
     table_changes: &HashMap<TableId, Vec<&RowChange>>,
     outputs: &HashMap<TableId, Changes>,
     batch_rows: usize,
+    parallel_min_rows: usize,
 ) -> Result<Changes> {
     let mut inputs: Vec<Option<Vec<StreamChunk>>> = Vec::new();
     let mut rows_read = 0u64;
@@ -790,7 +898,7 @@ fn step(
         });
     }
     view.rows_read += rows_read;
-    let out = view.root.run(&mut inputs)?;
+    let out = view.root.run(&mut inputs, parallel_min_rows)?;
     let mut changes = Vec::new();
     for chunk in out {
         for (op, row) in chunk.rows()? {
