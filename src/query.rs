@@ -51,14 +51,7 @@ impl std::fmt::Debug for QueryEnv {
 
 impl QueryEnv {
     pub fn new(catalog: Arc<Catalog>, snapshot: Arc<Snapshot>, settings: Settings) -> Arc<Self> {
-        Arc::new(QueryEnv {
-            catalog,
-            snapshot,
-            settings,
-            expose_hidden: Vec::new(),
-            defaults: Mutex::default(),
-            backfills: Vec::new(),
-        })
+        Self::build(catalog, snapshot, settings, Vec::new(), Vec::new())
     }
 
     /// An environment that also shows the stream runtime's status (`strom_catalog`).
@@ -68,14 +61,7 @@ impl QueryEnv {
         settings: Settings,
         backfills: Vec<BackfillStatus>,
     ) -> Arc<Self> {
-        Arc::new(QueryEnv {
-            catalog,
-            snapshot,
-            settings,
-            expose_hidden: Vec::new(),
-            defaults: Mutex::default(),
-            backfills,
-        })
+        Self::build(catalog, snapshot, settings, Vec::new(), backfills)
     }
 
     pub fn with_hidden(
@@ -84,13 +70,23 @@ impl QueryEnv {
         settings: Settings,
         t: TableId,
     ) -> Arc<Self> {
+        Self::build(catalog, snapshot, settings, vec![t], Vec::new())
+    }
+
+    fn build(
+        catalog: Arc<Catalog>,
+        snapshot: Arc<Snapshot>,
+        settings: Settings,
+        expose_hidden: Vec<TableId>,
+        backfills: Vec<BackfillStatus>,
+    ) -> Arc<Self> {
         Arc::new(QueryEnv {
             catalog,
             snapshot,
             settings,
-            expose_hidden: vec![t],
+            expose_hidden,
             defaults: Mutex::default(),
-            backfills: Vec::new(),
+            backfills,
         })
     }
 
