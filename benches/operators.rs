@@ -86,12 +86,14 @@ fn agg_case(name: &str, rows: usize, groups: i64, with_max: bool) {
             arg: None,
             filter: None,
             output_type: DataType::Int64,
+            general: None,
         },
         AggCall {
             kind: AggKind::Sum,
             arg: Some(2),
             filter: None,
             output_type: DataType::Float64,
+            general: None,
         },
     ];
     let mut out = vec![
@@ -105,6 +107,7 @@ fn agg_case(name: &str, rows: usize, groups: i64, with_max: bool) {
             arg: Some(2),
             filter: None,
             output_type: DataType::Float64,
+            general: None,
         });
         out.push(("mx", DataType::Float64));
     }

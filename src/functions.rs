@@ -151,6 +151,13 @@ pub fn register(ctx: &SessionContext, env: &Arc<QueryEnv>) {
     let settings = env.settings.clone();
     let utf8 = DataType::Utf8;
     let oid = DataType::UInt32;
+    // PostgreSQL's name for the sample variance.
+    ctx.register_udaf(
+        datafusion::functions_aggregate::variance::var_samp_udaf()
+            .as_ref()
+            .clone()
+            .with_aliases(["variance"]),
+    );
 
     add(
         ctx,

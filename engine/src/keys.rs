@@ -107,6 +107,10 @@ pub fn encode_key_datum(v: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
     match v {
         ScalarValue::Boolean(Some(b)) => out.push(*b as u8),
         ScalarValue::Int8(Some(i)) => out.push((*i as u8) ^ 0x80),
+        ScalarValue::UInt8(Some(i)) => out.push(*i),
+        ScalarValue::UInt16(Some(i)) => out.extend_from_slice(&i.to_be_bytes()),
+        ScalarValue::UInt32(Some(i)) => out.extend_from_slice(&i.to_be_bytes()),
+        ScalarValue::UInt64(Some(i)) => out.extend_from_slice(&i.to_be_bytes()),
         ScalarValue::Int16(Some(i)) => {
             out.extend_from_slice(&((*i as u16) ^ (1 << 15)).to_be_bytes())
         }

@@ -29,6 +29,11 @@ fn encode_cell(v: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
     out.push(1);
     match v {
         ScalarValue::Boolean(Some(b)) => out.push(*b as u8),
+        ScalarValue::Int8(Some(i)) => out.extend_from_slice(&i.to_le_bytes()),
+        ScalarValue::UInt8(Some(i)) => out.push(*i),
+        ScalarValue::UInt16(Some(i)) => out.extend_from_slice(&i.to_le_bytes()),
+        ScalarValue::UInt32(Some(i)) => out.extend_from_slice(&i.to_le_bytes()),
+        ScalarValue::UInt64(Some(i)) => out.extend_from_slice(&i.to_le_bytes()),
         ScalarValue::Int16(Some(i)) => out.extend_from_slice(&i.to_le_bytes()),
         ScalarValue::Int32(Some(i)) | ScalarValue::Date32(Some(i)) => {
             out.extend_from_slice(&i.to_le_bytes())
@@ -123,6 +128,11 @@ impl Reader<'_> {
         }
         Ok(match ty {
             DataType::Boolean => ScalarValue::Boolean(Some(self.u8()? != 0)),
+            DataType::Int8 => ScalarValue::Int8(Some(i8::from_le_bytes(self.take()?))),
+            DataType::UInt8 => ScalarValue::UInt8(Some(self.u8()?)),
+            DataType::UInt16 => ScalarValue::UInt16(Some(u16::from_le_bytes(self.take()?))),
+            DataType::UInt32 => ScalarValue::UInt32(Some(u32::from_le_bytes(self.take()?))),
+            DataType::UInt64 => ScalarValue::UInt64(Some(u64::from_le_bytes(self.take()?))),
             DataType::Int16 => ScalarValue::Int16(Some(i16::from_le_bytes(self.take()?))),
             DataType::Int32 => ScalarValue::Int32(Some(i32::from_le_bytes(self.take()?))),
             DataType::Date32 => ScalarValue::Date32(Some(i32::from_le_bytes(self.take()?))),

@@ -18,6 +18,7 @@ pub mod chunk;
 pub mod exchange;
 pub mod hash_agg;
 pub mod hash_join;
+pub mod over_window;
 pub mod plan;
 pub mod planner;
 pub mod project_filter;

@@ -129,30 +129,35 @@ fn hash_agg_matches_from_scratch_grouping() {
                 arg: None,
                 filter: None,
                 output_type: DataType::Int64,
+                general: None,
             },
             AggCall {
                 kind: AggKind::Count,
                 arg: Some(2),
                 filter: None,
                 output_type: DataType::Int64,
+                general: None,
             },
             AggCall {
                 kind: AggKind::Sum,
                 arg: Some(2),
                 filter: None,
                 output_type: DataType::Int64,
+                general: None,
             },
             AggCall {
                 kind: AggKind::Min,
                 arg: Some(2),
                 filter: None,
                 output_type: DataType::Int64,
+                general: None,
             },
             AggCall {
                 kind: AggKind::Max,
                 arg: Some(2),
                 filter: None,
                 output_type: DataType::Int64,
+                general: None,
             },
         ];
         let (_dir, mut alloc) = temp_alloc();

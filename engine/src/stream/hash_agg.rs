@@ -25,10 +25,21 @@
 //!
 //! `FILTER (WHERE ...)` is a boolean input column per aggregate: rows where it is not true
 //! do not reach that aggregate.
+//!
+//! Every other aggregate (DISTINCT aggregates, `string_agg`/`array_agg` with `ORDER BY`,
+//! `bool_and`, `bit_xor`, `stddev`, `first_value`, ...) is *general*: its state is the
+//! group's multiset of input tuples (the call's arguments, then its `ORDER BY` values),
+//! in a table like min/max's, and its result is recomputed from that multiset with
+//! DataFusion's own accumulator whenever the group changes. Retraction is then exact for
+//! any aggregate, and the result is DataFusion's by construction; the price is that a
+//! changed group costs time proportional to its size.
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use std::sync::Arc;
+
 use datafusion::common::{HashMap, ScalarValue};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
@@ -44,6 +55,8 @@ pub enum AggKind {
     Avg,
     Min,
     Max,
+    /// Recomputed from the group's input multiset (see the module docs).
+    General,
 }
 
 impl AggKind {
@@ -54,6 +67,7 @@ impl AggKind {
             AggKind::Avg => "avg",
             AggKind::Min => "min",
             AggKind::Max => "max",
+            AggKind::General => "general",
         }
     }
 }
@@ -65,6 +79,17 @@ pub struct AggCall {
     pub arg: Option<usize>,
     pub filter: Option<usize>,
     pub output_type: DataType,
+    /// For [`AggKind::General`]: the aggregate and its input columns.
+    pub general: Option<GeneralAgg>,
+}
+
+/// A general aggregate: DataFusion's aggregate expression (which makes accumulators) and
+/// the input columns its accumulator is fed: the call's arguments, then its `ORDER BY`
+/// expressions, as DataFusion's own aggregation feeds them.
+#[derive(Debug, Clone)]
+pub struct GeneralAgg {
+    pub func: Arc<AggregateFunctionExpr>,
+    pub inputs: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +100,7 @@ enum AggState {
         sum: Option<ScalarValue>,
         count: i64,
     },
-    /// The values live in the call's extremes table.
+    /// The values live in the call's multiset table (min/max and general aggregates).
     Extreme,
 }
 
@@ -95,14 +120,18 @@ pub struct HashAgg {
     output: SchemaRef,
     /// Types of a main-table value: key columns, the row count, then per call its state.
     state_types: Vec<DataType>,
-    /// Per call: the type its input values have (for min/max value decoding).
-    arg_types: Vec<Option<DataType>>,
+    /// Per call: the types of the values in its multiset table (min/max: the argument;
+    /// general: its input columns).
+    arg_types: Vec<Vec<DataType>>,
     main: StateTable,
-    /// Per call: the value multiset table of a min/max.
+    /// Per call: the value multiset table of a min/max or general aggregate.
     extremes: Vec<Option<StateTable>>,
     /// Groups touched since the last flush, by encoded key, in first-touch order.
     touched: HashMap<Vec<u8>, usize>,
     groups: Vec<(Vec<u8>, Group)>,
+    /// A group that exists even without rows (encoded and as values): the global
+    /// aggregate's one group.
+    always: Option<(Vec<u8>, Vec<ScalarValue>)>,
 }
 
 impl HashAgg {
@@ -127,6 +156,20 @@ impl HashAgg {
         state_types.push(DataType::Int64);
         let mut arg_types = Vec::new();
         for c in &calls {
+            if c.kind == AggKind::General {
+                let Some(g) = &c.general else {
+                    return Err(EngineError::Internal(
+                        "a general aggregate needs its function".into(),
+                    ));
+                };
+                arg_types.push(
+                    g.inputs
+                        .iter()
+                        .map(|&i| input.field(i).data_type().clone())
+                        .collect(),
+                );
+                continue;
+            }
             if c.kind != AggKind::CountStar && c.arg.is_none() {
                 return Err(EngineError::Internal(format!(
                     "{:?} needs an argument",
@@ -141,14 +184,17 @@ impl HashAgg {
                     state_types.push(sum_type(t));
                     state_types.push(DataType::Int64);
                 }
-                AggKind::Min | AggKind::Max => {}
+                AggKind::Min | AggKind::Max | AggKind::General => {}
             }
-            arg_types.push(arg_type);
+            arg_types.push(arg_type.into_iter().collect());
         }
         let main = state.single_table();
         let extremes = calls
             .iter()
-            .map(|c| matches!(c.kind, AggKind::Min | AggKind::Max).then(|| state.table()))
+            .map(|c| {
+                matches!(c.kind, AggKind::Min | AggKind::Max | AggKind::General)
+                    .then(|| state.table())
+            })
             .collect();
         Ok(HashAgg {
             group_keys,
@@ -158,13 +204,28 @@ impl HashAgg {
             arg_types,
             main,
             extremes,
+            always: None,
             touched: HashMap::default(),
             groups: Vec::new(),
         })
+        .map(|mut agg: HashAgg| {
+            if agg.group_keys.is_empty() {
+                agg.always = Some((Vec::new(), Vec::new()));
+            }
+            agg
+        })
     }
 
-    fn is_global(&self) -> bool {
-        self.group_keys.is_empty()
+    /// Makes the group with key `key` exist even without rows, like a global aggregate's
+    /// one group (the `()` set of GROUPING SETS over an empty input gives one row). Only
+    /// the worker that owns the key's vnode may be told.
+    pub fn set_always_present(&mut self, key: Vec<ScalarValue>) -> Result<()> {
+        self.always = Some((keys::encode_key(&key)?, key));
+        Ok(())
+    }
+
+    fn is_always(&self, prefix: &[u8]) -> bool {
+        self.always.as_ref().is_some_and(|(p, _)| p == prefix)
     }
 
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
@@ -182,7 +243,7 @@ impl HashAgg {
                     sum: None,
                     count: 0,
                 },
-                AggKind::Min | AggKind::Max => AggState::Extreme,
+                AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
             })
             .collect()
     }
@@ -225,7 +286,9 @@ impl HashAgg {
                                 count: as_i64(it.next()),
                             }
                         }
-                        AggKind::Min | AggKind::Max => AggState::Extreme,
+                        AggKind::Min | AggKind::Max | AggKind::General => {
+                            AggState::Extreme
+                        }
                     });
                 }
                 let mut g = Group {
@@ -248,6 +311,11 @@ impl HashAgg {
         let mut row = g.key.clone();
         for i in 0..self.calls.len() {
             let v = match &g.states[i] {
+                AggState::Extreme if self.calls[i].kind == AggKind::General => {
+                    let table = self.extremes[i].as_mut().expect("general agg has a table");
+                    let g = self.calls[i].general.as_ref().expect("checked in try_new");
+                    general_result(g, &self.arg_types[i], table.bucket(prefix)?)?
+                }
                 AggState::Extreme => {
                     let table = self.extremes[i].as_mut().expect("min/max has a table");
                     let bucket = table.bucket(prefix)?;
@@ -258,8 +326,7 @@ impl HashAgg {
                     match entry {
                         None => ScalarValue::try_from(&self.calls[i].output_type)?,
                         Some(bytes) => {
-                            let t = self.arg_types[i].clone().expect("min/max has an argument");
-                            decode(&bytes[8..], &[t])?.swap_remove(0)
+                            decode(&bytes[8..], &self.arg_types[i])?.swap_remove(0)
                         }
                     }
                 }
@@ -282,6 +349,14 @@ impl HashAgg {
             .calls
             .iter()
             .map(|c| c.arg.map(|a| batch.column(a).clone()))
+            .collect();
+        let general_inputs: Vec<Vec<ArrayRef>> = self
+            .calls
+            .iter()
+            .map(|c| match &c.general {
+                Some(g) => g.inputs.iter().map(|&i| batch.column(i).clone()).collect(),
+                None => Vec::new(),
+            })
             .collect();
         let filters: Vec<Option<&BooleanArray>> = self
             .calls
@@ -344,6 +419,22 @@ impl HashAgg {
                             *sum = None;
                         }
                     }
+                    AggState::Extreme if call.kind == AggKind::General => {
+                        // Every input tuple counts, NULLs included: the accumulator decides.
+                        let cols = &general_inputs[i];
+                        suffix.clear();
+                        for c in cols {
+                            keys::encode_array_datum(c.as_ref(), row, &mut suffix)?;
+                        }
+                        let table = self.extremes[i].as_mut().expect("general agg has a table");
+                        update_multiset(table, &prefix, &suffix, sign, || {
+                            let values = cols
+                                .iter()
+                                .map(|c| ScalarValue::try_from_array(c, row))
+                                .collect::<std::result::Result<Vec<_>, _>>()?;
+                            row::encode_row(&values)
+                        })?;
+                    }
                     AggState::Extreme => {
                         let Some(a) = arg.filter(|a| a.is_valid(row)) else {
                             continue;
@@ -351,7 +442,9 @@ impl HashAgg {
                         suffix.clear();
                         keys::encode_array_datum(a.as_ref(), row, &mut suffix)?;
                         let table = self.extremes[i].as_mut().expect("min/max has a table");
-                        update_extreme(table, &prefix, &suffix, a.as_ref(), row, sign)?;
+                        update_multiset(table, &prefix, &suffix, sign, || {
+                            row::encode_row(&[ScalarValue::try_from_array(a.as_ref(), row)?])
+                        })?;
                     }
                 }
             }
@@ -362,14 +455,16 @@ impl HashAgg {
     /// The changes to the aggregate's output since the last flush; writes the groups'
     /// new state into the state tables.
     pub fn flush(&mut self) -> Result<StreamChunk> {
-        if self.is_global() && self.groups.is_empty() && self.main.get(&[], &[])?.is_none() {
-            // The one row of a global aggregate exists before any input does.
-            self.touch(&[], &[])?;
+        if let Some((prefix, key)) = self.always.clone() {
+            if !self.touched.contains_key(&prefix) && self.main.get(&prefix, &[])?.is_none() {
+                // The one row of a global aggregate exists before any input does.
+                self.touch(&prefix, &key)?;
+            }
         }
         let mut out: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
         self.touched.clear();
         for (prefix, group) in std::mem::take(&mut self.groups) {
-            let exists = group.rows > 0 || self.is_global();
+            let exists = group.rows > 0 || self.is_always(&prefix);
             let new_row = if exists {
                 Some(self.output_row(&prefix, &group)?)
             } else {
@@ -431,33 +526,22 @@ fn cast_to(v: ScalarValue, t: &DataType) -> Result<ScalarValue> {
     }
 }
 
-/// Adds `sign` occurrences of `array[row]` (memcomparable `suffix`) to a group's value
-/// multiset.
-fn update_extreme(
+/// Adds `sign` occurrences of a tuple (memcomparable `suffix`; `encode` makes its stored
+/// form) to a group's multiset: entries are the count as 8 bytes big-endian, then the row.
+fn update_multiset(
     table: &mut StateTable,
     prefix: &[u8],
     suffix: &[u8],
-    array: &dyn Array,
-    row: usize,
     sign: i64,
+    encode: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<()> {
     let (count, value) = match table.get(prefix, suffix)? {
-        Some(bytes) => {
-            let count = bytes
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(i64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corrupt {
-                    table: "aggregate state".into(),
-                    reason: "short min/max entry".into(),
-                })?;
-            (count + sign, Some(bytes.clone()))
-        }
+        Some(bytes) => (entry_count(bytes)? + sign, Some(bytes.clone())),
         None => (sign, None),
     };
     if count < 0 {
         return Err(EngineError::Internal(
-            "min/max: a value was deleted more often than inserted".into(),
+            "aggregate: a value was deleted more often than inserted".into(),
         ));
     }
     if count == 0 {
@@ -470,13 +554,55 @@ fn update_extreme(
         }
         None => {
             let mut bytes = count.to_be_bytes().to_vec();
-            bytes.extend(row::encode_row(&[ScalarValue::try_from_array(
-                array, row,
-            )?])?);
+            bytes.extend(encode()?);
             bytes
         }
     };
     table.put(prefix, suffix, bytes)
+}
+
+fn entry_count(bytes: &[u8]) -> Result<i64> {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| EngineError::Corrupt {
+            table: "aggregate state".into(),
+            reason: "short multiset entry".into(),
+        })
+}
+
+/// A general aggregate's result over a group's input multiset: a fresh DataFusion
+/// accumulator fed every tuple as often as it occurs.
+fn general_result(
+    g: &GeneralAgg,
+    types: &[DataType],
+    bucket: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<ScalarValue> {
+    let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); types.len()];
+    for bytes in bucket.values() {
+        let n = entry_count(bytes)?;
+        let values = decode(&bytes[8..], types)?;
+        for (col, v) in columns.iter_mut().zip(values) {
+            for _ in 0..n {
+                col.push(v.clone());
+            }
+        }
+    }
+    let arrays = columns
+        .into_iter()
+        .zip(types)
+        .map(|(col, t)| {
+            if col.is_empty() {
+                Ok(datafusion::arrow::array::new_empty_array(t))
+            } else {
+                ScalarValue::iter_to_array(col)
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut acc = g.func.create_accumulator()?;
+    acc.update_batch(&arrays)?;
+    Ok(acc.evaluate()?)
 }
 
 /// Adds (`sign` > 0) or subtracts `array[row]` (not NULL) to a running sum: in place for
@@ -637,6 +763,7 @@ mod tests {
             arg,
             filter: None,
             output_type: out,
+            general: None,
         }
     }
 
@@ -769,6 +896,7 @@ mod tests {
                     arg: None,
                     filter: Some(1),
                     output_type: DataType::Int64,
+                    general: None,
                 },
                 call(AggKind::CountStar, None, DataType::Int64),
             ],

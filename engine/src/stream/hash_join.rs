@@ -1,5 +1,5 @@
-//! Equi-joins with retraction: inner, left, right and full outer, with an optional extra
-//! (non-equi) condition on the joined row.
+//! Equi-joins with retraction: inner, left, right and full outer, left semi and left anti,
+//! with an optional extra (non-equi) condition on the joined row.
 //!
 //! State: per side, a [`StateTable`] of its rows bucketed by join key (prefix: the
 //! memcomparable join key; suffix: the encoded row, so equal rows share one entry), each
@@ -15,8 +15,14 @@
 //! - delete `r`: the mirror image (`- (r, o)`, and `+ (NULLs, o)` when `o`'s degree drops
 //!   to 0; `- (r, NULLs)` if `r` matched nothing).
 //!
-//! Updates are handled as a delete then an insert. A NULL in a key column matches nothing,
-//! so such rows are not stored: a preserved one is passed through padded. Output is
+//! A semi join emits a left row while its degree is above 0, an anti join while it is 0;
+//! their output is the left columns only, and the left degree is kept for them.
+//!
+//! Updates are handled as a delete then an insert. A NULL in a key column matches nothing
+//! (unless the keys are compared with `IS NOT DISTINCT FROM`), so such rows are not
+//! stored: a preserved one is passed through padded, an anti join's passes as it is. A
+//! join without keys (a cross join; the planner allows it only next to an input of at
+//! most one row) keeps each side in one bucket. Output is
 //! emitted as rows arrive; a join keeps no per-epoch buffer, so a barrier has nothing to
 //! flush. Within an epoch the runtime applies all left changes, then all right changes,
 //! which computes `ΔL ⋈ R_old + L_new ⋈ ΔR`, the change of the join.
@@ -24,7 +30,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{HashMap, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -40,6 +46,15 @@ pub enum JoinType {
     Left,
     Right,
     Full,
+    LeftSemi,
+    LeftAnti,
+}
+
+impl JoinType {
+    /// Whether the output is the left columns only.
+    pub fn left_only(self) -> bool {
+        matches!(self, JoinType::LeftSemi | JoinType::LeftAnti)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +88,12 @@ pub struct HashJoin {
     join_type: JoinType,
     keys: [Vec<usize>; 2],
     types: [Vec<DataType>; 2],
-    /// Evaluated over `left ++ right` rows.
+    /// Evaluated over `left ++ right` rows (of schema `pair`).
     condition: Option<Arc<dyn PhysicalExpr>>,
+    pair: SchemaRef,
     output: SchemaRef,
+    /// NULL keys match each other (`IS NOT DISTINCT FROM`).
+    null_equal: bool,
     state: [StateTable; 2],
 }
 
@@ -101,44 +119,67 @@ fn corrupt(reason: String) -> EngineError {
 }
 
 impl HashJoin {
-    /// `output` is the left columns followed by the right ones, all nullable; `widths`
-    /// says how many are left and right.
+    /// Joins rows of schema `left` and `right` on `left_keys` = `right_keys` (none: a
+    /// cross join). The output is `left ++ right` (all nullable), or `left` for semi and
+    /// anti joins.
+    #[allow(clippy::too_many_arguments)]
     pub fn try_new(
         join_type: JoinType,
         left_keys: Vec<usize>,
         right_keys: Vec<usize>,
-        widths: (usize, usize),
+        left: &SchemaRef,
+        right: &SchemaRef,
         condition: Option<Arc<dyn PhysicalExpr>>,
-        output: SchemaRef,
+        null_equal: bool,
         state: &mut StateAlloc,
     ) -> Result<Self> {
-        if left_keys.len() != right_keys.len() || left_keys.is_empty() {
+        if left_keys.len() != right_keys.len() {
             return Err(EngineError::Internal(
-                "a hash join needs the same number (> 0) of keys per side".into(),
+                "a hash join needs the same number of keys per side".into(),
             ));
         }
-        if output.fields().len() != widths.0 + widths.1 {
-            return Err(EngineError::Internal(
-                "join output is not left ++ right".into(),
-            ));
-        }
-        let types: Vec<DataType> = output
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
+        let types = |s: &SchemaRef| -> Vec<DataType> {
+            s.fields().iter().map(|f| f.data_type().clone()).collect()
+        };
+        let nullable = |fields: Vec<&Arc<Field>>| -> SchemaRef {
+            Arc::new(Schema::new(
+                fields
+                    .into_iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let pair = nullable(left.fields().iter().chain(right.fields()).collect());
+        let output = if join_type.left_only() {
+            nullable(left.fields().iter().collect())
+        } else {
+            Arc::clone(&pair)
+        };
         Ok(HashJoin {
             join_type,
             keys: [left_keys, right_keys],
-            types: [types[..widths.0].to_vec(), types[widths.0..].to_vec()],
+            types: [types(left), types(right)],
             condition,
+            pair,
             output,
+            null_equal,
             state: [state.table(), state.table()],
         })
     }
 
+    /// The schema of output chunks.
+    pub fn output(&self) -> &SchemaRef {
+        &self.output
+    }
+
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         self.state.iter_mut().collect()
+    }
+
+    /// Whether the degrees of `side`'s rows are kept (to pad them, or to decide whether a
+    /// semi/anti join emits them).
+    fn tracks_degree(&self, side: Side) -> bool {
+        self.preserved(side) || (self.join_type.left_only() && side == Side::Left)
     }
 
     fn preserved(&self, side: Side) -> bool {
@@ -204,7 +245,7 @@ impl HashJoin {
             .iter()
             .map(|e| (Op::Insert, self.joined(side, row, &e.row)))
             .collect();
-        let batch = StreamChunk::from_rows(&self.output, &pairs)?;
+        let batch = StreamChunk::from_rows(&self.pair, &pairs)?;
         let mask = cond.evaluate(batch.data())?.into_array(pairs.len())?;
         let mask = mask
             .as_boolean_opt()
@@ -224,6 +265,12 @@ impl HashJoin {
         let (me, other) = (idx(side), idx(side.other()));
         let me_preserved = self.preserved(side);
         let other_preserved = self.preserved(side.other());
+        let other_tracked = self.tracks_degree(side.other());
+        let semi = match self.join_type {
+            JoinType::LeftSemi => Some(true),
+            JoinType::LeftAnti => Some(false),
+            _ => None,
+        };
         if chunk.data().num_columns() != self.types[me].len() {
             return Err(EngineError::Internal(
                 "join input row has the wrong width".into(),
@@ -237,10 +284,12 @@ impl HashJoin {
         let mut prefix = Vec::new();
         for (i, (op, row)) in chunk.rows()?.into_iter().enumerate() {
             let insert = op.sign() > 0;
-            if key_cols.iter().any(|c| c.is_null(i)) {
+            if !self.null_equal && key_cols.iter().any(|c| c.is_null(i)) {
+                let op = if insert { Op::Insert } else { Op::Delete };
                 if me_preserved {
-                    let op = if insert { Op::Insert } else { Op::Delete };
                     out.push((op, self.padded(side, &row)?));
+                } else if semi == Some(false) && side == Side::Left {
+                    out.push((op, row));
                 }
                 continue;
             }
@@ -273,39 +322,67 @@ impl HashJoin {
                 .expect("invariant: decoded above");
             let matched = self.matching(side, &row, bucket)?;
             let degree: i64 = matched.iter().map(|&j| bucket[j].count).sum();
-            for &j in &matched {
-                let e = &mut bucket[j];
-                let joined = self.joined(side, &row, &e.row);
-                let new_degree = e.degree + if insert { 1 } else { -1 };
-                let padded_other = if other_preserved {
-                    Some(self.padded(side.other(), &e.row)?)
+            if let Some(semi) = semi {
+                // Only the left rows are emitted, while (semi) or unless (anti) they match.
+                let flip = |degree: i64| (degree > 0) == semi;
+                if side == Side::Left {
+                    if flip(degree) {
+                        let op = if insert { Op::Insert } else { Op::Delete };
+                        out.push((op, row.clone()));
+                    }
                 } else {
-                    None
-                };
-                for _ in 0..e.count {
-                    if insert {
-                        if let (Some(p), 0) = (&padded_other, e.degree) {
-                            out.push((Op::Delete, p.clone()));
+                    for &j in &matched {
+                        let e = &mut bucket[j];
+                        let new_degree = e.degree + if insert { 1 } else { -1 };
+                        if flip(e.degree) != flip(new_degree) {
+                            let op = if flip(new_degree) {
+                                Op::Insert
+                            } else {
+                                Op::Delete
+                            };
+                            for _ in 0..e.count {
+                                out.push((op, e.row.clone()));
+                            }
                         }
-                        out.push((Op::Insert, joined.clone()));
-                    } else {
-                        out.push((Op::Delete, joined.clone()));
-                        if let (Some(p), 0) = (&padded_other, new_degree) {
-                            out.push((Op::Insert, p.clone()));
-                        }
+                        e.degree = new_degree;
+                        self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
                     }
                 }
-                if other_preserved {
-                    e.degree = new_degree;
-                    self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
+            } else {
+                for &j in &matched {
+                    let e = &mut bucket[j];
+                    let joined = self.joined(side, &row, &e.row);
+                    let new_degree = e.degree + if insert { 1 } else { -1 };
+                    let padded_other = if other_preserved {
+                        Some(self.padded(side.other(), &e.row)?)
+                    } else {
+                        None
+                    };
+                    for _ in 0..e.count {
+                        if insert {
+                            if let (Some(p), 0) = (&padded_other, e.degree) {
+                                out.push((Op::Delete, p.clone()));
+                            }
+                            out.push((Op::Insert, joined.clone()));
+                        } else {
+                            out.push((Op::Delete, joined.clone()));
+                            if let (Some(p), 0) = (&padded_other, new_degree) {
+                                out.push((Op::Insert, p.clone()));
+                            }
+                        }
+                    }
+                    if other_tracked {
+                        e.degree = new_degree;
+                        self.state[other].put(&prefix, &e.suffix, counts(e.count, new_degree)?)?;
+                    }
+                }
+                if degree == 0 && me_preserved {
+                    let op = if insert { Op::Insert } else { Op::Delete };
+                    out.push((op, self.padded(side, &row)?));
                 }
             }
-            if degree == 0 && me_preserved {
-                let op = if insert { Op::Insert } else { Op::Delete };
-                out.push((op, self.padded(side, &row)?));
-            }
             let new_count = my_count + if insert { 1 } else { -1 };
-            let my_degree = if me_preserved { degree } else { 0 };
+            let my_degree = if self.tracks_degree(side) { degree } else { 0 };
             if new_count == 0 {
                 self.state[me].delete(&prefix, &suffix)?;
             } else {
@@ -320,7 +397,6 @@ impl HashJoin {
 mod tests {
     use super::*;
     use crate::state::tests::temp_alloc;
-    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::common::DFSchema;
     use datafusion::execution::context::ExecutionProps;
     use datafusion::logical_expr::col;
@@ -338,9 +414,18 @@ mod tests {
         ]))
     }
 
+    fn sides() -> (SchemaRef, SchemaRef) {
+        let o = output();
+        (
+            Arc::new(Schema::new(o.fields()[..3].to_vec())),
+            Arc::new(Schema::new(o.fields()[3..].to_vec())),
+        )
+    }
+
     fn join(t: JoinType) -> (tempfile::TempDir, HashJoin) {
         let (dir, mut alloc) = temp_alloc();
-        let j = HashJoin::try_new(t, vec![1], vec![0], (3, 2), None, output(), &mut alloc).unwrap();
+        let (l, r) = sides();
+        let j = HashJoin::try_new(t, vec![1], vec![0], &l, &r, None, false, &mut alloc).unwrap();
         (dir, j)
     }
 
@@ -449,13 +534,15 @@ mod tests {
         )
         .unwrap();
         let (_dir, mut alloc) = temp_alloc();
+        let (l, r) = sides();
         let mut j = HashJoin::try_new(
             JoinType::Left,
             vec![1],
             vec![0],
-            (3, 2),
+            &l,
+            &r,
             Some(cond),
-            schema,
+            false,
             &mut alloc,
         )
         .unwrap();
@@ -467,6 +554,62 @@ mod tests {
         assert_eq!(
             j.apply(Side::Left, &left("+ 2 F1 30")).unwrap().to_pretty(),
             "+ 2 F1 30 F1 20\n"
+        );
+    }
+
+    #[test]
+    fn semi_and_anti_joins_follow_matches_coming_and_going() {
+        let (_dir, mut semi) = join(JoinType::LeftSemi);
+        let (_dir2, mut anti) = join(JoinType::LeftAnti);
+        let l = left("+ 1 F1 10\n+ 1 F1 10\n+ 2 F2 5\n+ 3 . 7");
+        assert_eq!(semi.apply(Side::Left, &l).unwrap().to_pretty(), "");
+        assert_eq!(
+            anti.apply(Side::Left, &l).unwrap().to_pretty(),
+            "+ 1 F1 10\n+ 1 F1 10\n+ 2 F2 5\n+ 3 . 7\n"
+        );
+        let r = right("+ F1 1\n+ F1 2");
+        // the first match flips the row (both copies); the second changes nothing
+        assert_eq!(
+            semi.apply(Side::Right, &r).unwrap().to_pretty(),
+            "+ 1 F1 10\n+ 1 F1 10\n"
+        );
+        assert_eq!(
+            anti.apply(Side::Right, &r).unwrap().to_pretty(),
+            "- 1 F1 10\n- 1 F1 10\n"
+        );
+        let r = right("- F1 1");
+        assert!(semi.apply(Side::Right, &r).unwrap().is_empty());
+        assert!(anti.apply(Side::Right, &r).unwrap().is_empty());
+        let r = right("- F1 2\n+ . 3");
+        assert_eq!(
+            semi.apply(Side::Right, &r).unwrap().to_pretty(),
+            "- 1 F1 10\n- 1 F1 10\n"
+        );
+        assert_eq!(
+            anti.apply(Side::Right, &r).unwrap().to_pretty(),
+            "+ 1 F1 10\n+ 1 F1 10\n"
+        );
+    }
+
+    #[test]
+    fn null_equal_keys_and_cross_joins() {
+        let (_dir, mut alloc) = temp_alloc();
+        let (l, r) = sides();
+        let mut j =
+            HashJoin::try_new(JoinType::Inner, vec![1], vec![0], &l, &r, None, true, &mut alloc)
+                .unwrap();
+        j.apply(Side::Left, &left("+ 1 . 10")).unwrap();
+        assert_eq!(
+            j.apply(Side::Right, &right("+ . 1")).unwrap().to_pretty(),
+            "+ 1 . 10 . 1\n"
+        );
+        let mut x =
+            HashJoin::try_new(JoinType::Inner, vec![], vec![], &l, &r, None, false, &mut alloc)
+                .unwrap();
+        x.apply(Side::Left, &left("+ 1 a 10\n+ 2 . 20")).unwrap();
+        assert_eq!(
+            x.apply(Side::Right, &right("+ z 1")).unwrap().to_pretty(),
+            "+ 1 a 10 z 1\n+ 2 . 20 z 1\n"
         );
     }
 

@@ -10,11 +10,13 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use strom_catalog::TableId;
 
 use super::hash_agg::{AggCall, AggKind};
 use super::hash_join::JoinType;
+use super::over_window::Recompute;
 
 /// Physical expressions that read `columns` of `schema` unchanged.
 pub fn column_refs(
@@ -51,14 +53,32 @@ pub enum NodeKind {
     HashAgg {
         group_keys: Vec<usize>,
         calls: Vec<AggCall>,
+        /// A group that exists even without input rows (GROUPING SETS with `()`).
+        always_present: Option<Vec<ScalarValue>>,
     },
     HashJoin {
         join_type: JoinType,
         left_keys: Vec<usize>,
         right_keys: Vec<usize>,
         condition: Option<(Arc<dyn PhysicalExpr>, String)>,
+        /// NULL keys match each other (`IS NOT DISTINCT FROM`).
+        null_equal: bool,
     },
     UnionAll,
+    /// Window functions or a top-N, by partition recomputation (see
+    /// [`super::over_window`]).
+    OverWindow {
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        recompute: Recompute,
+        /// Input columns rows are routed to workers by: the partition columns, when they
+        /// are plain columns (otherwise one worker).
+        route: Option<Vec<usize>>,
+        text: String,
+    },
+    /// Constant rows (`VALUES`, a query without `FROM`), emitted once when the view is
+    /// created.
+    Values { rows: Vec<Vec<ScalarValue>> },
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +104,9 @@ impl PlanNode {
             NodeKind::Source { name, .. } => format!("TableSource {name}"),
             NodeKind::Filter { text, .. } => format!("Filter {text}"),
             NodeKind::Project { texts, .. } => format!("Project {}", texts.join(", ")),
-            NodeKind::HashAgg { group_keys, calls } => {
+            NodeKind::HashAgg {
+                group_keys, calls, ..
+            } => {
                 let input = &self.inputs[0].schema;
                 let col = |i: usize| input.field(i).name().clone();
                 let keys: Vec<String> = group_keys.iter().map(|&k| col(k)).collect();
@@ -113,12 +135,18 @@ impl PlanNode {
                 left_keys,
                 right_keys,
                 condition,
+                null_equal,
             } => {
                 let (l, r) = (&self.inputs[0].schema, &self.inputs[1].schema);
+                let eq = if *null_equal {
+                    "IS NOT DISTINCT FROM"
+                } else {
+                    "="
+                };
                 let on: Vec<String> = left_keys
                     .iter()
                     .zip(right_keys)
-                    .map(|(&a, &b)| format!("{} = {}", l.field(a).name(), r.field(b).name()))
+                    .map(|(&a, &b)| format!("{} {eq} {}", l.field(a).name(), r.field(b).name()))
                     .collect();
                 let cond = condition
                     .as_ref()
@@ -131,6 +159,8 @@ impl PlanNode {
                 )
             }
             NodeKind::UnionAll => "UnionAll".to_string(),
+            NodeKind::OverWindow { text, .. } => text.clone(),
+            NodeKind::Values { rows } => format!("Values rows={}", rows.len()),
         }
     }
 
@@ -171,6 +201,18 @@ impl PlanNode {
             }
         });
         out
+    }
+
+    /// How many inputs the view's dataflow reads (sources and constant rows), in the
+    /// order the runtime numbers them.
+    pub fn input_count(&self) -> usize {
+        let mut n = 0;
+        self.visit(&mut |node| {
+            if matches!(node.kind, NodeKind::Source { .. } | NodeKind::Values { .. }) {
+                n += 1;
+            }
+        });
+        n
     }
 
     fn visit(&self, f: &mut impl FnMut(&PlanNode)) {

@@ -9,18 +9,27 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::common::DFSchema;
+use datafusion::common::{DFSchema, NullEquality, ScalarValue};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, JoinType as DfJoinType, LogicalPlan};
-use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::logical_expr::{
+    Expr, GroupingSet, JoinType as DfJoinType, LogicalPlan, LogicalPlanBuilder,
+};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_planner::create_window_expr;
 
-use super::hash_agg::{AggCall, AggKind};
+use super::hash_agg::{AggCall, AggKind, GeneralAgg};
 use super::hash_join::JoinType;
+use super::over_window::Recompute;
 use super::plan::{column_refs, NodeKind, PlanNode};
 use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
@@ -33,12 +42,15 @@ fn unsupported(what: impl std::fmt::Display) -> EngineError {
 pub fn plan(logical: &LogicalPlan) -> Result<PlanNode> {
     Planner {
         props: ExecutionProps::new(),
+        subqueries: std::cell::Cell::new(0),
     }
     .node(logical)
 }
 
 struct Planner {
     props: ExecutionProps,
+    /// Scalar subqueries lifted into joins so far (for unique aliases).
+    subqueries: std::cell::Cell<usize>,
 }
 
 fn nullable(schema: &Schema) -> SchemaRef {
@@ -64,9 +76,6 @@ impl Planner {
             ))
         })? {
             return Err(unsupported("a subquery in an expression"));
-        }
-        if e.exists(|x| Ok(matches!(x, Expr::WindowFunction(_))))? {
-            return Err(unsupported("a window function"));
         }
         Ok(create_physical_expr(
             e,
@@ -103,6 +112,32 @@ impl Planner {
                     node = project_columns(node, projection, out_schema(plan));
                 }
                 Ok(node)
+            }
+            LogicalPlan::Projection(p) if has_scalar_subquery(&p.expr)? => {
+                let (input, exprs) = self.lift_scalar_subqueries(&p.input, &p.expr)?;
+                let exprs = exprs
+                    .into_iter()
+                    .zip(p.schema.fields())
+                    .map(|(e, f)| e.alias_if_changed(f.name().clone()))
+                    .collect::<datafusion::common::Result<Vec<_>>>()?;
+                self.node(&LogicalPlanBuilder::from(input).project(exprs)?.build()?)
+            }
+            LogicalPlan::Filter(f) if has_scalar_subquery(std::slice::from_ref(&f.predicate))? => {
+                let (input, mut exprs) =
+                    self.lift_scalar_subqueries(&f.input, std::slice::from_ref(&f.predicate))?;
+                let columns: Vec<Expr> = f
+                    .input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                self.node(
+                    &LogicalPlanBuilder::from(input)
+                        .filter(exprs.remove(0))?
+                        .project(columns)?
+                        .build()?,
+                )
             }
             LogicalPlan::Projection(p) => {
                 let mut input = self.node(&p.input)?;
@@ -164,12 +199,11 @@ impl Planner {
                 input.schema = out_schema(plan);
                 Ok(input)
             }
-            LogicalPlan::Sort(s) => {
-                if s.fetch.is_some() {
-                    return Err(unsupported("ORDER BY with LIMIT"));
-                }
-                self.node(&s.input)
-            }
+            LogicalPlan::Sort(s) => match s.fetch {
+                // A view has no order: ORDER BY alone is dropped.
+                None => self.node(&s.input),
+                Some(fetch) => self.top_n(plan, s, 0, Some(fetch)),
+            },
             LogicalPlan::Aggregate(a) => self.aggregate(plan, a),
             LogicalPlan::Join(j) => self.join(plan, j),
             LogicalPlan::Union(u) => {
@@ -186,11 +220,84 @@ impl Planner {
                     inputs,
                 })
             }
-            LogicalPlan::Limit(_) => Err(unsupported("LIMIT")),
-            LogicalPlan::Window(_) => Err(unsupported("a window function")),
-            LogicalPlan::Distinct(_) => Err(unsupported("DISTINCT ON")),
-            LogicalPlan::Values(_) => Err(unsupported("VALUES")),
-            LogicalPlan::EmptyRelation(_) => Err(unsupported("a query without FROM")),
+            LogicalPlan::Limit(l) => {
+                use datafusion::logical_expr::{FetchType, SkipType};
+                let (SkipType::Literal(skip), FetchType::Literal(fetch)) =
+                    (l.get_skip_type()?, l.get_fetch_type()?)
+                else {
+                    return Err(unsupported("LIMIT or OFFSET with a non-constant count"));
+                };
+                match l.input.as_ref() {
+                    LogicalPlan::Sort(s) => self.top_n(plan, s, skip, fetch),
+                    _ => Err(EngineError::Unsupported(
+                        "LIMIT or OFFSET without ORDER BY is not supported in materialized \
+                         views: which rows it keeps is arbitrary; add an ORDER BY that \
+                         decides it"
+                            .into(),
+                    )),
+                }
+            }
+            LogicalPlan::Window(w) => self.window(plan, w),
+            LogicalPlan::Distinct(_) => Err(unsupported("this form of DISTINCT")),
+            LogicalPlan::Values(v) => {
+                let schema = out_schema(plan);
+                let empty = DFSchema::empty();
+                let one = RecordBatch::try_new_with_options(
+                    Arc::new(Schema::empty()),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(1)),
+                )?;
+                let mut rows = Vec::new();
+                for r in &v.values {
+                    let mut row = Vec::new();
+                    for (e, f) in r.iter().zip(schema.fields()) {
+                        let value = match self.expr(e, &empty)?.evaluate(&one)? {
+                            ColumnarValue::Scalar(v) => v,
+                            ColumnarValue::Array(a) => ScalarValue::try_from_array(&a, 0)?,
+                        };
+                        row.push(if value.data_type() == *f.data_type() {
+                            value
+                        } else {
+                            value.cast_to(f.data_type())?
+                        });
+                    }
+                    rows.push(row);
+                }
+                Ok(PlanNode {
+                    kind: NodeKind::Values { rows },
+                    schema,
+                    unique_key: None,
+                    append_only: true,
+                    inputs: vec![],
+                })
+            }
+            LogicalPlan::EmptyRelation(e) => {
+                // No columns (`SELECT 1`): one placeholder column the projection above
+                // ignores; with columns (a `WHERE false` DataFusion folded): no rows.
+                let (schema, rows) = if e.schema.fields().is_empty() {
+                    (
+                        Arc::new(Schema::new(vec![Field::new(
+                            "__placeholder",
+                            DataType::Boolean,
+                            true,
+                        )])),
+                        if e.produce_one_row {
+                            vec![vec![ScalarValue::Boolean(None)]]
+                        } else {
+                            vec![]
+                        },
+                    )
+                } else {
+                    (out_schema(plan), vec![])
+                };
+                Ok(PlanNode {
+                    kind: NodeKind::Values { rows },
+                    schema,
+                    unique_key: None,
+                    append_only: true,
+                    inputs: vec![],
+                })
+            }
             LogicalPlan::Unnest(_) => Err(unsupported("unnest")),
             LogicalPlan::RecursiveQuery(_) => Err(unsupported("WITH RECURSIVE")),
             other => Err(unsupported(format!(
@@ -207,14 +314,39 @@ impl Planner {
     ) -> Result<PlanNode> {
         let input = self.node(&a.input)?;
         let in_schema = a.input.schema();
-        if a.group_expr
-            .iter()
-            .any(|e| matches!(e, Expr::GroupingSet(_)))
-        {
-            return Err(unsupported("GROUPING SETS, CUBE or ROLLUP"));
-        }
-        // Pre-projection: the group keys, then each call's argument and filter.
-        let mut pre: Vec<Expr> = a.group_expr.clone();
+        // GROUPING SETS / ROLLUP / CUBE: one branch per grouping set, each with the
+        // columns outside the set NULL and the grouping id as an extra key; the union of
+        // the branches is aggregated like a plain GROUP BY.
+        let (group_exprs, sets): (Vec<Expr>, Option<Vec<Vec<bool>>>) =
+            match a.group_expr.as_slice() {
+                [Expr::GroupingSet(gs)] => {
+                    let exprs: Vec<Expr> = gs.distinct_expr().into_iter().cloned().collect();
+                    let n = exprs.len();
+                    let sets: Vec<Vec<bool>> = match gs {
+                        GroupingSet::Rollup(_) => (0..=n)
+                            .rev()
+                            .map(|total| (0..n).map(|i| i >= total).collect())
+                            .collect(),
+                        GroupingSet::Cube(_) => (0..1u64 << n)
+                            .map(|m| (0..n).map(|i| m & (1 << i) != 0).collect())
+                            .collect(),
+                        GroupingSet::GroupingSets(lists) => lists
+                            .iter()
+                            .map(|l| exprs.iter().map(|e| !l.contains(e)).collect())
+                            .collect(),
+                    };
+                    (exprs, Some(sets))
+                }
+                g if g.iter().any(|e| matches!(e, Expr::GroupingSet(_))) => {
+                    return Err(unsupported(
+                        "GROUPING SETS, CUBE or ROLLUP mixed with other GROUP BY items",
+                    ))
+                }
+                g => (g.to_vec(), None),
+            };
+        let ng = group_exprs.len() + usize::from(sets.is_some());
+        // Pre-projection: the group keys, then each call's inputs and filter.
+        let mut pre: Vec<Expr> = Vec::new();
         let mut calls = Vec::new();
         let out = plan.schema();
         for (i, e) in a.aggr_expr.iter().enumerate() {
@@ -226,13 +358,12 @@ impl Planner {
                 return Err(unsupported(format!("the aggregate {}", e.human_display())));
             };
             let name = func.name().to_lowercase();
-            if params.distinct {
-                return Err(unsupported(format!("{name}(DISTINCT ...)")));
-            }
-            if !params.order_by.is_empty() {
-                return Err(unsupported(format!("{name}(... ORDER BY ...)")));
-            }
-            let kind = match name.as_str() {
+            let simple = !params.distinct
+                && params.order_by.is_empty()
+                && params.args.len() <= 1
+                && matches!(name.as_str(), "count" | "sum" | "avg" | "mean" | "min" | "max");
+            let mut kind = match name.as_str() {
+                _ if !simple => AggKind::General,
                 "count" => {
                     let star = params.args.is_empty()
                         || matches!(
@@ -248,18 +379,49 @@ impl Planner {
                 "sum" => AggKind::Sum,
                 "avg" | "mean" => AggKind::Avg,
                 "min" => AggKind::Min,
-                "max" => AggKind::Max,
-                _ => return Err(unsupported(format!("the aggregate function {name}"))),
+                _ => AggKind::Max,
             };
-            let arg = if kind == AggKind::CountStar {
-                None
-            } else {
-                let [arg] = params.args.as_slice() else {
-                    return Err(unsupported(format!("{name} with several arguments")));
-                };
-                pre.push(arg.clone());
-                Some(pre.len() - 1)
-            };
+            let output_type = out.field(ng + i).data_type().clone();
+            if matches!(kind, AggKind::Sum | AggKind::Avg) {
+                let arg_type = params.args[0].get_type(in_schema)?;
+                if !(arg_type.is_integer()
+                    || arg_type.is_floating()
+                    || matches!(arg_type, DataType::Decimal128(..)))
+                {
+                    kind = AggKind::General;
+                }
+            }
+            let mut arg = None;
+            let mut general = None;
+            match kind {
+                AggKind::CountStar => {}
+                AggKind::General => {
+                    let lowered = LoweredAggregateBuilder::new(
+                        e,
+                        in_schema,
+                        in_schema.as_arrow(),
+                        &self.props,
+                        &PhysicalPlanningContext::default(),
+                    )
+                    .build()?;
+                    let func = lowered.aggregate;
+                    let mut inputs = Vec::new();
+                    let mut push = |x: &Expr| {
+                        pre.push(x.clone());
+                        inputs.push(pre.len() - 1);
+                    };
+                    params.args.iter().for_each(&mut push);
+                    // Order-insensitive aggregates take no ORDER BY values.
+                    if !func.order_bys().is_empty() {
+                        params.order_by.iter().for_each(|s| push(&s.expr));
+                    }
+                    general = Some(GeneralAgg { func, inputs });
+                }
+                _ => {
+                    pre.push(params.args[0].clone());
+                    arg = Some(pre.len() - 1);
+                }
+            }
             let filter = match &params.filter {
                 Some(f) => {
                     pre.push(f.as_ref().clone());
@@ -271,51 +433,113 @@ impl Planner {
                 kind,
                 arg,
                 filter,
-                output_type: out.field(a.group_expr.len() + i).data_type().clone(),
+                output_type,
+                general,
             });
         }
-        let exprs = pre
-            .iter()
-            .map(|e| self.expr(e, in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let identity = is_identity(&exprs, input.schema.fields().len());
-        let pre_schema = Arc::new(Schema::new(
-            exprs
-                .iter()
-                .zip(&pre)
-                .enumerate()
-                .map(|(i, (p, e))| {
-                    let name = if i < a.group_expr.len() {
-                        e.schema_name().to_string()
-                    } else {
-                        format!("${i}")
-                    };
-                    Ok(Field::new(name, p.data_type(in_schema.as_arrow())?, true))
-                })
-                .collect::<Result<Vec<_>>>()?,
-        ));
-        let project = if identity {
-            PlanNode {
-                schema: pre_schema,
-                ..input
+        // Call inputs are numbered after the group keys.
+        for c in &mut calls {
+            for x in [&mut c.arg, &mut c.filter].into_iter().flatten() {
+                *x += ng;
             }
-        } else {
-            PlanNode {
-                kind: NodeKind::Project {
-                    exprs,
-                    texts: pre.iter().map(|e| e.human_display().to_string()).collect(),
-                },
-                schema: pre_schema,
-                unique_key: None,
-                append_only: input.append_only,
-                inputs: vec![input],
+            if let Some(g) = &mut c.general {
+                g.inputs.iter_mut().for_each(|x| *x += ng);
+            }
+        }
+        let mut always_present = None;
+        let branches: Vec<Vec<Expr>> = match &sets {
+            None => vec![group_exprs.iter().cloned().chain(pre.clone()).collect()],
+            Some(sets) => {
+                let id_type = out.field(group_exprs.len()).data_type().clone();
+                let n = group_exprs.len();
+                let mut seen: Vec<&Vec<bool>> = Vec::new();
+                let mut branches = Vec::new();
+                for set in sets {
+                    let ordinal = seen.iter().filter(|s| **s == set).count() as u64;
+                    seen.push(set);
+                    let semantic = set.iter().fold(0u64, |acc, &null| (acc << 1) | u64::from(null));
+                    let id = ScalarValue::UInt64(Some(semantic | (ordinal << n))).cast_to(&id_type)?;
+                    let mut exprs = Vec::new();
+                    for (e, &null) in group_exprs.iter().zip(set) {
+                        exprs.push(if null {
+                            Expr::Literal(ScalarValue::try_from(e.get_type(in_schema)?)?, None)
+                                .alias(e.schema_name().to_string())
+                        } else {
+                            e.clone()
+                        });
+                    }
+                    if set.iter().all(|&null| null) && always_present.is_none() {
+                        // The grand total: one row even over no input.
+                        let mut key = group_exprs
+                            .iter()
+                            .map(|e| Ok(ScalarValue::try_from(e.get_type(in_schema)?)?))
+                            .collect::<Result<Vec<_>>>()?;
+                        key.push(id.clone());
+                        always_present = Some(key);
+                    }
+                    exprs.push(Expr::Literal(id, None).alias("__grouping_id"));
+                    exprs.extend(pre.iter().cloned());
+                    branches.push(exprs);
+                }
+                branches
             }
         };
-        let ng = a.group_expr.len();
+        let mut projects = Vec::new();
+        for exprs in &branches {
+            let physical = exprs
+                .iter()
+                .map(|e| self.expr(e, in_schema))
+                .collect::<Result<Vec<_>>>()?;
+            let identity = is_identity(&physical, input.schema.fields().len());
+            let pre_schema = Arc::new(Schema::new(
+                physical
+                    .iter()
+                    .zip(exprs)
+                    .enumerate()
+                    .map(|(i, (p, e))| {
+                        let name = if i < ng {
+                            e.schema_name().to_string()
+                        } else {
+                            format!("${i}")
+                        };
+                        Ok(Field::new(name, p.data_type(in_schema.as_arrow())?, true))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ));
+            projects.push(if identity {
+                PlanNode {
+                    schema: pre_schema,
+                    ..input.clone()
+                }
+            } else {
+                PlanNode {
+                    kind: NodeKind::Project {
+                        exprs: physical,
+                        texts: exprs.iter().map(|e| e.human_display().to_string()).collect(),
+                    },
+                    schema: pre_schema,
+                    unique_key: None,
+                    append_only: input.append_only,
+                    inputs: vec![input.clone()],
+                }
+            });
+        }
+        let project = if projects.len() == 1 {
+            projects.pop().expect("one branch")
+        } else {
+            PlanNode {
+                kind: NodeKind::UnionAll,
+                schema: Arc::clone(&projects[0].schema),
+                unique_key: None,
+                append_only: projects.iter().all(|p| p.append_only),
+                inputs: projects,
+            }
+        };
         Ok(PlanNode {
             kind: NodeKind::HashAgg {
                 group_keys: (0..ng).collect(),
                 calls,
+                always_present,
             },
             schema: out_schema(plan),
             unique_key: Some((0..ng).collect()),
@@ -330,19 +554,34 @@ impl Planner {
             DfJoinType::Left => JoinType::Left,
             DfJoinType::Right => JoinType::Right,
             DfJoinType::Full => JoinType::Full,
+            DfJoinType::LeftSemi => JoinType::LeftSemi,
+            DfJoinType::LeftAnti if j.null_aware => return self.not_in(j),
+            DfJoinType::LeftAnti => JoinType::LeftAnti,
             other => {
                 return Err(unsupported(format!(
-                    "a {other} join (from IN, EXISTS or a correlated subquery)"
+                    "a {other} join (EXISTS or IN combined with OR, or a correlated subquery DataFusion cannot decorrelate)"
                 )))
             }
         };
-        if j.on.is_empty() {
-            return Err(unsupported(
-                "a join without an equality condition (a cross join)",
-            ));
-        }
+        let null_equal = j.null_equality == NullEquality::NullEqualsNull;
         let mut left = self.node(&j.left)?;
         let mut right = self.node(&j.right)?;
+        if j.on.is_empty() {
+            // Without keys every row of one side meets every row of the other: fine when
+            // one side has at most one row (a global aggregate, as in
+            // `WHERE v > (SELECT avg(v) FROM t)`), unbounded state and output otherwise.
+            let single = |n: &PlanNode| n.unique_key.as_ref().is_some_and(|k| k.is_empty());
+            if !single(&left) && !single(&right) {
+                return Err(EngineError::Unsupported(
+                    "a cross join (a join without an equality condition) of two inputs that \
+                     can both have many rows is not supported in materialized views: its \
+                     state and output grow with the product of the inputs; join on an \
+                     equality of columns, or against a single-row input such as a global \
+                     aggregate"
+                        .into(),
+                ));
+            }
+        }
         let (lw, rw) = (left.schema.fields().len(), right.schema.fields().len());
         // Key expressions that are not plain columns are computed by a projection on
         // their side, appended after the side's columns, and projected away after the join.
@@ -420,17 +659,37 @@ impl Planner {
             None => None,
         };
         let [left_keys, right_keys] = keys;
-        let join_schema = nullable(joined_df.as_arrow());
+        let join_schema = if join_type.left_only() {
+            Arc::clone(&left.schema)
+        } else {
+            nullable(joined_df.as_arrow())
+        };
+        // A join with a single-row side keeps the other side's key. (A keyed join's output
+        // is not keyed by a side's key even for semi/anti joins: a row whose join key
+        // changes is deleted by one worker and inserted by another, and the two ops can
+        // arrive in either order; a keyless join runs on one worker, in order.)
+        let single = |n: &PlanNode| n.unique_key.as_ref().is_some_and(|k| k.is_empty());
+        let unique_key = match join_type {
+            _ if !j.on.is_empty() => None,
+            JoinType::Inner | JoinType::Left if single(&right) => left.unique_key.clone(),
+            JoinType::Inner | JoinType::Right if single(&left) => right
+                .unique_key
+                .as_ref()
+                .map(|k| k.iter().map(|i| i + lw + le).collect()),
+            _ => None,
+        };
+        let append_only = false;
         let join = PlanNode {
             kind: NodeKind::HashJoin {
                 join_type,
                 left_keys,
                 right_keys,
                 condition,
+                null_equal,
             },
             schema: join_schema,
-            unique_key: None,
-            append_only: false,
+            unique_key,
+            append_only,
             inputs: vec![left, right],
         };
         if le == 0 && re == 0 {
@@ -439,8 +698,294 @@ impl Planner {
                 ..join
             });
         }
-        let columns: Vec<usize> = (0..lw).chain(lw + le..lw + le + rw).collect();
+        let columns: Vec<usize> = if join_type.left_only() {
+            (0..lw).collect()
+        } else {
+            (0..lw).chain(lw + le..lw + le + rw).collect()
+        };
         Ok(project_columns(join, &columns, out_schema(plan)))
+    }
+}
+
+fn has_scalar_subquery(exprs: &[Expr]) -> Result<bool> {
+    for e in exprs {
+        if e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_))))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+impl Planner {
+    /// Uncorrelated scalar subqueries (`WHERE v > (SELECT avg(v) FROM t)`), which
+    /// DataFusion leaves in expressions, become a left join without keys against the
+    /// subquery (one row when it is an aggregate; the join is rejected otherwise), and
+    /// each subquery a column of it. Correlated ones DataFusion already turned into joins.
+    fn lift_scalar_subqueries(
+        &self,
+        input: &Arc<LogicalPlan>,
+        exprs: &[Expr],
+    ) -> Result<(LogicalPlan, Vec<Expr>)> {
+        use datafusion::common::tree_node::Transformed;
+        let mut plan = input.as_ref().clone();
+        let mut out = Vec::new();
+        for e in exprs {
+            let rewritten = e.clone().transform_up(|x| {
+                let Expr::ScalarSubquery(sq) = x else {
+                    return Ok(Transformed::no(x));
+                };
+                if !sq.outer_ref_columns.is_empty() {
+                    return datafusion::common::plan_err!(
+                        "a correlated scalar subquery that could not be turned into a join"
+                    );
+                }
+                let n = self.subqueries.get();
+                self.subqueries.set(n + 1);
+                let alias = format!("__scalar_sq_{n}");
+                let field = sq.subquery.schema().field(0).name().clone();
+                let right = LogicalPlanBuilder::from(sq.subquery.as_ref().clone())
+                    .alias(alias.clone())?
+                    .build()?;
+                plan = LogicalPlanBuilder::from(std::mem::replace(
+                    &mut plan,
+                    LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                        produce_one_row: false,
+                        schema: Arc::new(DFSchema::empty()),
+                    }),
+                ))
+                .join_on(
+                    right,
+                    DfJoinType::Left,
+                    [datafusion::logical_expr::lit(true)],
+                )?
+                .build()?;
+                Ok(Transformed::yes(Expr::Column(
+                    datafusion::common::Column::new(Some(alias), field),
+                )))
+            })?;
+            out.push(rewritten.data);
+        }
+        Ok((plan, out))
+    }
+
+    fn sort_exprs(
+        &self,
+        sort: &[datafusion::logical_expr::SortExpr],
+        schema: &DFSchema,
+    ) -> Result<Vec<PhysicalSortExpr>> {
+        sort.iter()
+            .map(|s| {
+                Ok(PhysicalSortExpr::new(
+                    self.expr(&s.expr, schema)?,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// `ORDER BY ... LIMIT fetch OFFSET skip`.
+    fn top_n(
+        &self,
+        plan: &LogicalPlan,
+        s: &datafusion::logical_expr::Sort,
+        skip: usize,
+        fetch: Option<usize>,
+    ) -> Result<PlanNode> {
+        let input = self.node(&s.input)?;
+        let order_by = self.sort_exprs(&s.expr, s.input.schema())?;
+        let text = format!(
+            "TopN order=[{}] offset={skip} limit={}",
+            s.expr
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fetch.map_or("all".to_string(), |f| f.to_string())
+        );
+        Ok(PlanNode {
+            kind: NodeKind::OverWindow {
+                partition_by: vec![],
+                order_by,
+                recompute: Recompute::TopN {
+                    offset: skip,
+                    limit: fetch,
+                },
+                route: None,
+                text,
+            },
+            schema: out_schema(plan),
+            unique_key: input.unique_key.clone(),
+            append_only: false,
+            inputs: vec![input],
+        })
+    }
+
+    /// Window functions: one operator per distinct `PARTITION BY` + `ORDER BY`, stacked,
+    /// then a projection back into the query's column order.
+    fn window(&self, plan: &LogicalPlan, w: &datafusion::logical_expr::Window) -> Result<PlanNode> {
+        use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionParams};
+        let mut node = self.node(&w.input)?;
+        let in_df = w.input.schema();
+        let width = in_df.fields().len();
+        let spec = |e: &Expr| -> Result<(Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>)> {
+            let mut e = e;
+            while let Expr::Alias(Alias { expr, .. }) = e {
+                e = expr;
+            }
+            match e {
+                Expr::WindowFunction(f) => {
+                    let WindowFunction {
+                        params:
+                            WindowFunctionParams {
+                                partition_by,
+                                order_by,
+                                ..
+                            },
+                        ..
+                    } = f.as_ref();
+                    Ok((partition_by.clone(), order_by.clone()))
+                }
+                other => Err(unsupported(format!(
+                    "the window expression {}",
+                    other.human_display()
+                ))),
+            }
+        };
+        let mut groups: Vec<((Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>), Vec<usize>)> =
+            Vec::new();
+        for (i, e) in w.window_expr.iter().enumerate() {
+            let sp = spec(e)?;
+            match groups.iter_mut().find(|(g, _)| *g == sp) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((sp, vec![i])),
+            }
+        }
+        let out = out_schema(plan);
+        // Where each window column ends up in the stacked output.
+        let mut position = vec![0; w.window_expr.len()];
+        let mut fields: Vec<Field> = node
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for ((partition, order), members) in &groups {
+            let exprs = members
+                .iter()
+                .map(|&i| {
+                    Ok(create_window_expr(
+                        &w.window_expr[i],
+                        in_df,
+                        &self.props,
+                        &PhysicalPlanningContext::default(),
+                    )?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let partition_by = partition
+                .iter()
+                .map(|e| self.expr(e, in_df))
+                .collect::<Result<Vec<_>>>()?;
+            let route = partition
+                .iter()
+                .map(|e| match e {
+                    Expr::Column(c) => in_df.index_of_column(c).ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<usize>>>()
+                .filter(|r| !r.is_empty());
+            let order_by = self.sort_exprs(order, in_df)?;
+            for &i in members {
+                position[i] = fields.len();
+                fields.push(out.field(width + i).as_ref().clone());
+            }
+            let text = format!(
+                "OverWindow partition=[{}] order=[{}] [{}]",
+                partition.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                order.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                members
+                    .iter()
+                    .map(|&i| out.field(width + i).name().clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            // Rows change partition (and so worker) when their partition key changes:
+            // the output has no key, its rows are counted.
+            let unique_key = None;
+            node = PlanNode {
+                kind: NodeKind::OverWindow {
+                    partition_by,
+                    order_by,
+                    recompute: Recompute::Window(exprs),
+                    route,
+                    text,
+                },
+                schema: Arc::new(Schema::new(fields.clone())),
+                unique_key,
+                append_only: false,
+                inputs: vec![node],
+            };
+        }
+        let columns: Vec<usize> = (0..width).chain(position).collect();
+        Ok(project_columns(node, &columns, out))
+    }
+
+    /// `x NOT IN (subquery)` with PostgreSQL's NULL semantics: true when the subquery is
+    /// empty; otherwise NULL (so the row is dropped) when `x` is NULL or the subquery has a
+    /// NULL, else whether `x` is absent. Planned as a plain anti join, crossed with one row
+    /// saying whether the subquery has rows and NULLs, and filtered on those. The
+    /// single-row side changes only when one of its two flags does (a projection drops
+    /// updates that change nothing), so the cross join rarely does work.
+    fn not_in(&self, j: &datafusion::logical_expr::Join) -> Result<PlanNode> {
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::logical_expr::{lit, ExprFunctionExt};
+        let [(lk, rk)] = j.on.as_slice() else {
+            return Err(unsupported("NOT IN with several columns"));
+        };
+        let mut anti = j.clone();
+        anti.null_aware = false;
+        let stats = LogicalPlanBuilder::from(j.right.as_ref().clone())
+            .aggregate(
+                Vec::<Expr>::new(),
+                vec![
+                    count(lit(1)).alias("__not_in_rows"),
+                    count(lit(1))
+                        .filter(rk.clone().is_null())
+                        .build()?
+                        .alias("__not_in_nulls"),
+                ],
+            )?
+            .project(vec![
+                datafusion::logical_expr::col("__not_in_rows")
+                    .gt(lit(0i64))
+                    .alias("__not_in_has_rows"),
+                datafusion::logical_expr::col("__not_in_nulls")
+                    .gt(lit(0i64))
+                    .alias("__not_in_has_nulls"),
+            ])?
+            .alias("__not_in")?
+            .build()?;
+        let left_columns: Vec<Expr> = j
+            .left
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let keep = std::ops::Not::not(datafusion::logical_expr::col(
+            "__not_in.__not_in_has_rows",
+        ))
+        .or(lk.clone().is_not_null().and(std::ops::Not::not(
+            datafusion::logical_expr::col("__not_in.__not_in_has_nulls"),
+        )));
+        let plan = LogicalPlanBuilder::from(LogicalPlan::Join(anti))
+            .cross_join(stats)?
+            .filter(keep)?
+            .project(left_columns)?
+            .build()?;
+        self.node(&plan)
     }
 }
 

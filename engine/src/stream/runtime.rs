@@ -49,6 +49,7 @@ use super::chunk::{Op, StreamChunk};
 use super::exchange;
 use super::hash_agg::HashAgg;
 use super::hash_join::{HashJoin, Side};
+use super::over_window::OverWindow;
 use super::plan::{column_refs, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
 use crate::changelog::{self, RowChange};
@@ -126,8 +127,11 @@ enum Position {
     Done,
 }
 
+/// An input of a view's dataflow: a table or view (`def`), or constant rows (`VALUES`),
+/// which are emitted once, like a backfill that finishes in its first epoch.
 struct Source {
-    def: Arc<TableDef>,
+    def: Option<Arc<TableDef>>,
+    values: Vec<Vec<ScalarValue>>,
     types: Vec<DataType>,
     schema: SchemaRef,
     position: Position,
@@ -141,6 +145,8 @@ enum Exec {
     /// Workers and the left and right key columns rows are routed by.
     Join(Vec<HashJoin>, [Vec<usize>; 2], Box<Exec>, Box<Exec>),
     Union(SchemaRef, Vec<Exec>),
+    /// Workers and the columns rows are routed by (none: one worker).
+    Window(Vec<OverWindow>, Vec<usize>, Box<Exec>),
 }
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
@@ -222,6 +228,12 @@ impl Exec {
                 v
             }
             Exec::Union(_, inputs) => inputs.iter_mut().flat_map(|i| i.state_tables()).collect(),
+            Exec::Window(workers, _, i) => {
+                let mut v: Vec<&mut StateTable> =
+                    workers.iter_mut().flat_map(|w| w.state_tables()).collect();
+                v.extend(i.state_tables());
+                v
+            }
         }
     }
 
@@ -270,6 +282,18 @@ impl Exec {
                     }
                     out.retain(|c| !c.is_empty());
                     Ok(out)
+                })?
+            }
+            Exec::Window(workers, keys, input) => {
+                let chunks = input.run(inputs, min)?;
+                let parallel = rows_in(&chunks) >= min;
+                let parts = split(&chunks, keys, workers.len())?;
+                run_workers(workers, parts, parallel, |w, part| {
+                    for c in &part {
+                        w.apply(c)?;
+                    }
+                    let out = w.flush()?;
+                    Ok(if out.is_empty() { vec![] } else { vec![out] })
                 })?
             }
             Exec::Union(schema, branches) => {
@@ -538,7 +562,7 @@ impl StreamRuntime {
 /// every source. Commit them with the catalog change.
 pub fn creation_writes(view: TableId, plan: &PlanNode) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut positions = Vec::new();
-    for _ in plan.sources() {
+    for _ in 0..plan.input_count() {
         positions.push(1);
         positions.extend_from_slice(&0u32.to_be_bytes());
     }
@@ -645,8 +669,9 @@ impl Graph {
             let upstream_failed = view
                 .sources
                 .iter()
-                .find(|s| failed_now.contains(&s.def.id))
-                .map(|s| s.def.name.clone());
+                .filter_map(|s| s.def.as_ref())
+                .find(|d| failed_now.contains(&d.id))
+                .map(|d| d.name.clone());
             let result = match upstream_failed {
                 Some(name) => Err(EngineError::Internal(format!(
                     "materialized view \"{name}\" it reads failed"
@@ -766,7 +791,8 @@ fn build(
             })?;
             sources.push(Source {
                 types: table::stored_types(def),
-                def: Arc::new(def.clone()),
+                def: Some(Arc::new(def.clone())),
+                values: Vec::new(),
                 schema: Arc::clone(&node.schema),
                 position: Position::At(Vec::new()),
             });
@@ -788,10 +814,14 @@ fn build(
             ProjectFilter::try_new(None, exprs.clone(), Arc::clone(&node.schema))?,
             Box::new(inputs.remove(0)),
         ),
-        NodeKind::HashAgg { group_keys, calls } => {
+        NodeKind::HashAgg {
+            group_keys,
+            calls,
+            always_present,
+        } => {
             // A global aggregate has one group: one worker.
             let n = if group_keys.is_empty() { 1 } else { workers };
-            let aggs = alloc.build_workers(n, |alloc| {
+            let mut aggs = alloc.build_workers(n, |alloc| {
                 HashAgg::try_new(
                     &node.inputs[0].schema,
                     group_keys.clone(),
@@ -800,6 +830,10 @@ fn build(
                     alloc,
                 )
             })?;
+            if let Some(key) = always_present {
+                let w = exchange::worker_of(&keys::encode_key(key)?, n);
+                aggs[w].set_always_present(key.clone())?;
+            }
             Exec::Agg(aggs, group_keys.clone(), Box::new(inputs.remove(0)))
         }
         NodeKind::HashJoin {
@@ -807,20 +841,21 @@ fn build(
             left_keys,
             right_keys,
             condition,
+            null_equal,
         } => {
             let right = inputs.pop().expect("join has two inputs");
             let left = inputs.pop().expect("join has two inputs");
-            let joins = alloc.build_workers(workers, |alloc| {
+            // Without keys all rows meet in one bucket: one worker.
+            let n = if left_keys.is_empty() { 1 } else { workers };
+            let joins = alloc.build_workers(n, |alloc| {
                 HashJoin::try_new(
                     *join_type,
                     left_keys.clone(),
                     right_keys.clone(),
-                    (
-                        node.inputs[0].schema.fields().len(),
-                        node.inputs[1].schema.fields().len(),
-                    ),
+                    &node.inputs[0].schema,
+                    &node.inputs[1].schema,
                     condition.as_ref().map(|(c, _)| Arc::clone(c)),
-                    Arc::clone(&node.schema),
+                    *null_equal,
                     alloc,
                 )
             })?;
@@ -832,6 +867,40 @@ fn build(
             )
         }
         NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+        NodeKind::Values { rows } => {
+            sources.push(Source {
+                def: None,
+                values: rows.clone(),
+                types: Vec::new(),
+                schema: Arc::clone(&node.schema),
+                position: Position::At(Vec::new()),
+            });
+            Exec::Source(sources.len() - 1)
+        }
+        NodeKind::OverWindow {
+            partition_by,
+            order_by,
+            recompute,
+            route,
+            ..
+        } => {
+            let n = if route.is_some() { workers } else { 1 };
+            let ops = alloc.build_workers(n, |alloc| {
+                OverWindow::try_new(
+                    partition_by.clone(),
+                    order_by.clone(),
+                    recompute.clone(),
+                    Arc::clone(&node.inputs[0].schema),
+                    Arc::clone(&node.schema),
+                    alloc,
+                )
+            })?;
+            Exec::Window(
+                ops,
+                route.clone().unwrap_or_default(),
+                Box::new(inputs.remove(0)),
+            )
+        }
     })
 }
 
@@ -848,17 +917,30 @@ fn step(
     let mut rows_read = 0u64;
     for src in &mut view.sources {
         let mut rows: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
+        let Some(def) = src.def.clone() else {
+            // Constant rows: all of them in the first epoch, then never again.
+            if src.position != Position::Done {
+                rows.extend(src.values.iter().map(|r| (Op::Insert, r.clone())));
+                src.position = Position::Done;
+            }
+            inputs.push(if rows.is_empty() {
+                None
+            } else {
+                Some(vec![StreamChunk::from_rows(&src.schema, &rows)?])
+            });
+            continue;
+        };
         let visible = src.schema.fields().len();
         let forward = |key: &[u8], position: &Position| match position {
             Position::Done => true,
             Position::At(p) => !p.is_empty() && key <= p.as_slice(),
         };
-        if src.def.is_view() {
+        if def.is_view() {
             // Scan first (the snapshot holds the upstream as of the last epoch), then
             // forward this epoch's changes up to the new position.
-            let scanned = scan(src, snapshot, batch_rows, &mut rows)?;
+            let scanned = scan(src, &def, snapshot, batch_rows, &mut rows)?;
             rows_read += scanned;
-            if let Some(changes) = outputs.get(&src.def.id) {
+            if let Some(changes) = outputs.get(&def.id) {
                 for (op, row, key) in changes {
                     if forward(key, &src.position) {
                         rows.push((*op, row.clone()));
@@ -868,13 +950,13 @@ fn step(
         } else {
             // Forward changes up to the old position, then scan (the snapshot already
             // holds this epoch's changes).
-            if let Some(changes) = table_changes.get(&src.def.id) {
+            if let Some(changes) = table_changes.get(&def.id) {
                 for c in changes {
                     if !forward(&c.key, &src.position) {
                         continue;
                     }
                     let decode = |b: &Vec<u8>| -> Result<Vec<ScalarValue>> {
-                        let mut r = table::decode(&src.def, &src.types, b)?;
+                        let mut r = table::decode(&def, &src.types, b)?;
                         r.truncate(visible);
                         Ok(r)
                     };
@@ -889,7 +971,7 @@ fn step(
                     }
                 }
             }
-            rows_read += scan(src, snapshot, batch_rows, &mut rows)?;
+            rows_read += scan(src, &def, snapshot, batch_rows, &mut rows)?;
         }
         inputs.push(if rows.is_empty() {
             None
@@ -901,6 +983,32 @@ fn step(
     let out = view.root.run(&mut inputs, parallel_min_rows)?;
     let mut changes = Vec::new();
     for chunk in out {
+        // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id
+        // UInt8); the view stores its catalog types.
+        let data = chunk.data();
+        let mut cast = Vec::with_capacity(data.num_columns());
+        for (c, t) in data.columns().iter().zip(&view.types) {
+            cast.push(if c.data_type() == t {
+                Arc::clone(c)
+            } else {
+                datafusion::arrow::compute::cast(c, t)?
+            });
+        }
+        let options =
+            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(data.num_rows()));
+        let fields: Vec<_> = cast
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                datafusion::arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true)
+            })
+            .collect();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            cast,
+            &options,
+        )?;
+        let chunk = StreamChunk::new(chunk.ops().to_vec(), batch)?;
         for (op, row) in chunk.rows()? {
             let key = table::key_of(&view.def, &row)?;
             changes.push((op, row, key));
@@ -912,6 +1020,7 @@ fn step(
 /// Reads the next backfill rows of a source, as inserts; advances its position.
 fn scan(
     src: &mut Source,
+    def: &TableDef,
     snapshot: &Snapshot,
     limit: usize,
     rows: &mut Vec<(Op, Vec<ScalarValue>)>,
@@ -919,7 +1028,7 @@ fn scan(
     let Position::At(pos) = &src.position else {
         return Ok(0);
     };
-    let table_lo = keys::table_prefix(src.def.id);
+    let table_lo = keys::table_prefix(def.id);
     let hi = keys::prefix_successor(&table_lo).expect("invariant: table prefix");
     let lo = if pos.is_empty() {
         table_lo
@@ -931,9 +1040,9 @@ fn scan(
     let pairs = snapshot.scan(&lo, &hi, limit)?;
     let visible = src.schema.fields().len();
     for (_, v) in &pairs {
-        let mut row = table::decode(&src.def, &src.types, v)?;
-        let copies = if src.def.is_view() {
-            table::view_row_count(&src.def, &row)?
+        let mut row = table::decode(def, &src.types, v)?;
+        let copies = if def.is_view() {
+            table::view_row_count(def, &row)?
         } else {
             1
         };

@@ -1,0 +1,347 @@
+//! Window functions (`f(...) OVER (PARTITION BY ... ORDER BY ...)`) and top-N
+//! (`ORDER BY ... LIMIT n OFFSET m`), maintained by recomputing the partitions that
+//! changed.
+//!
+//! State: one [`StateTable`] holding each partition's rows (prefix: the memcomparable
+//! partition key; suffix: the memcomparable row, so equal rows share an entry; value: the
+//! row's count as 8 bytes big-endian, then the row). A top-N has a single partition.
+//!
+//! When a partition is first touched in an epoch its current output is computed and
+//! kept; ops then only change the stored rows. At the barrier every touched partition's
+//! output is computed again and the difference (as a multiset of rows) is emitted:
+//! `-` for rows that left, `+` for rows that arrived. So a new reading that changes only
+//! the last row's `lag` emits one `-`/`+` pair, not the partition.
+//!
+//! Computing a partition: its rows (each repeated by its count) are sorted by the
+//! `ORDER BY` keys, ties broken by the rows' memcomparable order, which makes the result
+//! deterministic ("stable under ties": a tie never flips because of an unrelated
+//! change). A window then evaluates DataFusion's own window expressions over the sorted
+//! partition (frames, `lag`/`lead` defaults and peers as DataFusion computes them); a
+//! top-N takes rows `offset .. offset + limit`.
+//!
+//! Cost: a changed partition costs time proportional to its size, and it is held in
+//! memory while it is recomputed; fine for the per-device partitions of grid checks, and
+//! for top-N over inputs of moderate size.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::{HashMap, ScalarValue};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::WindowExpr;
+
+use super::chunk::{Op, StreamChunk};
+use crate::error::{EngineError, Result};
+use crate::keys;
+use crate::row;
+use crate::state::{StateAlloc, StateTable};
+
+/// What is computed per partition.
+#[derive(Debug, Clone)]
+pub enum Recompute {
+    /// Window expressions sharing one `PARTITION BY` and `ORDER BY`; each adds a column.
+    Window(Vec<Arc<dyn WindowExpr>>),
+    /// Rows `offset .. offset + limit` (all from `offset` when `limit` is `None`).
+    TopN { offset: usize, limit: Option<usize> },
+}
+
+#[derive(Debug)]
+pub struct OverWindow {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_by: Vec<PhysicalSortExpr>,
+    kind: Recompute,
+    input: SchemaRef,
+    types: Vec<DataType>,
+    output: SchemaRef,
+    rows: StateTable,
+    /// Partitions touched since the last flush, with their output before it, in
+    /// first-touch order.
+    touched: HashMap<Vec<u8>, usize>,
+    before: Vec<(Vec<u8>, Vec<Vec<ScalarValue>>)>,
+}
+
+fn corrupt(reason: String) -> EngineError {
+    EngineError::Corrupt {
+        table: "window state".into(),
+        reason,
+    }
+}
+
+impl OverWindow {
+    pub fn try_new(
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<PhysicalSortExpr>,
+        kind: Recompute,
+        input: SchemaRef,
+        output: SchemaRef,
+        state: &mut StateAlloc,
+    ) -> Result<Self> {
+        let extra = match &kind {
+            Recompute::Window(exprs) => exprs.len(),
+            Recompute::TopN { .. } => 0,
+        };
+        if output.fields().len() != input.fields().len() + extra {
+            return Err(EngineError::Internal(
+                "window output is not its input plus one column per function".into(),
+            ));
+        }
+        Ok(OverWindow {
+            partition_by,
+            order_by,
+            kind,
+            types: input.fields().iter().map(|f| f.data_type().clone()).collect(),
+            input,
+            output,
+            rows: state.table(),
+            touched: HashMap::default(),
+            before: Vec::new(),
+        })
+    }
+
+    pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
+        vec![&mut self.rows]
+    }
+
+    /// Folds a chunk into the stored partitions.
+    pub fn apply(&mut self, chunk: &StreamChunk) -> Result<()> {
+        let batch = chunk.data();
+        let n = batch.num_rows();
+        let keys_cols: Vec<ArrayRef> = self
+            .partition_by
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut prefix = Vec::new();
+        let mut suffix = Vec::new();
+        for (i, op) in chunk.ops().iter().enumerate() {
+            prefix.clear();
+            for c in &keys_cols {
+                keys::encode_array_datum(c.as_ref(), i, &mut prefix)?;
+            }
+            if !self.touched.contains_key(prefix.as_slice()) {
+                let out = self.compute(&prefix)?;
+                self.touched.insert(prefix.clone(), self.before.len());
+                self.before.push((prefix.clone(), out));
+            }
+            suffix.clear();
+            for c in batch.columns() {
+                keys::encode_array_datum(c.as_ref(), i, &mut suffix)?;
+            }
+            let sign = op.sign();
+            let count = match self.rows.get(&prefix, &suffix)? {
+                Some(v) => entry_count(v)? + sign,
+                None => sign,
+            };
+            if count < 0 {
+                return Err(EngineError::Internal(
+                    "window: a row was deleted more often than inserted".into(),
+                ));
+            }
+            if count == 0 {
+                self.rows.delete(&prefix, &suffix)?;
+            } else {
+                let mut value = count.to_be_bytes().to_vec();
+                let values = batch
+                    .columns()
+                    .iter()
+                    .map(|c| ScalarValue::try_from_array(c, i))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                value.extend(row::encode_row(&values)?);
+                self.rows.put(&prefix, &suffix, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes of every partition touched since the last flush.
+    pub fn flush(&mut self) -> Result<StreamChunk> {
+        self.touched.clear();
+        let mut out = Vec::new();
+        for (prefix, before) in std::mem::take(&mut self.before) {
+            let after = self.compute(&prefix)?;
+            diff(before, after, &mut out)?;
+        }
+        StreamChunk::from_rows(&self.output, &out)
+    }
+
+    /// A partition's output rows, from its stored rows.
+    fn compute(&mut self, prefix: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
+        let mut rows = Vec::new();
+        for value in self.rows.bucket(prefix)?.values() {
+            let count = entry_count(value)?;
+            let row = row::decode_row(&value[8..], &self.types).map_err(corrupt)?;
+            for _ in 0..count {
+                rows.push(row.clone());
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = rows.len();
+        let columns = (0..self.types.len())
+            .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(n));
+        let batch = RecordBatch::try_new_with_options(Arc::clone(&self.input), columns, &options)?;
+        // Sort by the ORDER BY keys; rows arrive in memcomparable order, and the position
+        // as the last key makes ties keep it.
+        let mut sort: Vec<SortColumn> = self
+            .order_by
+            .iter()
+            .map(|s| {
+                Ok(SortColumn {
+                    values: s.expr.evaluate(&batch)?.into_array(n)?,
+                    options: Some(s.options),
+                })
+            })
+            .collect::<Result<_>>()?;
+        sort.push(SortColumn {
+            values: Arc::new(UInt32Array::from_iter_values(0..n as u32)),
+            options: None,
+        });
+        let sorted = take_record_batch(&batch, &lexsort_to_indices(&sort, None)?)?;
+        let (sorted, window_columns) = match &self.kind {
+            Recompute::Window(exprs) => {
+                let cols = exprs
+                    .iter()
+                    .map(|e| e.evaluate(&sorted))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                (sorted, cols)
+            }
+            Recompute::TopN { offset, limit } => {
+                let start = (*offset).min(n);
+                let len = limit.map_or(n - start, |l| l.min(n - start));
+                (sorted.slice(start, len), Vec::new())
+            }
+        };
+        let mut out = Vec::with_capacity(sorted.num_rows());
+        for i in 0..sorted.num_rows() {
+            let mut row = Vec::with_capacity(self.output.fields().len());
+            for c in sorted.columns().iter().chain(&window_columns) {
+                row.push(ScalarValue::try_from_array(c, i)?);
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+fn entry_count(bytes: &[u8]) -> Result<i64> {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| corrupt("short entry".into()))
+}
+
+/// Appends the ops that turn the multiset `before` into `after`.
+fn diff(
+    before: Vec<Vec<ScalarValue>>,
+    after: Vec<Vec<ScalarValue>>,
+    out: &mut Vec<(Op, Vec<ScalarValue>)>,
+) -> Result<()> {
+    let mut net: HashMap<Vec<u8>, i64> = HashMap::default();
+    let encoded_before = before
+        .iter()
+        .map(|r| row::encode_row(r))
+        .collect::<Result<Vec<_>>>()?;
+    let encoded_after = after
+        .iter()
+        .map(|r| row::encode_row(r))
+        .collect::<Result<Vec<_>>>()?;
+    for k in &encoded_before {
+        *net.entry(k.clone()).or_default() -= 1;
+    }
+    for k in &encoded_after {
+        *net.entry(k.clone()).or_default() += 1;
+    }
+    for (k, r) in encoded_before.iter().zip(before) {
+        let c = net.get_mut(k).expect("counted above");
+        if *c < 0 {
+            *c += 1;
+            out.push((Op::Delete, r));
+        }
+    }
+    for (k, r) in encoded_after.iter().zip(after) {
+        let c = net.get_mut(k).expect("counted above");
+        if *c > 0 {
+            *c -= 1;
+            out.push((Op::Insert, r));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::temp_alloc;
+    use datafusion::arrow::compute::SortOptions;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    fn schema(names: &[&str], types: &[DataType]) -> SchemaRef {
+        Arc::new(Schema::new(
+            names
+                .iter()
+                .zip(types)
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Top 2 of (id I, v I) by v DESC, then id.
+    fn top2() -> (tempfile::TempDir, OverWindow) {
+        let (dir, mut alloc) = temp_alloc();
+        let input = schema(&["id", "v"], &[DataType::Int64, DataType::Int64]);
+        let order = vec![PhysicalSortExpr::new(
+            Arc::new(Column::new("v", 1)),
+            SortOptions {
+                descending: true,
+                nulls_first: false,
+            },
+        )];
+        let op = OverWindow::try_new(
+            vec![],
+            order,
+            Recompute::TopN {
+                offset: 0,
+                limit: Some(2),
+            },
+            Arc::clone(&input),
+            input,
+            &mut alloc,
+        )
+        .unwrap();
+        (dir, op)
+    }
+
+    fn run(op: &mut OverWindow, text: &str) -> String {
+        op.apply(&StreamChunk::from_pretty(&format!("I I\n{text}")))
+            .unwrap();
+        op.flush().unwrap().to_pretty()
+    }
+
+    #[test]
+    fn top_n_emits_only_rows_entering_and_leaving_the_top() {
+        let (_dir, mut op) = top2();
+        assert_eq!(run(&mut op, "+ 1 10\n+ 2 30\n+ 3 20"), "+ 2 30\n+ 3 20\n");
+        // below the top: nothing
+        assert_eq!(run(&mut op, "+ 4 5"), "");
+        // a new leader pushes the second out
+        assert_eq!(run(&mut op, "+ 5 40"), "- 3 20\n+ 5 40\n");
+        // deleting a leader lets the next one in
+        assert_eq!(run(&mut op, "- 2 30"), "- 2 30\n+ 3 20\n");
+        // ties (v = 20) are broken by the row, the same way every time
+        assert_eq!(run(&mut op, "+ 0 20"), "- 3 20\n+ 0 20\n");
+        assert_eq!(run(&mut op, "+ 9 1\n- 9 1"), "");
+    }
+
+    #[test]
+    fn nulls_sort_as_the_order_says() {
+        let (_dir, mut op) = top2();
+        assert_eq!(run(&mut op, "+ 1 .\n+ 2 1"), "+ 2 1\n+ 1 .\n");
+    }
+}
