@@ -157,13 +157,18 @@ impl Reader<'_> {
                     months, days, nanos,
                 )))
             }
-            DataType::Utf8 => {
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
                 let b = self.bytes()?;
-                ScalarValue::Utf8(Some(
-                    String::from_utf8(b.to_vec()).map_err(|e| e.to_string())?,
-                ))
+                let s = String::from_utf8(b.to_vec()).map_err(|e| e.to_string())?;
+                match ty {
+                    DataType::Utf8View => ScalarValue::Utf8View(Some(s)),
+                    DataType::LargeUtf8 => ScalarValue::LargeUtf8(Some(s)),
+                    _ => ScalarValue::Utf8(Some(s)),
+                }
             }
             DataType::Binary => ScalarValue::Binary(Some(self.bytes()?.to_vec())),
+            DataType::BinaryView => ScalarValue::BinaryView(Some(self.bytes()?.to_vec())),
+            DataType::LargeBinary => ScalarValue::LargeBinary(Some(self.bytes()?.to_vec())),
             DataType::List(field) => {
                 let n = u32::from_le_bytes(self.take()?) as usize;
                 let elems = (0..n)

@@ -306,10 +306,8 @@ const RELATIONAL_VIEWS: &[(&str, &str)] = &[
 ];
 
 /// A view the relational library reads (self-join of a view).
-const RELATIONAL_BASE: &[(&str, &str)] = &[(
-    "dv2_counts",
-    "SELECT g, count(*) AS n FROM dt_a GROUP BY g",
-)];
+const RELATIONAL_BASE: &[(&str, &str)] =
+    &[("dv2_counts", "SELECT g, count(*) AS n FROM dt_a GROUP BY g")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relational_views_equal_datafusion_and_postgres_from_scratch() {

@@ -286,9 +286,7 @@ impl HashAgg {
                                 count: as_i64(it.next()),
                             }
                         }
-                        AggKind::Min | AggKind::Max | AggKind::General => {
-                            AggState::Extreme
-                        }
+                        AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
                     });
                 }
                 let mut g = Group {
@@ -325,9 +323,7 @@ impl HashAgg {
                     };
                     match entry {
                         None => ScalarValue::try_from(&self.calls[i].output_type)?,
-                        Some(bytes) => {
-                            decode(&bytes[8..], &self.arg_types[i])?.swap_remove(0)
-                        }
+                        Some(bytes) => decode(&bytes[8..], &self.arg_types[i])?.swap_remove(0),
                     }
                 }
                 state => result(&self.calls[i], state)?,

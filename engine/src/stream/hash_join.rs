@@ -595,17 +595,33 @@ mod tests {
     fn null_equal_keys_and_cross_joins() {
         let (_dir, mut alloc) = temp_alloc();
         let (l, r) = sides();
-        let mut j =
-            HashJoin::try_new(JoinType::Inner, vec![1], vec![0], &l, &r, None, true, &mut alloc)
-                .unwrap();
+        let mut j = HashJoin::try_new(
+            JoinType::Inner,
+            vec![1],
+            vec![0],
+            &l,
+            &r,
+            None,
+            true,
+            &mut alloc,
+        )
+        .unwrap();
         j.apply(Side::Left, &left("+ 1 . 10")).unwrap();
         assert_eq!(
             j.apply(Side::Right, &right("+ . 1")).unwrap().to_pretty(),
             "+ 1 . 10 . 1\n"
         );
-        let mut x =
-            HashJoin::try_new(JoinType::Inner, vec![], vec![], &l, &r, None, false, &mut alloc)
-                .unwrap();
+        let mut x = HashJoin::try_new(
+            JoinType::Inner,
+            vec![],
+            vec![],
+            &l,
+            &r,
+            None,
+            false,
+            &mut alloc,
+        )
+        .unwrap();
         x.apply(Side::Left, &left("+ 1 a 10\n+ 2 . 20")).unwrap();
         assert_eq!(
             x.apply(Side::Right, &right("+ z 1")).unwrap().to_pretty(),

@@ -91,7 +91,11 @@ impl OverWindow {
             partition_by,
             order_by,
             kind,
-            types: input.fields().iter().map(|f| f.data_type().clone()).collect(),
+            types: input
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
             input,
             output,
             rows: state.table(),

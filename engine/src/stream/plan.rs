@@ -78,7 +78,9 @@ pub enum NodeKind {
     },
     /// Constant rows (`VALUES`, a query without `FROM`), emitted once when the view is
     /// created.
-    Values { rows: Vec<Vec<ScalarValue>> },
+    Values {
+        rows: Vec<Vec<ScalarValue>>,
+    },
 }
 
 #[derive(Debug, Clone)]

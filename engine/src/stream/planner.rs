@@ -9,21 +9,21 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{DFSchema, NullEquality, ScalarValue};
-use datafusion::logical_expr::ExprSchemable;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::{
     Expr, GroupingSet, JoinType as DfJoinType, LogicalPlan, LogicalPlanBuilder,
 };
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::SortOptions;
-use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_planner::create_window_expr;
 
@@ -317,33 +317,33 @@ impl Planner {
         // GROUPING SETS / ROLLUP / CUBE: one branch per grouping set, each with the
         // columns outside the set NULL and the grouping id as an extra key; the union of
         // the branches is aggregated like a plain GROUP BY.
-        let (group_exprs, sets): (Vec<Expr>, Option<Vec<Vec<bool>>>) =
-            match a.group_expr.as_slice() {
-                [Expr::GroupingSet(gs)] => {
-                    let exprs: Vec<Expr> = gs.distinct_expr().into_iter().cloned().collect();
-                    let n = exprs.len();
-                    let sets: Vec<Vec<bool>> = match gs {
-                        GroupingSet::Rollup(_) => (0..=n)
-                            .rev()
-                            .map(|total| (0..n).map(|i| i >= total).collect())
-                            .collect(),
-                        GroupingSet::Cube(_) => (0..1u64 << n)
-                            .map(|m| (0..n).map(|i| m & (1 << i) != 0).collect())
-                            .collect(),
-                        GroupingSet::GroupingSets(lists) => lists
-                            .iter()
-                            .map(|l| exprs.iter().map(|e| !l.contains(e)).collect())
-                            .collect(),
-                    };
-                    (exprs, Some(sets))
-                }
-                g if g.iter().any(|e| matches!(e, Expr::GroupingSet(_))) => {
-                    return Err(unsupported(
-                        "GROUPING SETS, CUBE or ROLLUP mixed with other GROUP BY items",
-                    ))
-                }
-                g => (g.to_vec(), None),
-            };
+        let (group_exprs, sets): (Vec<Expr>, Option<Vec<Vec<bool>>>) = match a.group_expr.as_slice()
+        {
+            [Expr::GroupingSet(gs)] => {
+                let exprs: Vec<Expr> = gs.distinct_expr().into_iter().cloned().collect();
+                let n = exprs.len();
+                let sets: Vec<Vec<bool>> = match gs {
+                    GroupingSet::Rollup(_) => (0..=n)
+                        .rev()
+                        .map(|total| (0..n).map(|i| i >= total).collect())
+                        .collect(),
+                    GroupingSet::Cube(_) => (0..1u64 << n)
+                        .map(|m| (0..n).map(|i| m & (1 << i) != 0).collect())
+                        .collect(),
+                    GroupingSet::GroupingSets(lists) => lists
+                        .iter()
+                        .map(|l| exprs.iter().map(|e| !l.contains(e)).collect())
+                        .collect(),
+                };
+                (exprs, Some(sets))
+            }
+            g if g.iter().any(|e| matches!(e, Expr::GroupingSet(_))) => {
+                return Err(unsupported(
+                    "GROUPING SETS, CUBE or ROLLUP mixed with other GROUP BY items",
+                ))
+            }
+            g => (g.to_vec(), None),
+        };
         let ng = group_exprs.len() + usize::from(sets.is_some());
         // Pre-projection: the group keys, then each call's inputs and filter.
         let mut pre: Vec<Expr> = Vec::new();
@@ -361,7 +361,10 @@ impl Planner {
             let simple = !params.distinct
                 && params.order_by.is_empty()
                 && params.args.len() <= 1
-                && matches!(name.as_str(), "count" | "sum" | "avg" | "mean" | "min" | "max");
+                && matches!(
+                    name.as_str(),
+                    "count" | "sum" | "avg" | "mean" | "min" | "max"
+                );
             let mut kind = match name.as_str() {
                 _ if !simple => AggKind::General,
                 "count" => {
@@ -457,8 +460,11 @@ impl Planner {
                 for set in sets {
                     let ordinal = seen.iter().filter(|s| **s == set).count() as u64;
                     seen.push(set);
-                    let semantic = set.iter().fold(0u64, |acc, &null| (acc << 1) | u64::from(null));
-                    let id = ScalarValue::UInt64(Some(semantic | (ordinal << n))).cast_to(&id_type)?;
+                    let semantic = set
+                        .iter()
+                        .fold(0u64, |acc, &null| (acc << 1) | u64::from(null));
+                    let id =
+                        ScalarValue::UInt64(Some(semantic | (ordinal << n))).cast_to(&id_type)?;
                     let mut exprs = Vec::new();
                     for (e, &null) in group_exprs.iter().zip(set) {
                         exprs.push(if null {
@@ -515,7 +521,10 @@ impl Planner {
                 PlanNode {
                     kind: NodeKind::Project {
                         exprs: physical,
-                        texts: exprs.iter().map(|e| e.human_display().to_string()).collect(),
+                        texts: exprs
+                            .iter()
+                            .map(|e| e.human_display().to_string())
+                            .collect(),
                     },
                     schema: pre_schema,
                     unique_key: None,
@@ -854,8 +863,10 @@ impl Planner {
                 ))),
             }
         };
-        let mut groups: Vec<((Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>), Vec<usize>)> =
-            Vec::new();
+        let mut groups: Vec<(
+            (Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>),
+            Vec<usize>,
+        )> = Vec::new();
         for (i, e) in w.window_expr.iter().enumerate() {
             let sp = spec(e)?;
             match groups.iter_mut().find(|(g, _)| *g == sp) {
@@ -903,8 +914,16 @@ impl Planner {
             }
             let text = format!(
                 "OverWindow partition=[{}] order=[{}] [{}]",
-                partition.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
-                order.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                partition
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                order
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 members
                     .iter()
                     .map(|&i| out.field(width + i).name().clone())
@@ -974,12 +993,13 @@ impl Planner {
             .into_iter()
             .map(Expr::Column)
             .collect();
-        let keep = std::ops::Not::not(datafusion::logical_expr::col(
-            "__not_in.__not_in_has_rows",
-        ))
-        .or(lk.clone().is_not_null().and(std::ops::Not::not(
-            datafusion::logical_expr::col("__not_in.__not_in_has_nulls"),
-        )));
+        let keep = std::ops::Not::not(datafusion::logical_expr::col("__not_in.__not_in_has_rows"))
+            .or(lk
+                .clone()
+                .is_not_null()
+                .and(std::ops::Not::not(datafusion::logical_expr::col(
+                    "__not_in.__not_in_has_nulls",
+                ))));
         let plan = LogicalPlanBuilder::from(LogicalPlan::Join(anti))
             .cross_join(stats)?
             .filter(keep)?

@@ -994,13 +994,17 @@ fn step(
                 datafusion::arrow::compute::cast(c, t)?
             });
         }
-        let options =
-            datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(data.num_rows()));
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(data.num_rows()));
         let fields: Vec<_> = cast
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                datafusion::arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true)
+                datafusion::arrow::datatypes::Field::new(
+                    format!("c{i}"),
+                    c.data_type().clone(),
+                    true,
+                )
             })
             .collect();
         let batch = RecordBatch::try_new_with_options(
