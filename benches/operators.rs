@@ -132,16 +132,14 @@ fn join_case(name: &str, rows: usize, dim_rows: i64) {
     let input = chunks(rows, dim_rows);
     let left = input[0].data().schema();
     let right = schema(&[("name", DataType::Int64), ("max_kw", DataType::Float64)]);
-    let mut fields: Vec<Field> = left.fields().iter().map(|f| (**f).clone()).collect();
-    fields.extend(right.fields().iter().map(|f| (**f).clone()));
-    let out = Arc::new(Schema::new(fields));
     let mut join = HashJoin::try_new(
         JoinType::Inner,
         vec![1],
         vec![0],
-        (3, 2),
+        &left,
+        &right,
         None,
-        out,
+        false,
         &mut alloc,
     )
     .unwrap();

@@ -208,9 +208,10 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
                 join_type,
                 vec![1],
                 vec![1],
-                (3, 3),
+                &schema(3),
+                &schema(3),
                 None,
-                schema(6),
+                false,
                 &mut alloc,
             )
             .unwrap();

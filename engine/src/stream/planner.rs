@@ -1,11 +1,18 @@
 //! From DataFusion's optimized logical plan to a [`PlanNode`] tree.
 //!
 //! Supported: table and view scans, filters, projections (every DataFusion scalar
-//! function), `GROUP BY` and global aggregates (`count`, `count(*)`, `sum`, `avg`, `min`,
-//! `max`, each with `FILTER`), inner/left/right/full equi-joins with extra conditions,
-//! `UNION ALL` (and `UNION`/`DISTINCT`, which DataFusion turns into aggregates), subquery
-//! aliases, and `ORDER BY` (ignored: a view has no order). Anything else is rejected with
-//! an error that names the construct.
+//! function), `GROUP BY` and global aggregates (`count`/`sum`/`avg`/`min`/`max` kept
+//! incrementally; every other aggregate, DISTINCT and ordered ones included, recomputed
+//! per group from its input multiset), `GROUPING SETS`/`ROLLUP`/`CUBE` (one branch per
+//! set), inner/outer/semi/anti equi-joins with extra conditions and `IS NOT DISTINCT FROM`
+//! keys, `NOT IN` with PostgreSQL's NULL semantics, keyless joins against a single-row
+//! input (uncorrelated scalar subqueries become one), `UNION ALL` (and `UNION`,
+//! `DISTINCT`, `DISTINCT ON`, `EXCEPT`, `INTERSECT`, which DataFusion turns into aggregates
+//! and semi/anti joins), `VALUES`, window functions, `ORDER BY ... LIMIT/OFFSET` (top-N)
+//! and subquery aliases. `ORDER BY` alone is dropped (a view has no order). Anything else
+//! is rejected with an error that names the construct: cross joins of two unbounded
+//! inputs, `LIMIT` without `ORDER BY`, `WITH RECURSIVE`, `unnest`, `EXISTS`/`IN` under
+//! `OR` (mark joins).
 
 use std::sync::Arc;
 
@@ -716,6 +723,9 @@ impl Planner {
     }
 }
 
+/// A window's `PARTITION BY` and `ORDER BY`.
+type WindowSpec = (Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>);
+
 fn has_scalar_subquery(exprs: &[Expr]) -> Result<bool> {
     for e in exprs {
         if e.exists(|x| Ok(matches!(x, Expr::ScalarSubquery(_))))? {
@@ -839,7 +849,7 @@ impl Planner {
         let mut node = self.node(&w.input)?;
         let in_df = w.input.schema();
         let width = in_df.fields().len();
-        let spec = |e: &Expr| -> Result<(Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>)> {
+        let spec = |e: &Expr| -> Result<WindowSpec> {
             let mut e = e;
             while let Expr::Alias(Alias { expr, .. }) = e {
                 e = expr;
@@ -863,10 +873,7 @@ impl Planner {
                 ))),
             }
         };
-        let mut groups: Vec<(
-            (Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>),
-            Vec<usize>,
-        )> = Vec::new();
+        let mut groups: Vec<(WindowSpec, Vec<usize>)> = Vec::new();
         for (i, e) in w.window_expr.iter().enumerate() {
             let sp = spec(e)?;
             match groups.iter_mut().find(|(g, _)| *g == sp) {
