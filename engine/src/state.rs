@@ -25,7 +25,7 @@ use std::sync::Arc;
 use datafusion::common::HashMap;
 use rocksdb::WriteBatch;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::keys::{self, STATE_PREFIX};
 use crate::store::Store;
 
@@ -285,6 +285,44 @@ impl StateTable {
         Ok(())
     }
 
+    /// Adds `sign` occurrences of an entry to a multiset kept under `prefix` (min/max
+    /// values, a general aggregate's inputs, a window partition's rows). `suffix` tells
+    /// entries apart; an entry's value is its count as 8 bytes big-endian, then what
+    /// `encode` returns, which is called only for a new entry. A count of 0 deletes it.
+    pub fn multiset_add(
+        &mut self,
+        prefix: &[u8],
+        suffix: &[u8],
+        sign: i64,
+        encode: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let (count, value) = match self.get(prefix, suffix)? {
+            Some(bytes) => (multiset_count(bytes)? + sign, Some(bytes.clone())),
+            None => (sign, None),
+        };
+        if count < 0 {
+            return Err(EngineError::Internal(format!(
+                "state table {}/{}: an entry was deleted more often than inserted",
+                self.view, self.index
+            )));
+        }
+        if count == 0 {
+            return self.delete(prefix, suffix);
+        }
+        let bytes = match value {
+            Some(mut bytes) => {
+                bytes[..8].copy_from_slice(&count.to_be_bytes());
+                bytes
+            }
+            None => {
+                let mut bytes = count.to_be_bytes().to_vec();
+                bytes.extend(encode()?);
+                bytes
+            }
+        };
+        self.put(prefix, suffix, bytes)
+    }
+
     /// Adds every change since the last call to `batch`.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
         for prefix in std::mem::take(&mut self.dirty) {
@@ -341,6 +379,19 @@ impl StateTable {
     pub fn cached_bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// The count of a multiset entry written by [`StateTable::multiset_add`]; its payload
+/// is `&bytes[8..]`.
+pub fn multiset_count(bytes: &[u8]) -> Result<i64> {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| EngineError::Corrupt {
+            table: "operator state".into(),
+            reason: "short multiset entry".into(),
+        })
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
-use crate::state::{StateAlloc, StateTable};
+use crate::state::{multiset_count, StateAlloc, StateTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AggKind {
@@ -189,6 +189,8 @@ impl HashAgg {
             arg_types.push(arg_type.into_iter().collect());
         }
         let main = state.single_table();
+        // A global aggregate's one group (the empty key) always exists.
+        let always = group_keys.is_empty().then(|| (Vec::new(), Vec::new()));
         let extremes = calls
             .iter()
             .map(|c| {
@@ -204,15 +206,9 @@ impl HashAgg {
             arg_types,
             main,
             extremes,
-            always: None,
+            always,
             touched: HashMap::default(),
             groups: Vec::new(),
-        })
-        .map(|mut agg: HashAgg| {
-            if agg.group_keys.is_empty() {
-                agg.always = Some((Vec::new(), Vec::new()));
-            }
-            agg
         })
     }
 
@@ -423,7 +419,7 @@ impl HashAgg {
                             keys::encode_array_datum(c.as_ref(), row, &mut suffix)?;
                         }
                         let table = self.extremes[i].as_mut().expect("general agg has a table");
-                        update_multiset(table, &prefix, &suffix, sign, || {
+                        table.multiset_add(&prefix, &suffix, sign, || {
                             let values = cols
                                 .iter()
                                 .map(|c| ScalarValue::try_from_array(c, row))
@@ -438,7 +434,7 @@ impl HashAgg {
                         suffix.clear();
                         keys::encode_array_datum(a.as_ref(), row, &mut suffix)?;
                         let table = self.extremes[i].as_mut().expect("min/max has a table");
-                        update_multiset(table, &prefix, &suffix, sign, || {
+                        table.multiset_add(&prefix, &suffix, sign, || {
                             row::encode_row(&[ScalarValue::try_from_array(a.as_ref(), row)?])
                         })?;
                     }
@@ -522,52 +518,6 @@ fn cast_to(v: ScalarValue, t: &DataType) -> Result<ScalarValue> {
     }
 }
 
-/// Adds `sign` occurrences of a tuple (memcomparable `suffix`; `encode` makes its stored
-/// form) to a group's multiset: entries are the count as 8 bytes big-endian, then the row.
-fn update_multiset(
-    table: &mut StateTable,
-    prefix: &[u8],
-    suffix: &[u8],
-    sign: i64,
-    encode: impl FnOnce() -> Result<Vec<u8>>,
-) -> Result<()> {
-    let (count, value) = match table.get(prefix, suffix)? {
-        Some(bytes) => (entry_count(bytes)? + sign, Some(bytes.clone())),
-        None => (sign, None),
-    };
-    if count < 0 {
-        return Err(EngineError::Internal(
-            "aggregate: a value was deleted more often than inserted".into(),
-        ));
-    }
-    if count == 0 {
-        return table.delete(prefix, suffix);
-    }
-    let bytes = match value {
-        Some(mut bytes) => {
-            bytes[..8].copy_from_slice(&count.to_be_bytes());
-            bytes
-        }
-        None => {
-            let mut bytes = count.to_be_bytes().to_vec();
-            bytes.extend(encode()?);
-            bytes
-        }
-    };
-    table.put(prefix, suffix, bytes)
-}
-
-fn entry_count(bytes: &[u8]) -> Result<i64> {
-    bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(i64::from_be_bytes)
-        .ok_or_else(|| EngineError::Corrupt {
-            table: "aggregate state".into(),
-            reason: "short multiset entry".into(),
-        })
-}
-
 /// A general aggregate's result over a group's input multiset: a fresh DataFusion
 /// accumulator fed every tuple as often as it occurs.
 fn general_result(
@@ -577,7 +527,7 @@ fn general_result(
 ) -> Result<ScalarValue> {
     let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); types.len()];
     for bytes in bucket.values() {
-        let n = entry_count(bytes)?;
+        let n = multiset_count(bytes)?;
         let values = decode(&bytes[8..], types)?;
         for (col, v) in columns.iter_mut().zip(values) {
             for _ in 0..n {

@@ -36,7 +36,7 @@ use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
-use crate::state::{StateAlloc, StateTable};
+use crate::state::{multiset_count, StateAlloc, StateTable};
 
 /// What is computed per partition.
 #[derive(Debug, Clone)]
@@ -133,28 +133,14 @@ impl OverWindow {
             for c in batch.columns() {
                 keys::encode_array_datum(c.as_ref(), i, &mut suffix)?;
             }
-            let sign = op.sign();
-            let count = match self.rows.get(&prefix, &suffix)? {
-                Some(v) => entry_count(v)? + sign,
-                None => sign,
-            };
-            if count < 0 {
-                return Err(EngineError::Internal(
-                    "window: a row was deleted more often than inserted".into(),
-                ));
-            }
-            if count == 0 {
-                self.rows.delete(&prefix, &suffix)?;
-            } else {
-                let mut value = count.to_be_bytes().to_vec();
+            self.rows.multiset_add(&prefix, &suffix, op.sign(), || {
                 let values = batch
                     .columns()
                     .iter()
                     .map(|c| ScalarValue::try_from_array(c, i))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                value.extend(row::encode_row(&values)?);
-                self.rows.put(&prefix, &suffix, value)?;
-            }
+                row::encode_row(&values)
+            })?;
         }
         Ok(())
     }
@@ -174,7 +160,7 @@ impl OverWindow {
     fn compute(&mut self, prefix: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
         let mut rows = Vec::new();
         for value in self.rows.bucket(prefix)?.values() {
-            let count = entry_count(value)?;
+            let count = multiset_count(value)?;
             let row = row::decode_row(&value[8..], &self.types).map_err(corrupt)?;
             for _ in 0..count {
                 rows.push(row.clone());
@@ -230,14 +216,6 @@ impl OverWindow {
         }
         Ok(out)
     }
-}
-
-fn entry_count(bytes: &[u8]) -> Result<i64> {
-    bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(i64::from_be_bytes)
-        .ok_or_else(|| corrupt("short entry".into()))
 }
 
 /// Appends the ops that turn the multiset `before` into `after`.

@@ -132,13 +132,7 @@ impl Planner {
             LogicalPlan::Filter(f) if has_scalar_subquery(std::slice::from_ref(&f.predicate))? => {
                 let (input, mut exprs) =
                     self.lift_scalar_subqueries(&f.input, std::slice::from_ref(&f.predicate))?;
-                let columns: Vec<Expr> = f
-                    .input
-                    .schema()
-                    .columns()
-                    .into_iter()
-                    .map(Expr::Column)
-                    .collect();
+                let columns: Vec<Expr> = column_exprs(f.input.schema());
                 self.node(
                     &LogicalPlanBuilder::from(input)
                         .filter(exprs.remove(0))?
@@ -723,6 +717,11 @@ impl Planner {
     }
 }
 
+/// Every column of `schema`, as expressions (to project a plan back to them).
+fn column_exprs(schema: &DFSchema) -> Vec<Expr> {
+    schema.columns().into_iter().map(Expr::Column).collect()
+}
+
 /// A window's `PARTITION BY` and `ORDER BY`.
 type WindowSpec = (Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>);
 
@@ -993,13 +992,7 @@ impl Planner {
             ])?
             .alias("__not_in")?
             .build()?;
-        let left_columns: Vec<Expr> = j
-            .left
-            .schema()
-            .columns()
-            .into_iter()
-            .map(Expr::Column)
-            .collect();
+        let left_columns: Vec<Expr> = column_exprs(j.left.schema());
         let keep = std::ops::Not::not(datafusion::logical_expr::col("__not_in.__not_in_has_rows"))
             .or(lk
                 .clone()

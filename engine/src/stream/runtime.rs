@@ -986,33 +986,34 @@ fn step(
         // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id
         // UInt8); the view stores its catalog types.
         let data = chunk.data();
-        let mut cast = Vec::with_capacity(data.num_columns());
-        for (c, t) in data.columns().iter().zip(&view.types) {
-            cast.push(if c.data_type() == t {
-                Arc::clone(c)
-            } else {
-                datafusion::arrow::compute::cast(c, t)?
-            });
-        }
-        let options = datafusion::arrow::array::RecordBatchOptions::new()
-            .with_row_count(Some(data.num_rows()));
-        let fields: Vec<_> = cast
+        let chunk = if data
+            .columns()
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                datafusion::arrow::datatypes::Field::new(
-                    format!("c{i}"),
-                    c.data_type().clone(),
-                    true,
-                )
-            })
-            .collect();
-        let batch = RecordBatch::try_new_with_options(
-            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-            cast,
-            &options,
-        )?;
-        let chunk = StreamChunk::new(chunk.ops().to_vec(), batch)?;
+            .zip(&view.types)
+            .all(|(c, t)| c.data_type() == t)
+        {
+            chunk
+        } else {
+            let cast = data
+                .columns()
+                .iter()
+                .zip(&view.types)
+                .map(|(c, t)| datafusion::arrow::compute::cast(c, t))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let fields: Vec<_> = cast
+                .iter()
+                .zip(data.schema().fields())
+                .map(|(c, f)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+                .collect();
+            let options = datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(data.num_rows()));
+            let batch = RecordBatch::try_new_with_options(
+                Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+                cast,
+                &options,
+            )?;
+            StreamChunk::new(chunk.ops().to_vec(), batch)?
+        };
         for (op, row) in chunk.rows()? {
             let key = table::key_of(&view.def, &row)?;
             changes.push((op, row, key));
