@@ -139,11 +139,16 @@ fn coerce_row(def: &TableDef, row: Vec<ScalarValue>) -> Result<Vec<ScalarValue>>
         .zip(&def.columns)
         .map(|(v, c)| {
             let target = c.ty.to_arrow();
-            let v = if v.data_type() == target {
+            let mut v = if v.data_type() == target {
                 v
             } else if v.is_null() {
                 ScalarValue::try_from(&target)?
             } else {
+                let v = if target.is_integer() {
+                    crate::pg_casts::round_for_int(v)
+                } else {
+                    v
+                };
                 v.cast_to(&target).map_err(|e| {
                     let (code, msg) = StromError::from(e).code_and_message();
                     StromError::user(
@@ -157,12 +162,16 @@ fn coerce_row(def: &TableDef, row: Vec<ScalarValue>) -> Result<Vec<ScalarValue>>
                     strom_engine::EngineError::not_null_violation(&def.name, &c.name).into(),
                 );
             }
+            // jsonb is stored in its canonical text (what `jsonb_out` prints).
             if let (SqlType::Jsonb, ScalarValue::Utf8(Some(s))) = (&c.ty, &v) {
-                if let Err(e) = serde_json::from_str::<serde_json::Value>(s) {
-                    return Err(StromError::user(
-                        "22P02",
-                        format!("invalid input syntax for type json: {e}"),
-                    ));
+                match crate::jsonb::canonical(s) {
+                    Ok(text) => v = ScalarValue::Utf8(Some(text)),
+                    Err(e) => {
+                        return Err(StromError::user(
+                            "22P02",
+                            format!("invalid input syntax for type json: {e}"),
+                        ))
+                    }
                 }
             }
             if let (SqlType::Varchar(Some(n)), ScalarValue::Utf8(Some(s))) = (&c.ty, &v) {

@@ -120,10 +120,12 @@ impl QueryEnv {
                 Arc::new(crate::pg_literals::PgLiteralRule),
                 Arc::new(datafusion::optimizer::analyzer::resolve_grouping_function::ResolveGroupingFunction::new()),
                 Arc::new(datafusion::optimizer::analyzer::type_coercion::TypeCoercion::new()),
+                Arc::new(crate::pg_casts::PgCastRule),
             ])
             .build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx, self);
+        crate::jsonb::register(&ctx);
         ctx
     }
 

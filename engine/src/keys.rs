@@ -219,6 +219,36 @@ pub fn encode_array_datum(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// Appends an encoding of `array[row]` whose byte order is the order of `ORDER BY ...
+/// [DESC] [NULLS FIRST | LAST]`: the memcomparable datum with its null flag placed for
+/// `nulls_first`, every byte inverted when descending (the encoding is self-delimiting,
+/// so inverting reverses the order).
+pub fn encode_sort_datum(
+    array: &dyn Array,
+    row: usize,
+    descending: bool,
+    nulls_first: bool,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let start = out.len();
+    if array.is_null(row) {
+        // Present values have flag 0x01; 0x00 sorts before them, 0x02 after.
+        out.push(if nulls_first != descending {
+            0x00
+        } else {
+            0x02
+        });
+    } else {
+        encode_array_datum(array, row, out)?;
+    }
+    if descending {
+        for b in &mut out[start..] {
+            *b = !*b;
+        }
+    }
+    Ok(())
+}
+
 /// The memcomparable encodings of the given columns, one key per row.
 pub fn encode_array_keys(columns: &[&dyn Array], rows: usize) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::with_capacity(rows);

@@ -17,6 +17,14 @@
 //! it starts the next one and never evicts a bucket with unwritten changes. Every table
 //! charges its cached bytes to one shared [`MemoryBudget`]; after each commit the runtime
 //! evicts buckets, least recently used epoch first, until the total is back under it.
+//!
+//! *Ordered* tables ([`StateAlloc::ordered_table`]) are for prefixes with too many entries
+//! to hold at once when only the first or last few are read (a global `max` over every
+//! reading, a top-N over a whole table). They cache single entries instead of buckets:
+//! reads and writes of one entry go through a per-entry cache, and
+//! [`StateTable::scan_ordered`] merges the cache's unwritten changes with a lazy RocksDB
+//! iterator, so reading the first `n` entries costs `n` entries of memory whatever the
+//! prefix holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,6 +116,10 @@ impl StateAlloc {
         &self.store
     }
 
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
     /// Builds one operator `workers` times, every instance on the same state tables (the
     /// workers of a parallel operator: each uses only its own vnodes of those tables).
     pub fn build_workers<T>(
@@ -135,6 +147,13 @@ impl StateAlloc {
         t
     }
 
+    /// A table read in suffix order a few entries at a time (see the module docs).
+    pub fn ordered_table(&mut self) -> StateTable {
+        let mut t = self.table();
+        t.ordered = true;
+        t
+    }
+
     pub fn table(&mut self) -> StateTable {
         let t = StateTable::new(
             self.view,
@@ -144,6 +163,20 @@ impl StateAlloc {
         );
         self.next += 1;
         t
+    }
+}
+
+/// An entry of an ordered table's cache: its value (`None`: absent) and whether that
+/// differs from the committed state.
+#[derive(Debug)]
+struct Slot {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+impl Slot {
+    fn bytes(&self, key: &[u8]) -> usize {
+        key.len() + self.value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
     }
 }
 
@@ -168,6 +201,11 @@ pub struct StateTable {
     clock: u64,
     /// Every bucket holds at most the entry with the empty suffix: read with a point get.
     single: bool,
+    /// An ordered table: entries are cached one by one in `entries`, by full store key.
+    ordered: bool,
+    entries: BTreeMap<Vec<u8>, Slot>,
+    /// Keys in `entries` with unwritten changes.
+    dirty_entries: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -198,6 +236,102 @@ impl StateTable {
             bytes: 0,
             clock: 0,
             single: false,
+            ordered: false,
+            entries: BTreeMap::new(),
+            dirty_entries: Vec::new(),
+        }
+    }
+
+    fn entry_key(&self, prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
+        let mut k = self.bucket_key(prefix);
+        k.extend_from_slice(suffix);
+        k
+    }
+
+    /// An ordered table's cached entry for `key`, read from the store on a miss.
+    fn slot(&mut self, key: Vec<u8>) -> Result<&mut Slot> {
+        if !self.entries.contains_key(&key) {
+            let slot = Slot {
+                value: self.store.get(&key)?,
+                dirty: false,
+            };
+            let n = slot.bytes(&key);
+            self.bytes += n;
+            self.budget.add(n);
+            self.entries.insert(key.clone(), slot);
+        }
+        Ok(self
+            .entries
+            .get_mut(&key)
+            .expect("invariant: inserted above"))
+    }
+
+    /// Sets an ordered table's entry (`None` deletes it).
+    fn set_entry(&mut self, prefix: &[u8], suffix: &[u8], value: Option<Vec<u8>>) -> Result<()> {
+        let key = self.entry_key(prefix, suffix);
+        let slot = self.slot(key.clone())?;
+        let before = slot.bytes(&key);
+        slot.value = value;
+        let after = slot.bytes(&key);
+        let newly_dirty = !slot.dirty;
+        slot.dirty = true;
+        self.bytes = self.bytes + after - before;
+        self.budget.add(after);
+        self.budget.sub(before);
+        if newly_dirty {
+            self.dirty_entries.push(key);
+        }
+        Ok(())
+    }
+
+    /// Visits an ordered table's entries under `prefix` in suffix order (descending when
+    /// `reverse`), with their values, until `visit` returns false. Reads lazily: entries
+    /// after the last one visited are never read.
+    pub fn scan_ordered(
+        &mut self,
+        prefix: &[u8],
+        reverse: bool,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        debug_assert!(self.ordered, "scan_ordered on a bucket table");
+        let lo = self.bucket_key(prefix);
+        let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
+        let cached: Box<dyn Iterator<Item = (&Vec<u8>, &Slot)>> = if reverse {
+            Box::new(self.entries.range(lo.clone()..hi.clone()).rev())
+        } else {
+            Box::new(self.entries.range(lo.clone()..hi.clone()))
+        };
+        let mut cached = cached.peekable();
+        let mut stored = self.store.iter_latest(&lo, &hi, reverse).peekable();
+        loop {
+            // The next key in scan order, from whichever side has it; the cache wins ties.
+            let take_cached = match (cached.peek(), stored.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(_), Some(Err(_))) => false,
+                (Some((ck, _)), Some(Ok((sk, _)))) => {
+                    let ord = ck.as_slice().cmp(sk);
+                    let ord = if reverse { ord.reverse() } else { ord };
+                    if ord == std::cmp::Ordering::Equal {
+                        stored.next();
+                    }
+                    ord != std::cmp::Ordering::Greater
+                }
+            };
+            let go_on = if take_cached {
+                let (k, slot) = cached.next().expect("peeked");
+                match &slot.value {
+                    Some(v) => visit(&k[lo.len()..], v)?,
+                    None => true,
+                }
+            } else {
+                let (k, v) = stored.next().expect("peeked")?;
+                visit(&k[lo.len()..], &v)?
+            };
+            if !go_on {
+                return Ok(());
+            }
         }
     }
 
@@ -242,14 +376,22 @@ impl StateTable {
 
     /// Every entry under `prefix`, by suffix, in suffix order.
     pub fn bucket(&mut self, prefix: &[u8]) -> Result<&BTreeMap<Vec<u8>, Vec<u8>>> {
+        debug_assert!(!self.ordered, "bucket() on an ordered table");
         Ok(&self.load(prefix)?.entries)
     }
 
     pub fn get(&mut self, prefix: &[u8], suffix: &[u8]) -> Result<Option<&Vec<u8>>> {
+        if self.ordered {
+            let key = self.entry_key(prefix, suffix);
+            return Ok(self.slot(key)?.value.as_ref());
+        }
         Ok(self.load(prefix)?.entries.get(suffix))
     }
 
     pub fn put(&mut self, prefix: &[u8], suffix: &[u8], value: Vec<u8>) -> Result<()> {
+        if self.ordered {
+            return self.set_entry(prefix, suffix, Some(value));
+        }
         let b = self.load(prefix)?;
         let added = suffix.len() + value.len() + ENTRY_OVERHEAD;
         let removed = match b.entries.get_mut(suffix) {
@@ -271,6 +413,9 @@ impl StateTable {
     }
 
     pub fn delete(&mut self, prefix: &[u8], suffix: &[u8]) -> Result<()> {
+        if self.ordered {
+            return self.set_entry(prefix, suffix, None);
+        }
         let b = self.load(prefix)?;
         if let Some(old) = b.entries.remove(suffix) {
             let removed = suffix.len() + old.len() + ENTRY_OVERHEAD;
@@ -325,6 +470,17 @@ impl StateTable {
 
     /// Adds every change since the last call to `batch`.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
+        for key in std::mem::take(&mut self.dirty_entries) {
+            let slot = self
+                .entries
+                .get_mut(&key)
+                .expect("invariant: dirty entries stay cached");
+            slot.dirty = false;
+            match &slot.value {
+                Some(v) => batch.put(&key, v),
+                None => batch.delete(&key),
+            }
+        }
         for prefix in std::mem::take(&mut self.dirty) {
             let mut key = self.bucket_key(&prefix);
             let base = key.len();
@@ -354,6 +510,15 @@ impl StateTable {
     pub fn evict(&mut self, keep: u64) -> usize {
         let horizon = self.clock.saturating_sub(keep);
         let mut freed = 0;
+        // An ordered table's entries carry no use time: clean ones all go.
+        self.entries.retain(|k, slot| {
+            if slot.dirty {
+                true
+            } else {
+                freed += slot.bytes(k);
+                false
+            }
+        });
         self.buckets.retain(|_, b| {
             if b.dirty.is_empty() && (keep == 0 || b.last_used < horizon) {
                 freed += b.bytes;
@@ -372,6 +537,8 @@ impl StateTable {
     pub fn discard(&mut self) {
         self.buckets.clear();
         self.dirty.clear();
+        self.entries.clear();
+        self.dirty_entries.clear();
         self.budget.sub(self.bytes);
         self.bytes = 0;
     }
@@ -444,5 +611,62 @@ pub(crate) mod tests {
         assert_eq!(got, vec![(b"b".to_vec(), b"2".to_vec())]);
         let mut other = StateTable::new(7, 2, store, budget);
         assert!(other.bucket(b"g1").unwrap().is_empty());
+    }
+
+    fn first(t: &mut StateTable, prefix: &[u8], reverse: bool, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        t.scan_ordered(prefix, reverse, |k, _| {
+            out.push(k.to_vec());
+            Ok(out.len() < n)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn ordered_tables_merge_unwritten_changes_with_the_store_and_stay_small() {
+        let (_dir, store) = temp_store();
+        let budget = MemoryBudget::new(1 << 20);
+        let mut t = StateAlloc::new(3, store.clone(), budget.clone()).ordered_table();
+        for i in 0..1000u32 {
+            t.put(b"p", &i.to_be_bytes(), vec![1]).unwrap();
+        }
+        t.put(b"q", b"x", vec![1]).unwrap();
+        spill(&store, vec![&mut t]);
+        assert_eq!(budget.used(), 0);
+        let k = |i: u32| i.to_be_bytes().to_vec();
+        assert_eq!(first(&mut t, b"p", false, 2), vec![k(0), k(1)]);
+        assert_eq!(first(&mut t, b"p", true, 2), vec![k(999), k(998)]);
+        // reading a few entries caches none of the others
+        assert_eq!(budget.used(), 0);
+        // unwritten changes win over the store, in both directions
+        t.delete(b"p", &k(0)).unwrap();
+        t.delete(b"p", &k(999)).unwrap();
+        t.put(b"p", &k(1), vec![2]).unwrap();
+        t.put(b"p", &k(5000), vec![3]).unwrap();
+        assert_eq!(first(&mut t, b"p", false, 2), vec![k(1), k(2)]);
+        assert_eq!(first(&mut t, b"p", true, 2), vec![k(5000), k(998)]);
+        let mut v1 = Vec::new();
+        t.scan_ordered(b"p", false, |_, v| {
+            v1 = v.to_vec();
+            Ok(false)
+        })
+        .unwrap();
+        assert_eq!(v1, vec![2]);
+        assert_eq!(first(&mut t, b"p", false, usize::MAX).len(), 999);
+        // other prefixes are not visited
+        assert_eq!(first(&mut t, b"q", false, 10), vec![b"x".to_vec()]);
+        assert!(first(&mut t, b"r", false, 10).is_empty());
+        // a rollback forgets the changes; a commit keeps them
+        t.discard();
+        assert_eq!(first(&mut t, b"p", false, 1), vec![k(0)]);
+        t.delete(b"p", &k(0)).unwrap();
+        // unwritten changes survive eviction
+        t.evict(0);
+        assert_eq!(first(&mut t, b"p", false, 1), vec![k(1)]);
+        spill(&store, vec![&mut t]);
+        assert_eq!(first(&mut t, b"p", false, 1), vec![k(1)]);
+        assert!(t.get(b"p", &k(0)).unwrap().is_none());
+        assert_eq!(t.get(b"p", &k(1)).unwrap(), Some(&vec![1]));
     }
 }

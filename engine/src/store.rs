@@ -83,6 +83,27 @@ impl Store {
             .collect()
     }
 
+    /// The pairs with `lower <= key < upper` in the latest committed state, read lazily in
+    /// key order (descending when `reverse`): for readers that stop after a few entries.
+    pub fn iter_latest(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<KvPair>> + '_ {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        self.db
+            .iterator_opt(mode, ro)
+            .map(|item| item.map_err(Into::into))
+    }
+
     /// Makes every write so far durable against power loss (fsyncs the WAL).
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true)?;
@@ -96,8 +117,10 @@ impl Store {
     }
 }
 
+/// A key-value pair as read from RocksDB.
+pub type KvPair = (Box<[u8]>, Box<[u8]>);
 /// Key-value pairs as read from RocksDB.
-pub type KvPairs = Vec<(Box<[u8]>, Box<[u8]>)>;
+pub type KvPairs = Vec<KvPair>;
 
 /// A consistent point-in-time view of the store.
 pub struct Snapshot {

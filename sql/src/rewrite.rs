@@ -11,6 +11,8 @@
 //! | `x::regclass` | `to_regclass_oid(x)` (an oid) |
 //! | `x::regtype`, `x::regproc`, ... | `strom_regtype_name(x)` etc. (text) |
 //! | `x::oid`, `x::pg_catalog.text`, `x::name` | casts to the corresponding built-in type |
+//! | `x::jsonb`, `x::json` | `strom_to_jsonb(x)` |
+//! | `j -> k`, `j ->> k`, `j #> p`, `j #>> p`, `j ? k` | `strom_jsonb_get(j, k)` and the like (see the server's `jsonb` module) |
 
 use std::ops::ControlFlow;
 
@@ -228,7 +230,21 @@ fn pg_column_name(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Identifier(i) => Some(ident(i)),
         Expr::CompoundIdentifier(parts) => parts.last().map(ident),
-        Expr::Function(f) => last_part(&f.name),
+        // Operators rewritten into calls have no name; a cast to jsonb is named by its
+        // operand or its type.
+        Expr::Function(f) => match last_part(&f.name)?.as_str() {
+            "strom_to_jsonb" => match &f.args {
+                FunctionArguments::List(l) => match l.args.first() {
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))) => {
+                        pg_column_name(inner).or_else(|| Some("jsonb".into()))
+                    }
+                    _ => Some("jsonb".into()),
+                },
+                _ => Some("jsonb".into()),
+            },
+            n if n.starts_with("strom_jsonb_") => None,
+            n => Some(n.to_string()),
+        },
         Expr::Nested(e) => pg_column_name(e),
         Expr::Cast {
             expr, data_type, ..
@@ -264,6 +280,18 @@ fn pg_column_name(expr: &Expr) -> Option<String> {
     }
 }
 
+/// The function a jsonb operator is planned as (see the server's `jsonb` module).
+fn json_operator(op: &BinaryOperator) -> Option<&'static str> {
+    Some(match op {
+        BinaryOperator::Arrow => "strom_jsonb_get",
+        BinaryOperator::LongArrow => "strom_jsonb_get_text",
+        BinaryOperator::HashArrow => "strom_jsonb_path",
+        BinaryOperator::HashLongArrow => "strom_jsonb_path_text",
+        BinaryOperator::Question => "strom_jsonb_exists",
+        _ => return None,
+    })
+}
+
 fn last_part(name: &ObjectName) -> Option<String> {
     name.0
         .last()
@@ -282,13 +310,20 @@ fn strip_pg_catalog(name: &mut ObjectName) {
 }
 
 fn call(name: &str, arg: Expr) -> Expr {
+    call_n(name, vec![arg])
+}
+
+fn call_n(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(Function {
         name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
         uses_odbc_syntax: false,
         parameters: FunctionArguments::None,
         args: FunctionArguments::List(FunctionArgumentList {
             duplicate_treatment: None,
-            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))],
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
             clauses: vec![],
         }),
         filter: None,
@@ -307,6 +342,7 @@ enum CastTarget {
 fn cast_target(dt: &DataType) -> Option<CastTarget> {
     let name = match dt {
         DataType::Regclass => return Some(CastTarget::Function("to_regclass_oid")),
+        DataType::JSON | DataType::JSONB => return Some(CastTarget::Function("strom_to_jsonb")),
         DataType::Custom(name, _) => last_part(name)?,
         _ => return None,
     };
@@ -329,6 +365,7 @@ fn cast_target(dt: &DataType) -> Option<CastTarget> {
             sqlparser::ast::TimezoneInfo::WithTimeZone,
         )),
         "string" => CastTarget::Type(DataType::Text),
+        "json" | "jsonb" => CastTarget::Function("strom_to_jsonb"),
         _ => return None,
     })
 }
@@ -620,6 +657,13 @@ fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) -> crate::Re
     empty_array_subquery(e, empty_catalog);
     match e {
         Expr::Function(f) => strip_pg_catalog(&mut f.name),
+        Expr::BinaryOp { left, op, right } if json_operator(op).is_some() => {
+            let name = json_operator(op).expect("checked by the guard");
+            let null = || Expr::value(sqlparser::ast::Value::Null);
+            let l = std::mem::replace(left.as_mut(), null());
+            let r = std::mem::replace(right.as_mut(), null());
+            *e = call_n(name, vec![l, r]);
+        }
         Expr::BinaryOp { op, .. } => {
             if let BinaryOperator::PGCustomBinaryOperator(parts) = op {
                 let new = match parts.last().map(String::as_str) {
@@ -710,6 +754,12 @@ mod tests {
         assert_eq!(
             rw("SELECT x::pg_catalog.regtype::pg_catalog.text FROM t"),
             "SELECT strom_regtype_name(x)::TEXT AS \"strom_regtype_name\" FROM t"
+        );
+        assert_eq!(
+            rw("SELECT j -> 'a' ->> 0, j #> '{a,b}', '{}'::jsonb, x::json FROM t WHERE j ? 'k'"),
+            "SELECT strom_jsonb_get_text(strom_jsonb_get(j, 'a'), 0) AS \"?column?\", \
+             strom_jsonb_path(j, '{a,b}') AS \"?column?\u{0}1\", strom_to_jsonb('{}') AS \"jsonb\", \
+             strom_to_jsonb(x) AS \"x\" FROM t WHERE strom_jsonb_exists(j, 'k')"
         );
         assert_eq!(
             rw("SELECT c FROM t WHERE c = '5'::oid"),

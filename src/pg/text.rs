@@ -476,7 +476,8 @@ pub fn jsonb(s: &str, out: &mut String) {
     }
 }
 
-fn write_json(v: &serde_json::Value, out: &mut String) {
+/// Appends `v` as PostgreSQL's `jsonb_out` prints it.
+pub fn write_json(v: &serde_json::Value, out: &mut String) {
     use serde_json::Value;
     match v {
         Value::Object(map) => {

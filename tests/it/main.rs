@@ -5,6 +5,7 @@
 //! clients: tokio-postgres, a small hand-written extended-protocol client
 //! ([`pgclient`]), and the real `psql`.
 
+mod fidelity;
 mod pgclient;
 mod psql;
 mod recovery;

@@ -286,6 +286,7 @@ const RELATIONAL_VIEWS: &[(&str, &str)] = &[
     // top-N
     ("rv_top3", "SELECT id, v FROM dt_a ORDER BY v DESC NULLS LAST, id LIMIT 3"),
     ("rv_top_offset", "SELECT id, v, g FROM dt_a ORDER BY v, id LIMIT 2 OFFSET 2"),
+    ("rv_top_numeric", "SELECT id, amt, ts FROM dt_t ORDER BY amt DESC, ts NULLS FIRST, id LIMIT 3 OFFSET 1"),
     ("rv_top_agg", "SELECT k, n FROM (SELECT k, count(*) AS n FROM dt_a GROUP BY k) t ORDER BY n DESC, k NULLS FIRST LIMIT 2"),
     ("rv_group_top", "SELECT id, g, v FROM (SELECT id, g, v, row_number() OVER (PARTITION BY g ORDER BY v DESC NULLS LAST, id) AS rn FROM dt_a) t WHERE rn <= 2"),
     // window functions
@@ -302,6 +303,7 @@ const RELATIONAL_VIEWS: &[(&str, &str)] = &[
     ("rv_expr_strings", "SELECT id, upper(g) || '-' || lower(coalesce(g, 'X')) AS s, length(g) AS len, substr(coalesce(g, 'abc'), 2) AS sub, replace(coalesce(g, ''), 'n', 'N') AS r, concat_ws('/', g, v) AS cw FROM dt_a"),
     ("rv_expr_time", "SELECT id, date_trunc('hour', ts) AS h, ts + INTERVAL '1 day 2 hours' AS later, EXTRACT(hour FROM ts) AS hr, EXTRACT(dow FROM ts) AS dow, amt * 3 AS a3, amt + 0.005 AS a4, round(amt, 1) AS r1 FROM dt_t"),
     ("rv_time_agg", "SELECT date_trunc('day', ts) AS day, dev, count(*) AS n, sum(amt) AS total, max(amt) AS hi, min(ts) AS first_ts FROM dt_t GROUP BY date_trunc('day', ts), dev"),
+    ("rv_cast_round", "SELECT id, CAST(amt AS INT) AS ai, CAST(amt * 3 AS BIGINT) AS a3, CAST(-amt AS INT) AS neg, CAST(amt AS DOUBLE PRECISION)::INT AS fi FROM dt_t"),
     ("rv_numeric_nan", "SELECT id, CASE WHEN v IS NULL THEN CAST('NaN' AS DOUBLE PRECISION) WHEN v < 0 THEN CAST('-Infinity' AS DOUBLE PRECISION) ELSE f END AS fx FROM dt_a"),
 ];
 

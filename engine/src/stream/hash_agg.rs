@@ -11,12 +11,14 @@
 //!   (`count`) or a sum and a count of non-NULL inputs (`sum`, `avg`);
 //! - one table per `min`/`max`: per group, the multiset of input values (suffix: the
 //!   memcomparable value, so entries are in value order; value: its count as 8 bytes
-//!   big-endian, then the datum).
+//!   big-endian, then the datum). It is an ordered table: the result reads one end of
+//!   the group's multiset from RocksDB, so a `max` over millions of rows keeps only the
+//!   entries changed in the epoch in memory. Deleting the current extreme falls back to
+//!   the next value, with no recomputation.
 //!
 //! Input is read straight from the chunk's Arrow columns: keys are encoded from the arrays,
 //! and `count`/`sum`/`avg` over integers, doubles and decimals update their running state
 //! in place; a `ScalarValue` is built only for a group's first row in an epoch.
-//!   Deleting the current extreme falls back to the next value, with no recomputation.
 //!
 //! The previous output of a group is computed from its state when the group is first
 //! touched in an epoch, so no copy of the output is kept. A global aggregate has exactly
@@ -191,11 +193,13 @@ impl HashAgg {
         let main = state.single_table();
         // A global aggregate's one group (the empty key) always exists.
         let always = group_keys.is_empty().then(|| (Vec::new(), Vec::new()));
+        // min/max read one end of an ordered multiset; a general aggregate reads it all.
         let extremes = calls
             .iter()
-            .map(|c| {
-                matches!(c.kind, AggKind::Min | AggKind::Max | AggKind::General)
-                    .then(|| state.table())
+            .map(|c| match c.kind {
+                AggKind::Min | AggKind::Max => Some(state.ordered_table()),
+                AggKind::General => Some(state.table()),
+                _ => None,
             })
             .collect();
         Ok(HashAgg {
@@ -312,14 +316,15 @@ impl HashAgg {
                 }
                 AggState::Extreme => {
                     let table = self.extremes[i].as_mut().expect("min/max has a table");
-                    let bucket = table.bucket(prefix)?;
-                    let entry = match self.calls[i].kind {
-                        AggKind::Min => bucket.values().next(),
-                        _ => bucket.values().next_back(),
-                    };
+                    let mut entry = None;
+                    let reverse = self.calls[i].kind == AggKind::Max;
+                    table.scan_ordered(prefix, reverse, |_, bytes| {
+                        entry = Some(bytes[8..].to_vec());
+                        Ok(false)
+                    })?;
                     match entry {
                         None => ScalarValue::try_from(&self.calls[i].output_type)?,
-                        Some(bytes) => decode(&bytes[8..], &self.arg_types[i])?.swap_remove(0),
+                        Some(bytes) => decode(&bytes, &self.arg_types[i])?.swap_remove(0),
                     }
                 }
                 state => result(&self.calls[i], state)?,
@@ -737,6 +742,30 @@ mod tests {
     }
 
     #[test]
+    fn extremes_of_a_large_group_are_read_from_the_ends_only() {
+        let (_dir, mut alloc) = temp_alloc();
+        let store = alloc.store().clone();
+        let budget = Arc::clone(alloc.budget());
+        let mut agg = feeder_load(&mut alloc);
+        let rows: String = (0..20_000).map(|i| format!("+ {i} F1 {i}\n")).collect();
+        agg.apply(&StreamChunk::from_pretty(&format!("I T F\n{rows}")))
+            .unwrap();
+        agg.flush().unwrap();
+        crate::state::tests::spill(&store, agg.state_tables());
+        assert_eq!(budget.used(), 0);
+        agg.apply(&StreamChunk::from_pretty(
+            "I T F\n- 19999 F1 19999\n- 0 F1 0",
+        ))
+        .unwrap();
+        assert_eq!(
+            agg.flush().unwrap().to_pretty(),
+            "U- F1 20000 199990000 19999 0\nU+ F1 19998 199970001 19998 1\n"
+        );
+        // the group's row and the changed entries, not 20k values
+        assert!(budget.used() < 2_000, "{} bytes cached", budget.used());
+    }
+
+    #[test]
     fn max_falls_back_when_the_extreme_is_updated_away() {
         let (_dir, mut alloc) = temp_alloc();
         let mut agg = feeder_load(&mut alloc);
@@ -771,12 +800,16 @@ mod tests {
         assert_eq!(agg.flush().unwrap().to_pretty(), "- F1 1 5 5 5\n");
         let f1 = keys::encode_key(&[ScalarValue::from("F1")]).unwrap();
         assert!(agg.main.get(&f1, &[]).unwrap().is_none());
-        assert!(agg.extremes[2]
+        let mut left = 0;
+        agg.extremes[2]
             .as_mut()
             .unwrap()
-            .bucket(&f1)
-            .unwrap()
-            .is_empty());
+            .scan_ordered(&f1, false, |_, _| {
+                left += 1;
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

@@ -19,9 +19,14 @@
 //! partition (frames, `lag`/`lead` defaults and peers as DataFusion computes them); a
 //! top-N takes rows `offset .. offset + limit`.
 //!
-//! Cost: a changed partition costs time proportional to its size, and it is held in
-//! memory while it is recomputed; fine for the per-device partitions of grid checks, and
-//! for top-N over inputs of moderate size.
+//! A top-N keeps its rows in an *ordered* state table instead: the suffix is the row's
+//! `ORDER BY` key (encoded so bytes sort as the clause says, see
+//! [`keys::encode_sort_datum`]) and then the memcomparable row. Its output is the entries
+//! `offset .. offset + limit` read lazily from the start of the table, so computing it
+//! costs `offset + limit` entries of time and memory however many rows the input has.
+//!
+//! Cost: a changed window partition costs time proportional to its size, and it is held
+//! in memory while it is recomputed; fine for the per-device partitions of grid checks.
 
 use std::sync::Arc;
 
@@ -87,6 +92,10 @@ impl OverWindow {
                 "window output is not its input plus one column per function".into(),
             ));
         }
+        let rows = match &kind {
+            Recompute::Window(_) => state.table(),
+            Recompute::TopN { .. } => state.ordered_table(),
+        };
         Ok(OverWindow {
             partition_by,
             order_by,
@@ -98,7 +107,7 @@ impl OverWindow {
                 .collect(),
             input,
             output,
-            rows: state.table(),
+            rows,
             touched: HashMap::default(),
             before: Vec::new(),
         })
@@ -117,6 +126,15 @@ impl OverWindow {
             .iter()
             .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
             .collect::<std::result::Result<_, _>>()?;
+        // A top-N's entries sort by the ORDER BY keys first.
+        let sort_cols: Vec<ArrayRef> = match self.kind {
+            Recompute::TopN { .. } => self
+                .order_by
+                .iter()
+                .map(|s| s.expr.evaluate(batch).and_then(|v| v.into_array(n)))
+                .collect::<std::result::Result<_, _>>()?,
+            Recompute::Window(_) => Vec::new(),
+        };
         let mut prefix = Vec::new();
         let mut suffix = Vec::new();
         for (i, op) in chunk.ops().iter().enumerate() {
@@ -130,6 +148,10 @@ impl OverWindow {
                 self.before.push((prefix.clone(), out));
             }
             suffix.clear();
+            for (c, s) in sort_cols.iter().zip(&self.order_by) {
+                let o = s.options;
+                keys::encode_sort_datum(c.as_ref(), i, o.descending, o.nulls_first, &mut suffix)?;
+            }
             for c in batch.columns() {
                 keys::encode_array_datum(c.as_ref(), i, &mut suffix)?;
             }
@@ -158,6 +180,9 @@ impl OverWindow {
 
     /// A partition's output rows, from its stored rows.
     fn compute(&mut self, prefix: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
+        if let Recompute::TopN { offset, limit } = self.kind {
+            return self.top_n(prefix, offset, limit);
+        }
         let mut rows = Vec::new();
         for value in self.rows.bucket(prefix)?.values() {
             let count = multiset_count(value)?;
@@ -200,11 +225,7 @@ impl OverWindow {
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 (sorted, cols)
             }
-            Recompute::TopN { offset, limit } => {
-                let start = (*offset).min(n);
-                let len = limit.map_or(n - start, |l| l.min(n - start));
-                (sorted.slice(start, len), Vec::new())
-            }
+            Recompute::TopN { .. } => unreachable!("top-N is read in order, not sorted"),
         };
         let mut out = Vec::with_capacity(sorted.num_rows());
         for i in 0..sorted.num_rows() {
@@ -214,6 +235,36 @@ impl OverWindow {
             }
             out.push(row);
         }
+        Ok(out)
+    }
+}
+
+impl OverWindow {
+    /// Rows `offset .. offset + limit` of the ordered entries under `prefix`.
+    fn top_n(
+        &mut self,
+        prefix: &[u8],
+        offset: usize,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<ScalarValue>>> {
+        let mut skip = offset;
+        let mut want = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let types = &self.types;
+        self.rows.scan_ordered(prefix, false, |_, value| {
+            let count = multiset_count(value)? as usize;
+            let skipped = count.min(skip);
+            skip -= skipped;
+            let take = (count - skipped).min(want);
+            if take > 0 {
+                let row = row::decode_row(&value[8..], types).map_err(corrupt)?;
+                for _ in 0..take {
+                    out.push(row.clone());
+                }
+                want -= take;
+            }
+            Ok(want > 0)
+        })?;
         Ok(out)
     }
 }
@@ -260,6 +311,7 @@ fn diff(
 mod tests {
     use super::*;
     use crate::state::tests::temp_alloc;
+    use crate::state::StateAlloc;
     use datafusion::arrow::compute::SortOptions;
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::physical_expr::expressions::Column;
@@ -277,6 +329,10 @@ mod tests {
     /// Top 2 of (id I, v I) by v DESC, then id.
     fn top2() -> (tempfile::TempDir, OverWindow) {
         let (dir, mut alloc) = temp_alloc();
+        (dir, top2_in(&mut alloc))
+    }
+
+    fn top2_in(alloc: &mut StateAlloc) -> OverWindow {
         let input = schema(&["id", "v"], &[DataType::Int64, DataType::Int64]);
         let order = vec![PhysicalSortExpr::new(
             Arc::new(Column::new("v", 1)),
@@ -285,7 +341,7 @@ mod tests {
                 nulls_first: false,
             },
         )];
-        let op = OverWindow::try_new(
+        OverWindow::try_new(
             vec![],
             order,
             Recompute::TopN {
@@ -294,10 +350,9 @@ mod tests {
             },
             Arc::clone(&input),
             input,
-            &mut alloc,
+            alloc,
         )
-        .unwrap();
-        (dir, op)
+        .unwrap()
     }
 
     fn run(op: &mut OverWindow, text: &str) -> String {
@@ -319,6 +374,27 @@ mod tests {
         // ties (v = 20) are broken by the row, the same way every time
         assert_eq!(run(&mut op, "+ 0 20"), "- 3 20\n+ 0 20\n");
         assert_eq!(run(&mut op, "+ 9 1\n- 9 1"), "");
+    }
+
+    #[test]
+    fn top_n_reads_only_the_top_of_a_large_input() {
+        let (_dir, mut alloc) = temp_alloc();
+        let store = alloc.store().clone();
+        let budget = Arc::clone(alloc.budget());
+        let mut op = top2_in(&mut alloc);
+        let rows: String = (0..20_000)
+            .map(|i| format!("+ {i} {}\n", i % 977))
+            .collect();
+        run(&mut op, &rows);
+        crate::state::tests::spill(&store, op.state_tables());
+        assert_eq!(budget.used(), 0);
+        // a new leader: the op reads the old top 2 and the new one, not 20k rows
+        assert_eq!(run(&mut op, "+ 99999 5000"), "- 1953 976\n+ 99999 5000\n");
+        assert!(budget.used() < 2_000, "{} bytes cached", budget.used());
+        crate::state::tests::spill(&store, op.state_tables());
+        // deleting down through the ties of v = 976 (20 rows share it), in row order
+        assert_eq!(run(&mut op, "- 99999 5000"), "- 99999 5000\n+ 1953 976\n");
+        assert_eq!(run(&mut op, "- 976 976"), "- 976 976\n+ 2930 976\n");
     }
 
     #[test]
