@@ -29,7 +29,10 @@ pub async fn execute(
             let schema = target_schema(&catalog, plan.schema.as_deref(), settings)?;
             if catalog.table_by_name(schema, &plan.name).is_some() {
                 if plan.if_not_exists {
-                    return Ok("CREATE TABLE");
+                    return Ok(match &plan.connector {
+                        Some(c) if c.is_source => "CREATE SOURCE",
+                        _ => "CREATE TABLE",
+                    });
                 }
                 return Err(strom_catalog::CatalogError::TableExists(plan.name).into());
             }
@@ -41,12 +44,24 @@ pub async fn execute(
                 pk: plan.pk,
                 user_pk: plan.user_pk,
                 view: None,
+                connector: plan.connector,
             };
             check_defaults(db, settings, &def)?;
+            let tag = if def.is_source() {
+                "CREATE SOURCE"
+            } else {
+                "CREATE TABLE"
+            };
+            strom_connectors::validate(&def).map_err(|m| {
+                StromError::user(
+                    "22023",
+                    format!("{} \"{}\": {m}", def.kind_name(), def.name),
+                )
+            })?;
             catalog.create_table(def)?;
             txn.set_catalog(catalog);
             txn.commit()?;
-            Ok("CREATE TABLE")
+            Ok(tag)
         }
         Statement::CreateSchema {
             schema_name,

@@ -82,6 +82,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     stream.start();
+    strom_connectors::Connectors::start(Arc::clone(&db));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

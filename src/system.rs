@@ -4,11 +4,19 @@
 //!   server started (or redeployed at start): how many input rows its backfill has read
 //!   and whether it is done. A view still backfilling is being filled from its inputs'
 //!   existing contents; `CREATE MATERIALIZED VIEW` returns when `done` turns true.
+//! - `strom_catalog.source_errors`: every message a source or connector table rejected
+//!   (undecodable, a value that does not fit its column, a missing required field), with
+//!   its partition, offset, reason and payload (the first 4 KiB, as text). Kept until the
+//!   source is dropped.
+//! - `strom_catalog.source_offsets`: per source and partition, the next offset to read,
+//!   as committed with the rows.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::SchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
@@ -18,7 +26,7 @@ use crate::query::QueryEnv;
 
 pub const SCHEMA: &str = "strom_catalog";
 
-const TABLES: &[&str] = &["backfill_progress"];
+const TABLES: &[&str] = &["backfill_progress", "source_errors", "source_offsets"];
 
 #[derive(Debug)]
 pub struct StromCatalogSchema {
@@ -60,6 +68,80 @@ impl StromCatalogSchema {
     }
 }
 
+impl StromCatalogSchema {
+    fn sources(&self) -> impl Iterator<Item = (String, &strom_catalog::TableDef)> {
+        let cat = &self.env.catalog;
+        cat.tables().filter(|t| t.connector.is_some()).map(|t| {
+            let schema = cat
+                .schema(t.schema)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            (schema, t)
+        })
+    }
+
+    fn source_errors(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("source_name", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("payload", DataType::Utf8, false),
+        ]));
+        let (mut sch, mut src, mut part, mut off, mut reason, mut payload) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (schema_name, t) in self.sources() {
+            let rejected = strom_connectors::errors::rejections(&self.env.snapshot, t.id)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            for r in rejected {
+                sch.push(schema_name.clone());
+                src.push(t.name.clone());
+                part.push(r.partition);
+                off.push(r.offset);
+                reason.push(r.reason);
+                payload.push(String::from_utf8_lossy(&r.payload).into_owned());
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sch)),
+            Arc::new(StringArray::from(src)),
+            Arc::new(Int32Array::from(part)),
+            Arc::new(Int64Array::from(off)),
+            Arc::new(StringArray::from(reason)),
+            Arc::new(StringArray::from(payload)),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
+    fn source_offsets(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("source_name", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("next_offset", DataType::Int64, false),
+        ]));
+        let (mut sch, mut src, mut part, mut off) = (vec![], vec![], vec![], vec![]);
+        for (schema_name, t) in self.sources() {
+            let offsets = strom_connectors::errors::committed_offsets(&self.env.snapshot, t.id)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            for (p, o) in offsets {
+                sch.push(schema_name.clone());
+                src.push(t.name.clone());
+                part.push(p);
+                off.push(o);
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sch)),
+            Arc::new(StringArray::from(src)),
+            Arc::new(Int32Array::from(part)),
+            Arc::new(Int64Array::from(off)),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for StromCatalogSchema {
     fn table_names(&self) -> Vec<String> {
@@ -69,6 +151,8 @@ impl SchemaProvider for StromCatalogSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let batch = match name {
             "backfill_progress" => self.backfill_progress()?,
+            "source_errors" => self.source_errors()?,
+            "source_offsets" => self.source_offsets()?,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

@@ -145,6 +145,7 @@ async fn plan_view(
                 query: prepared.to_string(),
                 depends_on,
             }),
+            connector: None,
         },
         plan,
     })
@@ -354,6 +355,9 @@ pub fn drop_in_txn(
     for id in order.into_iter().rev() {
         let def = catalog.drop_table(id)?;
         txn.delete_table_rows(&def);
+        if def.connector.is_some() {
+            strom_connectors::errors::stage_forget(txn, id);
+        }
         if def.is_view() {
             let (ranges, keys) = runtime::drop_ranges(id);
             for (lo, hi) in ranges {

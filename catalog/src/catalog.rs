@@ -220,6 +220,7 @@ mod tests {
             pk: vec![0],
             user_pk: true,
             view: None,
+            connector: None,
         }
     }
 

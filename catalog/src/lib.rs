@@ -23,5 +23,8 @@ pub mod types;
 pub use catalog::Catalog;
 pub use error::{CatalogError, Result};
 pub use ids::{SchemaId, TableId};
-pub use object::{ColumnDef, SchemaDef, TableDef, ViewDef, ROW_ID_COLUMN, VIEW_COUNT_COLUMN};
+pub use object::{
+    ColumnDef, ConnectorDef, IncludeDef, SchemaDef, TableDef, ViewDef, ROW_ID_COLUMN,
+    VIEW_COUNT_COLUMN,
+};
 pub use types::SqlType;

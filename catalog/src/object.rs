@@ -24,6 +24,32 @@ pub struct ViewDef {
     pub depends_on: Vec<TableId>,
 }
 
+/// A table or source fed by an external system (`CREATE SOURCE`, `CREATE TABLE ... WITH
+/// (connector = ...)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorDef {
+    /// A source: rows feed the views that read it and are not stored.
+    pub is_source: bool,
+    /// `connector`, `topic`, `properties.*`, ... as written (names lower-cased).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// `PLAIN`, `UPSERT`.
+    pub format: String,
+    /// `JSON`, `CSV`.
+    pub encode: String,
+    pub encode_options: std::collections::BTreeMap<String, String>,
+    /// Metadata columns (`INCLUDE partition AS p`): what each holds and its column index.
+    pub includes: Vec<IncludeDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncludeDef {
+    /// `key`, `partition`, `offset`, `timestamp`, `topic`, `header`.
+    pub kind: String,
+    /// The header name of `INCLUDE header 'name'`.
+    pub argument: Option<String>,
+    pub column: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchemaDef {
     pub id: SchemaId,
@@ -59,6 +85,9 @@ pub struct TableDef {
     /// can derive one, or every output column.
     #[serde(default)]
     pub view: Option<ViewDef>,
+    /// Set for sources and tables fed by a connector.
+    #[serde(default)]
+    pub connector: Option<ConnectorDef>,
 }
 
 impl TableDef {
@@ -83,10 +112,17 @@ impl TableDef {
         self.view.is_some()
     }
 
-    /// "table" or "materialized view", for messages.
+    /// A source: its rows are not stored, only handed to the views reading it.
+    pub fn is_source(&self) -> bool {
+        self.connector.as_ref().is_some_and(|c| c.is_source)
+    }
+
+    /// "table", "source" or "materialized view", for messages.
     pub fn kind_name(&self) -> &'static str {
         if self.is_view() {
             "materialized view"
+        } else if self.is_source() {
+            "source"
         } else {
             "table"
         }

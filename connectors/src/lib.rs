@@ -1,1 +1,137 @@
-//! stub
+//! Connectors: external systems feeding sources and tables.
+//!
+//! [`Connectors::start`] runs a watcher that keeps one ingest task per connector table
+//! or source in the catalog: started when it appears (a source only once some view reads
+//! it, so that `CREATE SOURCE` then `CREATE MATERIALIZED VIEW` misses nothing from
+//! `scan.startup.mode = 'earliest'`), stopped when it is dropped. Tasks resume from the
+//! offsets committed with their rows (see [`kafka`]). [`validate`] checks a declaration
+//! at `CREATE`.
+
+pub mod decode;
+pub mod errors;
+pub mod kafka;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strom_catalog::{TableDef, TableId};
+use strom_engine::Database;
+
+/// Set to stop a task.
+pub type Stop = Arc<AtomicBool>;
+
+/// Live counters of one source (since the server started).
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    pub rows: AtomicU64,
+    pub rejected: AtomicU64,
+    pub partitions: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SourceStatus {
+    fn add(&self, rows: u64, rejected: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.rejected.fetch_add(rejected, Ordering::Relaxed);
+        *self.last_error.lock().expect("status lock") = None;
+    }
+
+    fn set_error(&self, e: String) {
+        *self.last_error.lock().expect("status lock") = Some(e);
+    }
+
+    fn set_partitions(&self, n: usize) {
+        self.partitions.store(n, Ordering::Relaxed);
+    }
+
+    /// The error that stopped the last attempt to read, until reading works again.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("status lock").clone()
+    }
+}
+
+struct Task {
+    stop: Stop,
+    status: Arc<SourceStatus>,
+}
+
+/// The running connector tasks.
+#[derive(Default)]
+pub struct Connectors {
+    tasks: Mutex<BTreeMap<TableId, Task>>,
+}
+
+/// Checks a connector declaration; the error names what is wrong.
+pub fn validate(def: &TableDef) -> Result<(), String> {
+    let Some(c) = &def.connector else {
+        return Ok(());
+    };
+    match c.options.get("connector").map(String::as_str) {
+        Some("kafka") => kafka::validate(def, c),
+        Some(other) => Err(format!("unknown connector \"{other}\" (supported: kafka)")),
+        None => Err("option \"connector\" is required".into()),
+    }
+}
+
+impl Connectors {
+    /// Starts the watcher; it runs as long as the process.
+    pub fn start(db: Arc<Database>) -> Arc<Connectors> {
+        let me = Arc::new(Connectors::default());
+        let watcher = Arc::clone(&me);
+        tokio::spawn(async move {
+            loop {
+                watcher.reconcile(&db);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        me
+    }
+
+    /// Starts tasks for new sources, stops those of dropped ones.
+    fn reconcile(&self, db: &Arc<Database>) {
+        let catalog = db.catalog();
+        let read: HashSet<TableId> = catalog
+            .tables()
+            .filter_map(|t| t.view.as_ref())
+            .flat_map(|v| v.depends_on.iter().copied())
+            .collect();
+        let wanted: BTreeMap<TableId, &TableDef> = catalog
+            .tables()
+            .filter(|t| t.connector.is_some() && (!t.is_source() || read.contains(&t.id)))
+            .map(|t| (t.id, t))
+            .collect();
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.retain(|id, task| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                task.stop.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        for (id, def) in wanted {
+            if tasks.contains_key(&id) {
+                continue;
+            }
+            let stop: Stop = Arc::new(AtomicBool::new(false));
+            let status = Arc::new(SourceStatus::default());
+            tokio::spawn(kafka::run(
+                Arc::clone(db),
+                Arc::new(def.clone()),
+                Arc::clone(&stop),
+                Arc::clone(&status),
+            ));
+            tasks.insert(id, Task { stop, status });
+        }
+    }
+
+    /// The status of a running source task.
+    pub fn status(&self, id: TableId) -> Option<Arc<SourceStatus>> {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .get(&id)
+            .map(|t| Arc::clone(&t.status))
+    }
+}

@@ -95,6 +95,12 @@ impl Database {
         !self.queue().pending.is_empty()
     }
 
+    /// How many committed change entries the stream runtime has not consumed yet
+    /// (connectors wait while it is high: backpressure from slow views).
+    pub fn pending_changes(&self) -> usize {
+        self.queue().pending.len()
+    }
+
     /// The sequence number of the last committed change entry (0: none yet).
     pub fn last_change_seq(&self) -> u64 {
         self.queue().next_seq - 1
@@ -132,6 +138,7 @@ impl Database {
             new_catalog: None,
             batch: WriteBatch::default(),
             overlay: BTreeMap::new(),
+            appended: Vec::new(),
             row_ids_used: 0,
         }
     }
@@ -151,6 +158,8 @@ pub struct WriteTxn<'a> {
     batch: WriteBatch,
     /// Row writes staged by this transaction: key -> Some(value) or None (deleted).
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Rows of sources: handed to views, never stored.
+    appended: Vec<RowChange>,
     row_ids_used: i64,
 }
 
@@ -207,6 +216,18 @@ impl WriteTxn<'_> {
         self.overlay.insert(key, None);
     }
 
+    /// A new row of a source (`key`: its row key): it reaches the views reading the
+    /// source through the change log, in this transaction's entry, but is not stored.
+    pub fn append(&mut self, table: TableId, key: Vec<u8>, row: &[ScalarValue]) -> Result<()> {
+        self.appended.push(RowChange {
+            table,
+            key,
+            old: None,
+            new: Some(crate::row::encode_row(row)?),
+        });
+        Ok(())
+    }
+
     /// Stages a raw write outside the table space (stream runtime bookkeeping).
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.batch.put(key, value);
@@ -228,15 +249,19 @@ impl WriteTxn<'_> {
     }
 
     /// The net change of every touched row of a table that some view reads.
-    fn row_changes(&self) -> Result<Vec<RowChange>> {
+    fn row_changes(&mut self) -> Result<Vec<RowChange>> {
         let catalog = self.catalog();
         let watched: HashSet<TableId> = catalog
             .tables()
             .filter_map(|t| t.view.as_ref())
             .flat_map(|v| v.depends_on.iter().copied())
             .collect();
+        let appended: Vec<RowChange> = std::mem::take(&mut self.appended)
+            .into_iter()
+            .filter(|c| watched.contains(&c.table))
+            .collect();
         if watched.is_empty() {
-            return Ok(Vec::new());
+            return Ok(appended);
         }
         type Touched<'k> = (TableId, &'k Vec<u8>, &'k Option<Vec<u8>>);
         let touched: Vec<Touched<'_>> = self
@@ -261,6 +286,7 @@ impl WriteTxn<'_> {
                 old,
                 new: new.clone(),
             })
+            .chain(appended)
             .collect())
     }
 

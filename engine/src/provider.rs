@@ -120,6 +120,12 @@ impl TableProvider for StromTable {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
+        if self.def.is_source() {
+            return Err(DataFusionError::External(Box::new(EngineError::Unsupported(format!(
+                "source \"{}\" cannot be queried directly: its rows are not stored. Create a materialized view over it, or declare it with CREATE TABLE to store its rows",
+                self.def.name
+            )))));
+        }
         if self.def.is_view() {
             let key = crate::stream::runtime::failure_key(self.def.id);
             if let Some(msg) = self

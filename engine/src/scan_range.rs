@@ -298,6 +298,7 @@ mod tests {
             pk,
             user_pk: true,
             view: None,
+            connector: None,
         }
     }
 

@@ -16,6 +16,8 @@ pub struct CreateTablePlan {
     pub columns: Vec<ColumnDef>,
     pub pk: Vec<usize>,
     pub user_pk: bool,
+    /// Sources and connector tables (see [`crate::connector`]).
+    pub connector: Option<strom_catalog::ConnectorDef>,
 }
 
 /// An identifier as PostgreSQL resolves it: unquoted names fold to lower case.
@@ -122,6 +124,57 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
         }
         columns.push(col);
     }
+    // INCLUDE clauses add metadata columns after the declared ones.
+    let spec = crate::connector::connector_spec(ct)?;
+    let mut includes = Vec::new();
+    for inc in spec.iter().flat_map(|s| &s.includes) {
+        let ty = match inc.kind.as_str() {
+            "partition" => SqlType::Int,
+            "offset" => SqlType::BigInt,
+            "timestamp" => SqlType::Timestamptz,
+            "key" | "topic" | "header" => SqlType::Varchar(None),
+            other => {
+                return Err(SqlError::InvalidDefinition(format!(
+                    "unknown INCLUDE \"{other}\" (expected key, partition, offset, timestamp, topic or header)"
+                )))
+            }
+        };
+        if inc.kind == "header" && inc.argument.is_none() {
+            return Err(SqlError::InvalidDefinition(
+                "INCLUDE header needs the header name: INCLUDE header 'name' AS column".into(),
+            ));
+        }
+        let col_name = if !inc.alias.is_empty() {
+            inc.alias.clone()
+        } else if inc.kind == "key" {
+            "_rw_key".into()
+        } else {
+            format!("_rw_kafka_{}", inc.kind)
+        };
+        if columns.iter().any(|x| x.name == col_name) {
+            return Err(SqlError::DuplicateColumn(col_name));
+        }
+        includes.push(strom_catalog::IncludeDef {
+            kind: inc.kind.clone(),
+            argument: inc.argument.clone(),
+            column: columns.len(),
+        });
+        columns.push(ColumnDef {
+            name: col_name,
+            ty,
+            nullable: true,
+            default: None,
+            hidden: false,
+        });
+    }
+    let connector = spec.map(|s| strom_catalog::ConnectorDef {
+        is_source: s.is_source,
+        options: s.options,
+        format: s.format,
+        encode: s.encode,
+        encode_options: s.encode_options,
+        includes,
+    });
     for con in &ct.constraints {
         match con {
             TableConstraint::PrimaryKey(p) => {
@@ -173,6 +226,7 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
         columns,
         pk,
         user_pk,
+        connector,
     })
 }
 

@@ -5,10 +5,12 @@
 //!   (`pg_catalog.` function prefixes, `OPERATOR(pg_catalog.~)`, `::regclass` casts, ...).
 //! - [`types`]: sqlparser data types to [`strom_catalog::SqlType`].
 //! - [`ddl`]: `CREATE TABLE` to a [`strom_catalog::TableDef`].
+//! - [`connector`]: `CREATE SOURCE` / connector tables (RisingWave syntax).
 //!
 //! Queries and DML are planned by DataFusion (`SessionState::statement_to_plan`) against
 //! table providers the server registers; this crate never touches storage.
 
+pub mod connector;
 pub mod ddl;
 pub mod error;
 pub mod literal;

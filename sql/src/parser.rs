@@ -2,7 +2,8 @@
 //!
 //! One addition: `FLUSH` (no arguments), which PostgreSQL does not have and sqlparser only
 //! knows for MySQL. It parses to `Statement::Flush` with [`FlushType::Tables`]; see
-//! [`is_flush`].
+//! [`is_flush`]. And RisingWave's connector DDL (`CREATE SOURCE`, `CREATE TABLE ... WITH
+//! (connector = ...) FORMAT ... ENCODE ...`), see [`crate::connector`].
 
 use sqlparser::ast::{FlushType, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -65,6 +66,15 @@ fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
         if is_flush {
             parser.next_token();
             stmts.push(flush());
+        } else if crate::connector::starts_drop_source(&parser) {
+            stmts.push(crate::connector::parse_drop_source(&mut parser)?);
+        } else if crate::connector::starts_create_source(&parser)
+            || crate::connector::starts_create_table(&parser)
+        {
+            match crate::connector::parse_create_connector(&mut parser)? {
+                Some(stmt) => stmts.push(stmt),
+                None => stmts.push(parser.parse_statement()?),
+            }
         } else {
             stmts.push(parser.parse_statement()?);
         }

@@ -6,6 +6,7 @@
 //! ([`pgclient`]), and the real `psql`.
 
 mod fidelity;
+mod kafka;
 mod pgclient;
 mod psql;
 mod recovery;

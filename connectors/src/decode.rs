@@ -1,0 +1,162 @@
+//! Message payloads to rows: `ENCODE JSON` (and `FORMAT UPSERT ENCODE JSON`).
+//!
+//! A poll's payloads are decoded together by arrow-json's tape decoder straight into Arrow
+//! columns of the declared types (no `serde_json::Value` per message). Fields that are not
+//! columns are ignored, missing fields are NULL, numbers and booleans are accepted for text
+//! columns. When the batch fails (a message is not a JSON object, a value does not fit its
+//! column) or yields more or fewer rows than messages, each message is decoded alone, so
+//! that the good ones are kept and each bad one gets its own reason.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::json::ReaderBuilder;
+
+/// How each message of a poll came out.
+pub enum Decoded {
+    /// One row per message, in order.
+    All(RecordBatch),
+    /// Per message: its one-row batch, or why it could not be decoded.
+    Each(Vec<Result<RecordBatch, String>>),
+}
+
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    /// Columns that may not be NULL (`NOT NULL`, primary key), by index in `schema`.
+    required: Vec<usize>,
+}
+
+impl JsonDecoder {
+    pub fn new(schema: Schema, required: Vec<usize>) -> Self {
+        JsonDecoder {
+            schema: Arc::new(schema),
+            required,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
+        let mut decoder = ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_strict_mode(false)
+            .with_coerce_primitive(true)
+            // One more than expected, so a message holding two values shows up.
+            .with_batch_size(payloads.len() + 1)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        for p in payloads {
+            let mut rest: &[u8] = p;
+            while !rest.is_empty() {
+                let n = decoder.decode(rest).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("more JSON values than messages".into());
+                }
+                rest = &rest[n..];
+            }
+            // Separate messages so two halves never join into one value.
+            decoder.decode(b"\n").map_err(|e| e.to_string())?;
+        }
+        let batch = decoder
+            .flush()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
+        for &c in &self.required {
+            if batch.column(c).null_count() > 0 {
+                return Err(format!(
+                    "missing value for required column \"{}\"",
+                    self.schema.field(c).name()
+                ));
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Decodes the payloads of one poll (a payload of `None`, a tombstone, never reaches
+    /// here).
+    pub fn decode(&self, payloads: &[&[u8]]) -> Decoded {
+        if let Ok(batch) = self.decode_all(payloads) {
+            if batch.num_rows() == payloads.len() {
+                return Decoded::All(batch);
+            }
+        }
+        Decoded::Each(
+            payloads
+                .iter()
+                .map(|p| {
+                    if std::str::from_utf8(p).is_err() {
+                        return Err("payload is not UTF-8".to_string());
+                    }
+                    match self.decode_all(&[p]) {
+                        Ok(b) if b.num_rows() == 1 => Ok(b),
+                        Ok(b) if b.num_rows() == 0 => Err("empty payload".to_string()),
+                        Ok(b) => Err(format!(
+                            "payload holds {} JSON values; one object is expected",
+                            b.num_rows()
+                        )),
+                        Err(e) => Err(e),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Float64Type, TimeUnit};
+
+    fn decoder() -> JsonDecoder {
+        JsonDecoder::new(
+            Schema::new(vec![
+                Field::new("meter_id", DataType::Utf8, false),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
+                Field::new("kw", DataType::Float64, true),
+            ]),
+            vec![0],
+        )
+    }
+
+    #[test]
+    fn good_batches_decode_in_one_pass() {
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"meter_id": "M1", "ts": "2024-03-01T10:00:00Z", "kw": 1.5, "extra": [1]}"#,
+            br#"{"kw": 2, "meter_id": 7}"#,
+        ];
+        let Decoded::All(b) = decoder().decode(&msgs) else {
+            panic!("expected one batch")
+        };
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.column(0).as_string::<i32>().value(1), "7");
+        assert_eq!(b.column(2).as_primitive::<Float64Type>().value(1), 2.0);
+        assert!(b.column(1).is_null(1));
+    }
+
+    #[test]
+    fn bad_messages_get_their_own_reason() {
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"meter_id": "M1", "kw": 1}"#,
+            b"not json",
+            br#"{"meter_id": "M2", "kw": "lots"}"#,
+            br#"{"kw": 3}"#,
+            br#"{"meter_id": "A"} {"meter_id": "B"}"#,
+            b"\xff\xfe",
+            br#"{"meter_id": "M3"}"#,
+        ];
+        let Decoded::Each(each) = decoder().decode(&msgs) else {
+            panic!("expected per-message results")
+        };
+        let ok: Vec<bool> = each.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, vec![true, false, false, false, false, false, true]);
+        assert!(each[3].as_ref().unwrap_err().contains("meter_id"));
+        assert!(each[4].as_ref().unwrap_err().contains("2 JSON values"));
+    }
+}

@@ -1,0 +1,465 @@
+//! Kafka sources and tables: options, and the ingest loop of one source.
+//!
+//! A source reads every partition of its topic by explicit assignment (no consumer-group
+//! rebalancing; Strom keeps the offsets). Each poll of up to [`MAX_POLL_ROWS`] messages
+//! (or [`POLL_WINDOW`] of waiting) becomes one write transaction holding the rows (stored
+//! for a table, handed to the views for a source), the rejected messages, and every
+//! partition's next offset. Views consume that transaction's change-log entry in an epoch
+//! that commits atomically with their state, so after a crash the source resumes at the
+//! committed offsets and every message reaches the views exactly once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
+use datafusion::common::ScalarValue;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use strom_catalog::{ConnectorDef, SqlType, TableDef};
+use strom_engine::Database;
+
+use crate::decode::{Decoded, JsonDecoder};
+use crate::errors::{self, Rejected};
+use crate::{SourceStatus, Stop};
+
+/// Most messages in one transaction.
+pub const MAX_POLL_ROWS: usize = 8192;
+/// Longest wait for more messages before writing what arrived.
+pub const POLL_WINDOW: Duration = Duration::from_millis(20);
+/// Change-log entries the views may lag behind before the source waits for them.
+const MAX_PENDING_ENTRIES: usize = 16;
+
+const OPTIONS: &[&str] = &[
+    "connector",
+    "topic",
+    "properties.bootstrap.server",
+    "scan.startup.mode",
+    "source_rate_limit",
+];
+
+fn opt<'a>(c: &'a ConnectorDef, name: &str) -> Option<&'a str> {
+    c.options.get(name).map(String::as_str)
+}
+
+/// Checks a Kafka connector declaration; the error names the option at fault.
+pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
+    for k in c.options.keys() {
+        if !OPTIONS.contains(&k.as_str()) && !k.starts_with("properties.") {
+            return Err(format!(
+                "unknown option \"{k}\" for connector kafka (known: {}, properties.*)",
+                OPTIONS.join(", ")
+            ));
+        }
+    }
+    for required in ["topic", "properties.bootstrap.server"] {
+        if opt(c, required).is_none_or(str::is_empty) {
+            return Err(format!(
+                "option \"{required}\" is required for connector kafka"
+            ));
+        }
+    }
+    match opt(c, "scan.startup.mode") {
+        None | Some("earliest") | Some("latest") => {}
+        Some(other) => {
+            return Err(format!(
+                "option \"scan.startup.mode\": \"{other}\" is not earliest or latest"
+            ))
+        }
+    }
+    if let Some(r) = opt(c, "source_rate_limit") {
+        if r.parse::<u64>().is_err() {
+            return Err(format!(
+                "option \"source_rate_limit\": \"{r}\" is not a number of rows per second"
+            ));
+        }
+    }
+    match (c.format.as_str(), c.encode.as_str()) {
+        ("", _) => return Err("a kafka source needs FORMAT ... ENCODE ...".into()),
+        ("PLAIN", "JSON") => {}
+        ("UPSERT", "JSON") => {
+            if c.is_source {
+                return Err("FORMAT UPSERT needs a table (CREATE TABLE ... PRIMARY KEY), not a source: deletes need stored rows".into());
+            }
+            if !def.has_declared_pk() {
+                return Err(
+                    "FORMAT UPSERT needs a PRIMARY KEY: messages replace and delete rows by key"
+                        .into(),
+                );
+            }
+        }
+        (f, e) => {
+            return Err(format!(
+                "FORMAT {f} ENCODE {e} is not supported yet (supported: PLAIN JSON, UPSERT JSON)"
+            ))
+        }
+    }
+    if let Some(k) = c.encode_options.keys().next() {
+        return Err(format!("unknown ENCODE {} option \"{k}\"", c.encode));
+    }
+    Ok(())
+}
+
+/// A message, copied out of the consumer.
+struct Msg {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    timestamp_ms: Option<i64>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Runs one source until stopped, reconnecting after errors.
+pub async fn run(db: Arc<Database>, def: Arc<TableDef>, stop: Stop, status: Arc<SourceStatus>) {
+    while !stop.load(Ordering::Relaxed) {
+        match run_once(&db, &def, &stop, &status).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!("source \"{}\": {e}; retrying in 1 s", def.name);
+                status.set_error(e);
+                for _ in 0..20 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+fn client_config(def: &TableDef, c: &ConnectorDef) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in &c.options {
+        if let Some(p) = k.strip_prefix("properties.") {
+            let name = if p == "bootstrap.server" {
+                "bootstrap.servers"
+            } else {
+                p
+            };
+            cfg.set(name, v);
+        }
+    }
+    cfg.set("group.id", format!("strom-source-{}", def.id.0))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    cfg
+}
+
+async fn run_once(
+    db: &Arc<Database>,
+    def: &Arc<TableDef>,
+    stop: &Stop,
+    status: &Arc<SourceStatus>,
+) -> Result<(), String> {
+    let c = def.connector.as_ref().expect("a connector table");
+    let topic = opt(c, "topic").unwrap_or_default().to_string();
+    let consumer: StreamConsumer = client_config(def, c)
+        .create()
+        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+    let consumer = Arc::new(consumer);
+    let partitions = {
+        let consumer = Arc::clone(&consumer);
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(|e| format!("cannot read the metadata of topic \"{topic}\": {e}"))?;
+            let t = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .ok_or_else(|| format!("topic \"{topic}\" does not exist"))?;
+            if let Some(e) = t.error() {
+                return Err(format!("topic \"{topic}\": {e:?}"));
+            }
+            let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            if ids.is_empty() {
+                return Err(format!(
+                    "topic \"{topic}\" does not exist or has no partitions"
+                ));
+            }
+            Ok(ids)
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    let snapshot = db.snapshot();
+    let mut tpl = TopicPartitionList::new();
+    let latest = opt(c, "scan.startup.mode") == Some("latest");
+    for &p in &partitions {
+        let offset =
+            match errors::committed_offset(&snapshot, def.id, p).map_err(|e| e.to_string())? {
+                Some(next) => Offset::Offset(next),
+                None if latest => Offset::End,
+                None => Offset::Beginning,
+            };
+        tpl.add_partition_offset(&topic, p, offset)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    status.set_partitions(partitions.len());
+    let rate: Option<u64> = opt(c, "source_rate_limit").and_then(|r| r.parse().ok());
+    let decoder = json_decoder(def);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        // Backpressure: wait while the views are behind.
+        while db.pending_changes() > MAX_PENDING_ENTRIES && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let max_rows = match rate {
+            Some(0) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Some(r) => {
+                // Stay within `r` rows per second since the start.
+                let allowed = (started.elapsed().as_secs_f64() * r as f64) as u64 + r / 50 + 1;
+                if allowed <= sent {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                ((allowed - sent) as usize).min(MAX_POLL_ROWS)
+            }
+            None => MAX_POLL_ROWS,
+        };
+        let mut msgs = Vec::new();
+        let deadline = tokio::time::Instant::now() + POLL_WINDOW;
+        while msgs.len() < max_rows {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(format!("reading topic \"{topic}\": {e}")),
+                Ok(Ok(m)) => msgs.push(Msg {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+            }
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        sent += msgs.len() as u64;
+        write(db, def, &decoder, &topic, msgs, status).await?;
+    }
+    Ok(())
+}
+
+/// The decoder of a table's payload columns (declared columns, not metadata or hidden).
+fn json_decoder(def: &TableDef) -> JsonDecoder {
+    let (fields, required): (Vec<Field>, Vec<usize>) = {
+        let mut fields = Vec::new();
+        let mut required = Vec::new();
+        for &i in &payload_columns(def) {
+            let col = &def.columns[i];
+            if !col.nullable {
+                required.push(fields.len());
+            }
+            fields.push(Field::new(&col.name, col.ty.to_arrow(), true));
+        }
+        (fields, required)
+    };
+    JsonDecoder::new(Schema::new(fields), required)
+}
+
+fn payload_columns(def: &TableDef) -> Vec<usize> {
+    let c = def.connector.as_ref().expect("a connector table");
+    def.visible_columns()
+        .map(|(i, _)| i)
+        .filter(|i| !c.includes.iter().any(|inc| inc.column == *i))
+        .collect()
+}
+
+/// The value of a metadata column for a message.
+fn include_value(kind: &str, argument: Option<&str>, topic: &str, m: &Msg) -> ScalarValue {
+    let text = |b: &Option<Vec<u8>>| {
+        ScalarValue::Utf8(b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+    };
+    match kind {
+        "key" => text(&m.key),
+        "partition" => ScalarValue::Int32(Some(m.partition)),
+        "offset" => ScalarValue::Int64(Some(m.offset)),
+        "timestamp" => {
+            ScalarValue::TimestampMicrosecond(m.timestamp_ms.map(|t| t * 1000), Some("UTC".into()))
+        }
+        "topic" => ScalarValue::Utf8(Some(topic.to_string())),
+        "header" => {
+            let v = m
+                .headers
+                .iter()
+                .rev()
+                .find(|(k, _)| Some(k.as_str()) == argument)
+                .and_then(|(_, v)| v.clone());
+            text(&v)
+        }
+        _ => ScalarValue::Null,
+    }
+}
+
+/// The primary key of an upsert tombstone, from the message key: a JSON object with the
+/// key columns, or (for a one-column key) the key text itself.
+fn tombstone_key(def: &TableDef, key: Option<&[u8]>) -> Result<Vec<ScalarValue>, String> {
+    let key = key.ok_or("a message without value (a delete) needs a key")?;
+    let text = std::str::from_utf8(key).map_err(|_| "message key is not UTF-8".to_string())?;
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(text).ok();
+    def.pk
+        .iter()
+        .map(|&i| {
+            let col = &def.columns[i];
+            let raw = match &parsed {
+                Some(obj) => match obj.get(&col.name) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => {
+                        return Err(format!("message key has no \"{}\"", col.name))
+                    }
+                    Some(v) => v.to_string(),
+                },
+                None if def.pk.len() == 1 => text.to_string(),
+                None => return Err("message key is not a JSON object of the key columns".into()),
+            };
+            ScalarValue::Utf8(Some(raw.clone()))
+                .cast_to(&col.ty.to_arrow())
+                .map_err(|_| format!("message key \"{raw}\" is not a valid {}", col.ty))
+        })
+        .collect()
+}
+
+async fn write(
+    db: &Arc<Database>,
+    def: &Arc<TableDef>,
+    decoder: &JsonDecoder,
+    topic: &str,
+    msgs: Vec<Msg>,
+    status: &Arc<SourceStatus>,
+) -> Result<(), String> {
+    let c = def.connector.as_ref().expect("a connector table");
+    let upsert = c.format == "UPSERT";
+    let payload_cols = payload_columns(def);
+    // Decode every message with a value; tombstones are deletes (UPSERT) or errors.
+    let with_value: Vec<usize> = (0..msgs.len())
+        .filter(|&i| msgs[i].payload.is_some())
+        .collect();
+    let payloads: Vec<&[u8]> = with_value
+        .iter()
+        .map(|&i| msgs[i].payload.as_deref().expect("filtered"))
+        .collect();
+    let mut decoded: Vec<Option<Result<(RecordBatch, usize), String>>> =
+        (0..msgs.len()).map(|_| None).collect();
+    match decoder.decode(&payloads) {
+        Decoded::All(batch) => {
+            for (row, &i) in with_value.iter().enumerate() {
+                decoded[i] = Some(Ok((batch.clone(), row)));
+            }
+        }
+        Decoded::Each(each) => {
+            for (r, &i) in each.into_iter().zip(&with_value) {
+                decoded[i] = Some(r.map(|b| (b, 0)));
+            }
+        }
+    }
+    let mut txn = db.begin_write().await;
+    let row_id_base = if def.has_row_id() {
+        txn.alloc_row_ids(msgs.len() as i64)
+    } else {
+        0
+    };
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let (mut rows_ok, mut rejected) = (0u64, 0u64);
+    for (i, m) in msgs.iter().enumerate() {
+        next_offsets.insert(m.partition, m.offset + 1);
+        let outcome: Result<(), String> = (|| match decoded[i].take() {
+            None if upsert => {
+                let pk = tombstone_key(def, m.key.as_deref())?;
+                let key = strom_engine::keys::row_key(
+                    def.id,
+                    &strom_engine::keys::encode_key(&pk).map_err(|e| e.to_string())?,
+                );
+                txn.delete(key);
+                Ok(())
+            }
+            None => Err("message has no value".into()),
+            Some(Err(reason)) => Err(reason),
+            Some(Ok((batch, row))) => {
+                let mut values = vec![ScalarValue::Null; def.columns.len()];
+                for (b, &col) in payload_cols.iter().enumerate() {
+                    values[col] = ScalarValue::try_from_array(batch.column(b), row)
+                        .map_err(|e| e.to_string())?;
+                }
+                for inc in &c.includes {
+                    values[inc.column] =
+                        include_value(&inc.kind, inc.argument.as_deref(), topic, m)
+                            .cast_to(&def.columns[inc.column].ty.to_arrow())
+                            .map_err(|e| e.to_string())?;
+                }
+                for (col, v) in def.columns.iter().zip(&values) {
+                    if !col.nullable && v.is_null() && !col.hidden {
+                        return Err(format!(
+                            "missing value for required column \"{}\"",
+                            col.name
+                        ));
+                    }
+                    if let (SqlType::Varchar(Some(n)), ScalarValue::Utf8(Some(s))) = (&col.ty, v) {
+                        if s.chars().count() > *n as usize {
+                            return Err(format!(
+                                "value too long for column \"{}\" (character varying({n}))",
+                                col.name
+                            ));
+                        }
+                    }
+                }
+                if def.has_row_id() {
+                    let last = values.len() - 1;
+                    values[last] = ScalarValue::Int64(Some(row_id_base + i as i64));
+                }
+                let key = strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
+                if c.is_source {
+                    txn.append(def.id, key, &values)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    txn.put(key, &values).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        })();
+        match outcome {
+            Ok(()) => rows_ok += 1,
+            Err(reason) => {
+                rejected += 1;
+                errors::stage_rejection(
+                    &mut txn,
+                    def.id,
+                    &Rejected {
+                        partition: m.partition,
+                        offset: m.offset,
+                        reason,
+                        payload: m.payload.clone().unwrap_or_default(),
+                    },
+                );
+            }
+        }
+    }
+    for (p, next) in next_offsets {
+        errors::stage_offset(&mut txn, def.id, p, next);
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    status.add(rows_ok, rejected);
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! `CREATE SOURCE` and `CREATE TABLE ... WITH (connector = ...)` in RisingWave's syntax:
+//!
+//! ```sql
+//! CREATE SOURCE | TABLE [IF NOT EXISTS] name (columns and constraints)
+//!   [INCLUDE key | partition | offset | timestamp | topic | header ['name'] [AS alias]] ...
+//!   WITH (connector = 'kafka', topic = '...', properties.bootstrap.server = '...', ...)
+//!   FORMAT PLAIN | UPSERT ENCODE JSON | CSV [(delimiter = ',', without_header = 'true')]
+//! ```
+//!
+//! sqlparser knows none of `CREATE SOURCE`, `INCLUDE`, dotted option names or `FORMAT ...
+//! ENCODE`, so [`parse_create_connector`] reads them with sqlparser's building blocks
+//! (column definitions, names, literals) and returns a `CREATE TABLE` statement whose
+//! `WITH` options carry everything; option names starting with `strom.` are ours
+//! ([`KIND`], [`FORMAT`], [`ENCODE`], [`ENCODE_OPTION`], [`INCLUDE`]). [`connector_spec`]
+//! reads them back when the table is bound.
+
+use std::collections::BTreeMap;
+
+use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
+use sqlparser::ast::{
+    CreateTable, CreateTableOptions, Expr, Ident, SqlOption, Statement, Value, ValueWithSpan,
+};
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
+
+use crate::error::{Result, SqlError};
+
+/// `source` or `table`.
+pub const KIND: &str = "strom.kind";
+pub const FORMAT: &str = "strom.format";
+pub const ENCODE: &str = "strom.encode";
+/// Prefix of `ENCODE JSON (k = v)` options.
+pub const ENCODE_OPTION: &str = "strom.encode.";
+/// Prefix of `INCLUDE` clauses, numbered in order: value `kind|argument|alias`.
+pub const INCLUDE: &str = "strom.include.";
+
+/// What `CREATE SOURCE`/`CREATE TABLE ... WITH (connector = ...)` declared.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectorSpec {
+    /// `CREATE SOURCE`: rows feed views and are not stored.
+    pub is_source: bool,
+    /// The `WITH` options, names lower-cased (`connector`, `topic`, `properties.*`, ...).
+    pub options: BTreeMap<String, String>,
+    /// `PLAIN`, `UPSERT`, ... (upper case); empty when no `FORMAT` clause was given.
+    pub format: String,
+    /// `JSON`, `CSV`, ... (upper case).
+    pub encode: String,
+    pub encode_options: BTreeMap<String, String>,
+    pub includes: Vec<IncludeSpec>,
+}
+
+/// `INCLUDE kind ['argument'] [AS alias]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncludeSpec {
+    pub kind: String,
+    pub argument: Option<String>,
+    pub alias: String,
+}
+
+fn word(p: &Parser, nth: usize) -> Option<String> {
+    match &p.peek_nth_token_ref(nth).token {
+        Token::Word(w) => Some(w.value.to_uppercase()),
+        _ => None,
+    }
+}
+
+/// True when the next tokens start a statement [`parse_create_connector`] handles:
+/// `CREATE SOURCE`, or a `CREATE TABLE` (checked by trying it).
+pub fn starts_create_source(p: &Parser) -> bool {
+    word(p, 0).as_deref() == Some("CREATE") && word(p, 1).as_deref() == Some("SOURCE")
+}
+
+pub fn starts_drop_source(p: &Parser) -> bool {
+    word(p, 0).as_deref() == Some("DROP") && word(p, 1).as_deref() == Some("SOURCE")
+}
+
+/// `DROP SOURCE [IF EXISTS] names [CASCADE | RESTRICT]`, as a `DROP TABLE`: sources are
+/// relations like tables, and dropping one drops its offsets and rejections too.
+pub fn parse_drop_source(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
+    p.expect_keyword(Keyword::DROP)?;
+    p.next_token(); // SOURCE
+    let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let names = p.parse_comma_separated(|p| p.parse_object_name(false))?;
+    let cascade = p.parse_keyword(Keyword::CASCADE);
+    if !cascade {
+        let _ = p.parse_keyword(Keyword::RESTRICT);
+    }
+    Ok(Statement::Drop {
+        object_type: sqlparser::ast::ObjectType::Table,
+        if_exists,
+        names,
+        cascade,
+        restrict: false,
+        purge: false,
+        temporary: false,
+        table: None,
+    })
+}
+
+pub fn starts_create_table(p: &Parser) -> bool {
+    word(p, 0).as_deref() == Some("CREATE") && word(p, 1).as_deref() == Some("TABLE")
+}
+
+/// Parses a connector `CREATE SOURCE`/`CREATE TABLE`. For a `CREATE TABLE` without
+/// `INCLUDE`, `WITH (connector = ...)` or `FORMAT`, returns `Ok(None)` having consumed
+/// nothing, so the caller parses it as an ordinary table.
+pub fn parse_create_connector(
+    p: &mut Parser,
+) -> std::result::Result<Option<Statement>, ParserError> {
+    p.expect_keyword(Keyword::CREATE)?;
+    // The CREATE token's index: rewinding stops on it (prev_token skips whitespace).
+    let start = p.index() - 1;
+    let is_source = word(p, 0).as_deref() == Some("SOURCE");
+    p.next_token(); // SOURCE | TABLE
+    let head = (|| {
+        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = p.parse_object_name(false)?;
+        let (columns, constraints) = p.parse_columns()?;
+        Ok::<_, ParserError>((if_not_exists, name, columns, constraints))
+    })();
+    // A table whose head does not parse here is left to sqlparser, which reports it.
+    let (if_not_exists, name, columns, constraints) = match head {
+        Ok(h) => h,
+        Err(e) if is_source => return Err(e),
+        Err(_) => {
+            while p.index() > start {
+                p.prev_token();
+            }
+            return Ok(None);
+        }
+    };
+    let mut options: Vec<(String, String)> = Vec::new();
+    let mut includes = 0;
+    while p.parse_keyword(Keyword::INCLUDE) {
+        let kind = p.parse_identifier()?.value.to_lowercase();
+        let argument = match &p.peek_token_ref().token {
+            Token::SingleQuotedString(_) => Some(p.parse_literal_string()?),
+            _ => None,
+        };
+        let alias = if p.parse_keyword(Keyword::AS) {
+            crate::ddl::ident_name(&p.parse_identifier()?)
+        } else {
+            String::new()
+        };
+        options.push((
+            format!("{INCLUDE}{includes}"),
+            format!("{kind}|{}|{alias}", argument.unwrap_or_default()),
+        ));
+        includes += 1;
+    }
+    let mut connector = false;
+    if p.parse_keyword(Keyword::WITH) {
+        for (k, v) in parse_dotted_options(p)? {
+            connector |= k == "connector";
+            options.push((k, v));
+        }
+    }
+    let mut format = false;
+    if word(p, 0).as_deref() == Some("FORMAT") {
+        p.next_token();
+        format = true;
+        let f = p.parse_identifier()?.value.to_uppercase();
+        options.push((FORMAT.into(), f));
+        if word(p, 0).as_deref() != Some("ENCODE") {
+            return p.expected("ENCODE after FORMAT", p.peek_token());
+        }
+        p.next_token();
+        let e = p.parse_identifier()?.value.to_uppercase();
+        options.push((ENCODE.into(), e));
+        if p.peek_token_ref().token == Token::LParen {
+            for (k, v) in parse_dotted_options(p)? {
+                options.push((format!("{ENCODE_OPTION}{k}"), v));
+            }
+        }
+    }
+    if !is_source && includes == 0 && !connector && !format {
+        while p.index() > start {
+            p.prev_token();
+        }
+        return Ok(None);
+    }
+    options.push((
+        KIND.into(),
+        if is_source { "source" } else { "table" }.into(),
+    ));
+    let with = options
+        .into_iter()
+        .map(|(k, v)| SqlOption::KeyValue {
+            key: Ident::with_quote('"', k),
+            value: Expr::Value(ValueWithSpan::from(Value::SingleQuotedString(v))),
+        })
+        .collect();
+    let ct = CreateTableBuilder::new(name)
+        .if_not_exists(if_not_exists)
+        .columns(columns)
+        .constraints(constraints)
+        .table_options(CreateTableOptions::With(with))
+        .build();
+    Ok(Some(Statement::CreateTable(ct)))
+}
+
+/// `( name[.name...] = value, ... )`; values are string, number or word literals.
+fn parse_dotted_options(p: &mut Parser) -> std::result::Result<Vec<(String, String)>, ParserError> {
+    p.expect_token(&Token::LParen)?;
+    let mut out = Vec::new();
+    if p.consume_token(&Token::RParen) {
+        return Ok(out);
+    }
+    loop {
+        let mut key = p.parse_identifier()?.value.to_lowercase();
+        while p.consume_token(&Token::Period) {
+            key.push('.');
+            key.push_str(&p.parse_identifier()?.value.to_lowercase());
+        }
+        p.expect_token(&Token::Eq)?;
+        let tok = p.next_token();
+        let value = match tok.token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            Token::Minus => {
+                let next = p.next_token();
+                match next.token {
+                    Token::Number(n, _) => format!("-{n}"),
+                    _ => return p.expected("a number", next),
+                }
+            }
+            _ => return p.expected("an option value", tok),
+        };
+        out.push((key, value));
+        if p.consume_token(&Token::RParen) {
+            return Ok(out);
+        }
+        p.expect_token(&Token::Comma)?;
+    }
+}
+
+/// The connector declaration of a `CREATE TABLE` produced by [`parse_create_connector`],
+/// or `None` for an ordinary table. Ordinary tables with `WITH` options are rejected.
+pub fn connector_spec(ct: &CreateTable) -> Result<Option<ConnectorSpec>> {
+    let options = match &ct.table_options {
+        CreateTableOptions::None => return Ok(None),
+        CreateTableOptions::With(o) => o,
+        other => {
+            return Err(SqlError::Unsupported(format!("table options {other}")));
+        }
+    };
+    let mut spec = ConnectorSpec::default();
+    let mut kind = None;
+    for o in options {
+        let SqlOption::KeyValue { key, value } = o else {
+            return Err(SqlError::Unsupported(format!("table option {o}")));
+        };
+        let value = match value {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        };
+        let k = key.value.to_lowercase();
+        if k == KIND {
+            kind = Some(value);
+        } else if k == FORMAT {
+            spec.format = value;
+        } else if k == ENCODE {
+            spec.encode = value;
+        } else if let Some(e) = k.strip_prefix(ENCODE_OPTION) {
+            spec.encode_options.insert(e.to_string(), value);
+        } else if k.starts_with(INCLUDE) {
+            let mut parts = value.splitn(3, '|');
+            let (kind, arg, alias) = (
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            );
+            spec.includes.push(IncludeSpec {
+                kind,
+                argument: (!arg.is_empty()).then_some(arg),
+                alias,
+            });
+        } else {
+            spec.options.insert(k, value);
+        }
+    }
+    match kind.as_deref() {
+        Some("source") => spec.is_source = true,
+        Some(_) => {}
+        None => {
+            return Err(SqlError::Unsupported(
+                "WITH options on a table without a connector".into(),
+            ))
+        }
+    }
+    Ok(Some(spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parser::parse;
+
+    fn spec(sql: &str) -> ConnectorSpec {
+        match parse(sql).unwrap().remove(0) {
+            Statement::CreateTable(ct) => connector_spec(&ct).unwrap().unwrap(),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn sources_and_connector_tables_parse() {
+        let s = spec(
+            "CREATE SOURCE IF NOT EXISTS meter_readings (meter_id VARCHAR, kw DOUBLE PRECISION) \
+             INCLUDE partition AS kafka_partition INCLUDE offset INCLUDE header 'trace' AS tr \
+             WITH (connector = 'kafka', topic = 'TMR_CJ_YXNDL_03', \
+                   properties.bootstrap.server = '127.0.0.1:9092', scan.startup.mode = 'earliest', \
+                   source_rate_limit = 1000) \
+             FORMAT PLAIN ENCODE CSV (delimiter = '|', without_header = true)",
+        );
+        assert!(s.is_source);
+        assert_eq!(s.options["connector"], "kafka");
+        assert_eq!(s.options["properties.bootstrap.server"], "127.0.0.1:9092");
+        assert_eq!(s.options["source_rate_limit"], "1000");
+        assert_eq!((s.format.as_str(), s.encode.as_str()), ("PLAIN", "CSV"));
+        assert_eq!(s.encode_options["delimiter"], "|");
+        assert_eq!(s.encode_options["without_header"], "true");
+        assert_eq!(
+            s.includes,
+            vec![
+                IncludeSpec {
+                    kind: "partition".into(),
+                    argument: None,
+                    alias: "kafka_partition".into()
+                },
+                IncludeSpec {
+                    kind: "offset".into(),
+                    argument: None,
+                    alias: "".into()
+                },
+                IncludeSpec {
+                    kind: "header".into(),
+                    argument: Some("trace".into()),
+                    alias: "tr".into()
+                },
+            ]
+        );
+        let t = spec(
+            "CREATE TABLE meters (meter_id VARCHAR PRIMARY KEY, ratio FLOAT8) INCLUDE key AS k \
+             WITH (connector = 'kafka', topic = 'meter_ledger') FORMAT UPSERT ENCODE JSON; SELECT 1",
+        );
+        assert!(!t.is_source);
+        assert_eq!(t.format, "UPSERT");
+        // ordinary tables still parse as before, and statements after them too
+        let stmts = parse("CREATE TABLE t (a INT); CREATE TABLE u (b INT PRIMARY KEY)").unwrap();
+        assert_eq!(stmts.len(), 2);
+        match &stmts[0] {
+            Statement::CreateTable(ct) => assert!(connector_spec(ct).unwrap().is_none()),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn malformed_connector_clauses_are_syntax_errors() {
+        for sql in [
+            "CREATE SOURCE s (a INT) WITH (connector 'kafka')",
+            "CREATE SOURCE s (a INT) WITH (connector = 'kafka') FORMAT PLAIN",
+            "CREATE SOURCE s (a INT) INCLUDE",
+            "CREATE TABLE t (a INT) WITH (connector = 'kafka') FORMAT PLAIN ENCODE JSON extra",
+        ] {
+            assert!(parse(sql).is_err(), "{sql}");
+        }
+    }
+}

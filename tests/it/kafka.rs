@@ -1,0 +1,377 @@
+//! Kafka sources and tables against the real Kafka-protocol broker (tansu) that
+//! `scripts/test.sh` starts (`TEST_KAFKA_BOOTSTRAP`). Each test uses fresh topics, since
+//! the broker lives across runs.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::server::TestServer;
+
+fn bootstrap() -> String {
+    std::env::var("TEST_KAFKA_BOOTSTRAP").expect(
+        "TEST_KAFKA_BOOTSTRAP is not set: run the suite with scripts/test.sh, which starts the broker",
+    )
+}
+
+/// A topic name no earlier run used.
+fn fresh_topic(base: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{base}_{}_{nanos}", std::process::id())
+}
+
+async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer")
+}
+
+/// Sends `(partition, key, value, header)` messages and waits for every ack.
+async fn produce(p: &FutureProducer, topic: &str, msgs: &[(i32, Option<&str>, Option<&str>)]) {
+    let mut acks = Vec::new();
+    for (part, key, value) in msgs {
+        let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic).partition(*part);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(v) = value {
+            rec = rec.payload(v);
+        }
+        rec = rec.headers(OwnedHeaders::new().insert(Header {
+            key: "trace",
+            value: Some("t-1"),
+        }));
+        // send_result enqueues now (send() would only when awaited, one at a time).
+        acks.push(p.send_result(rec).map_err(|(e, _)| e).expect("enqueued"));
+    }
+    for a in acks {
+        a.await.expect("delivery report").expect("delivered");
+    }
+}
+
+async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls `sql` until it returns `want` (rendered `a|b` per row), or fails after 30 s.
+async fn wait_for(c: &Client, sql: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<String> = rows(c, sql)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{sql}: still {got:?}, want {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
+    let topic = fresh_topic("TMR_CJ_YXNDL_03");
+    create_topic(&topic, 3).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE meter_readings (meter_id VARCHAR NOT NULL, ts TIMESTAMPTZ, kw DOUBLE PRECISION, quality SMALLINT)
+           INCLUDE partition AS kafka_partition INCLUDE offset AS kafka_offset INCLUDE timestamp AS kafka_ts
+           INCLUDE key AS k INCLUDE header 'trace' AS trace
+         WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}',
+               scan.startup.mode = 'earliest')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW kw_by_meter AS
+           SELECT meter_id, count(*) AS n, sum(kw) AS kw, max(quality) AS q FROM meter_readings GROUP BY meter_id;
+         CREATE MATERIALIZED VIEW meta AS
+           SELECT kafka_partition, count(*) AS n, min(kafka_offset) AS lo, max(kafka_offset) AS hi,
+                  count(DISTINCT trace) AS traces, count(k) AS keyed, count(kafka_ts) AS stamped
+           FROM meter_readings GROUP BY kafka_partition;",
+        bootstrap()
+    ))
+    .await
+    .unwrap();
+    // Messages sent before and after the views exist all count (earliest, from offset 0).
+    let p = producer();
+    let mut msgs: Vec<(i32, Option<String>, Option<String>)> = Vec::new();
+    for i in 0..300 {
+        let meter = format!("M{}", i % 3);
+        msgs.push((
+            i % 3,
+            Some(meter.clone()),
+            Some(format!(
+                r#"{{"meter_id": "{meter}", "ts": "2024-03-01T10:{:02}:00Z", "kw": {}.5, "quality": {}}}"#,
+                i % 60,
+                i,
+                i % 2
+            )),
+        ));
+    }
+    // Bad records: not JSON, a wrong type, a missing required field, no value at all.
+    msgs.push((0, None, Some("not json at all".into())));
+    msgs.push((1, None, Some(r#"{"meter_id": "M9", "kw": "lots"}"#.into())));
+    msgs.push((2, None, Some(r#"{"kw": 1.0}"#.into())));
+    msgs.push((2, Some("M0".into()), None));
+    let borrowed: Vec<(i32, Option<&str>, Option<&str>)> = msgs
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.as_deref()))
+        .collect();
+    produce(&p, &topic, &borrowed).await;
+    // sum over i ≡ m (mod 3) of (i + 0.5), i < 300
+    let sum = |m: i64| {
+        (0..300)
+            .filter(|i| i % 3 == m)
+            .map(|i| i as f64 + 0.5)
+            .sum::<f64>()
+    };
+    wait_for(
+        &c,
+        "SELECT meter_id, n, kw, q FROM kw_by_meter ORDER BY meter_id",
+        &[
+            &format!("M0|100|{}|1", sum(0)),
+            &format!("M1|100|{}|1", sum(1)),
+            &format!("M2|100|{}|1", sum(2)),
+        ],
+    )
+    .await;
+    wait_for(
+        &c,
+        "SELECT * FROM meta ORDER BY kafka_partition",
+        &[
+            "0|100|0|99|1|100|100",
+            "1|100|0|99|1|100|100",
+            "2|100|0|99|1|100|100",
+        ],
+    )
+    .await;
+    let errors = rows(
+        &c,
+        "SELECT source_name, partition, \"offset\", reason, payload FROM strom_catalog.source_errors ORDER BY partition, \"offset\"",
+    )
+    .await;
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    let e = |i: usize, col: usize| errors[i][col].clone().unwrap();
+    assert_eq!(
+        (e(0, 0), e(0, 1), e(0, 2)),
+        ("meter_readings".into(), "0".into(), "100".into())
+    );
+    assert_eq!(e(0, 4), "not json at all");
+    assert!(
+        e(1, 3).contains("kw") || e(1, 3).to_lowercase().contains("parse"),
+        "{}",
+        e(1, 3)
+    );
+    assert!(e(2, 3).contains("meter_id"), "{}", e(2, 3));
+    assert_eq!((e(3, 1), e(3, 2)), ("2".into(), "101".into()));
+    assert!(e(3, 3).contains("no value"), "{}", e(3, 3));
+    wait_for(
+        &c,
+        "SELECT partition, next_offset FROM strom_catalog.source_offsets ORDER BY partition",
+        &["0|101", "1|101", "2|102"],
+    )
+    .await;
+    // A source is not stored: reading it directly names the way out.
+    let err = c
+        .simple_query("SELECT * FROM meter_readings")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("create a materialized view")
+            || format!("{err:?}").contains("materialized view"),
+        "{err:?}"
+    );
+    // Bad declarations name the option.
+    for (sql, needle) in [
+        ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x', scan.startup.mode = 'soon') FORMAT PLAIN ENCODE JSON", "scan.startup.mode"),
+        ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x', topik = 'y') FORMAT PLAIN ENCODE JSON", "topik"),
+        ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', properties.bootstrap.server = 'x') FORMAT PLAIN ENCODE JSON", "topic"),
+        ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafkaa', topic = 't') FORMAT PLAIN ENCODE JSON", "kafkaa"),
+        ("CREATE SOURCE s2 (a INT PRIMARY KEY) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT UPSERT ENCODE JSON", "UPSERT"),
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(msg.contains(needle), "{sql}: {msg}");
+    }
+    // Dropping the source (and its views) forgets its offsets and rejections.
+    c.batch_execute("DROP SOURCE meter_readings CASCADE")
+        .await
+        .unwrap();
+    assert!(rows(&c, "SELECT * FROM strom_catalog.source_errors")
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_table_replaces_and_deletes_rows_by_key() {
+    let topic = fresh_topic("meter_ledger");
+    create_topic(&topic, 2).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE TABLE meters (meter_id VARCHAR PRIMARY KEY, feeder VARCHAR, ratio DOUBLE PRECISION)
+           INCLUDE key AS k
+         WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+         FORMAT UPSERT ENCODE JSON;
+         CREATE MATERIALIZED VIEW feeders AS SELECT feeder, count(*) AS n, sum(ratio) AS r FROM meters GROUP BY feeder;",
+        bootstrap()
+    ))
+    .await
+    .unwrap();
+    let p = producer();
+    produce(
+        &p,
+        &topic,
+        &[
+            (
+                0,
+                Some("M1"),
+                Some(r#"{"meter_id": "M1", "feeder": "F1", "ratio": 1.5}"#),
+            ),
+            (
+                1,
+                Some("M2"),
+                Some(r#"{"meter_id": "M2", "feeder": "F1", "ratio": 2}"#),
+            ),
+            (
+                0,
+                Some("M3"),
+                Some(r#"{"meter_id": "M3", "feeder": "F2", "ratio": 10}"#),
+            ),
+        ],
+    )
+    .await;
+    wait_for(
+        &c,
+        "SELECT * FROM meters ORDER BY meter_id",
+        &["M1|F1|1.5|M1", "M2|F1|2|M2", "M3|F2|10|M3"],
+    )
+    .await;
+    // M1 moves to F2, M2 is deleted (tombstone; key as a JSON object), M3's key is plain text.
+    produce(
+        &p,
+        &topic,
+        &[
+            (
+                0,
+                Some("M1"),
+                Some(r#"{"meter_id": "M1", "feeder": "F2", "ratio": 3}"#),
+            ),
+            (1, Some(r#"{"meter_id": "M2"}"#), None),
+            (0, Some("M3"), None),
+        ],
+    )
+    .await;
+    wait_for(
+        &c,
+        "SELECT * FROM meters ORDER BY meter_id",
+        &["M1|F2|3|M1"],
+    )
+    .await;
+    wait_for(&c, "SELECT * FROM feeders ORDER BY feeder", &["F2|1|3"]).await;
+    // The table is an ordinary table for queries.
+    wait_for(&c, "SELECT count(*) FROM meters WHERE ratio > 1", &["1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_is_exactly_once_across_kill_9() {
+    const N: usize = 60_000;
+    let topic = fresh_topic("SCADA_YC_RT_03");
+    create_topic(&topic, 2).await;
+    let mut server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE yc (seq BIGINT NOT NULL, v INT)
+         WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW yc_total AS SELECT count(*) AS n, sum(seq) AS s, count(DISTINCT seq) AS d FROM yc;",
+        bootstrap()
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    // Produce in the background while the server is killed three times.
+    let producing = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let p = producer();
+            for chunk in 0..20 {
+                let msgs: Vec<(i32, Option<String>, Option<String>)> = (0..N / 20)
+                    .map(|i| {
+                        let seq = chunk * (N / 20) + i;
+                        (
+                            (seq % 2) as i32,
+                            None,
+                            Some(format!(r#"{{"seq": {seq}, "v": 1}}"#)),
+                        )
+                    })
+                    .collect();
+                let borrowed: Vec<(i32, Option<&str>, Option<&str>)> = msgs
+                    .iter()
+                    .map(|(p, k, v)| (*p, k.as_deref(), v.as_deref()))
+                    .collect();
+                produce(&p, &topic, &borrowed).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.kill();
+        server.spawn();
+    }
+    producing.await.unwrap();
+    let c = server.client().await;
+    let s: usize = (0..N).sum();
+    wait_for(
+        &c,
+        "SELECT n, s, d FROM yc_total",
+        &[&format!("{N}|{s}|{N}")],
+    )
+    .await;
+}
