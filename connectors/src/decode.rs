@@ -1,4 +1,5 @@
-//! Message payloads to rows: `ENCODE JSON` (and `FORMAT UPSERT ENCODE JSON`).
+//! Message payloads to rows: `ENCODE JSON` ([`JsonDecoder`]) and `ENCODE CSV`
+//! ([`CsvDecoder`]), behind [`PayloadDecoder`].
 //!
 //! A poll's payloads are decoded together by arrow-json's tape decoder straight into Arrow
 //! columns of the declared types (no `serde_json::Value` per message). Fields that are not
@@ -73,9 +74,90 @@ impl JsonDecoder {
         }
         Ok(batch)
     }
+}
 
-    /// Decodes the payloads of one poll (a payload of `None`, a tombstone, never reaches
-    /// here).
+/// `ENCODE CSV (delimiter = ',', without_header = 'true')`: each message is one record,
+/// fields in column order; with `without_header = 'false'` a message that is the header
+/// line (the column names) is skipped.
+pub struct CsvDecoder {
+    schema: SchemaRef,
+    delimiter: u8,
+    skip_header: Option<String>,
+    required: Vec<usize>,
+}
+
+impl CsvDecoder {
+    pub fn new(schema: Schema, required: Vec<usize>, delimiter: u8, with_header: bool) -> Self {
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let skip_header = with_header.then(|| names.join(&(delimiter as char).to_string()));
+        CsvDecoder {
+            schema: Arc::new(schema),
+            delimiter,
+            skip_header,
+            required,
+        }
+    }
+
+    /// True for a message that is the header line.
+    pub fn is_header(&self, payload: &[u8]) -> bool {
+        self.skip_header.as_deref().is_some_and(|h| {
+            std::str::from_utf8(payload).is_ok_and(|p| p.trim_end_matches(['\r', '\n']) == h)
+        })
+    }
+
+    fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
+        let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(payloads.len() + 1)
+            .build_decoder();
+        for p in payloads {
+            let trimmed = p.strip_suffix(b"\n").unwrap_or(p);
+            if trimmed.contains(&b'\n') {
+                return Err("a CSV message holds more than one line".into());
+            }
+            for part in [trimmed, b"\n".as_slice()] {
+                let mut rest = part;
+                while !rest.is_empty() {
+                    let n = decoder.decode(rest).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("more CSV records than messages".into());
+                    }
+                    rest = &rest[n..];
+                }
+            }
+        }
+        let batch = decoder
+            .flush()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
+        for &c in &self.required {
+            if batch.column(c).null_count() > 0 {
+                return Err(format!(
+                    "missing value for required column \"{}\"",
+                    self.schema.field(c).name()
+                ));
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// The decoder of a source's payloads.
+pub enum PayloadDecoder {
+    Json(JsonDecoder),
+    Csv(CsvDecoder),
+}
+
+impl PayloadDecoder {
+    fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
+        match self {
+            PayloadDecoder::Json(d) => d.decode_all(payloads),
+            PayloadDecoder::Csv(d) => d.decode_all(payloads),
+        }
+    }
+
+    /// Decodes the payloads of one poll: in one pass when all are good, else one by one.
     pub fn decode(&self, payloads: &[&[u8]]) -> Decoded {
         if let Ok(batch) = self.decode_all(payloads) {
             if batch.num_rows() == payloads.len() {
@@ -93,7 +175,7 @@ impl JsonDecoder {
                         Ok(b) if b.num_rows() == 1 => Ok(b),
                         Ok(b) if b.num_rows() == 0 => Err("empty payload".to_string()),
                         Ok(b) => Err(format!(
-                            "payload holds {} JSON values; one object is expected",
+                            "payload holds {} values; one record is expected",
                             b.num_rows()
                         )),
                         Err(e) => Err(e),
@@ -131,7 +213,7 @@ mod tests {
             br#"{"meter_id": "M1", "ts": "2024-03-01T10:00:00Z", "kw": 1.5, "extra": [1]}"#,
             br#"{"kw": 2, "meter_id": 7}"#,
         ];
-        let Decoded::All(b) = decoder().decode(&msgs) else {
+        let Decoded::All(b) = PayloadDecoder::Json(decoder()).decode(&msgs) else {
             panic!("expected one batch")
         };
         assert_eq!(b.num_rows(), 2);
@@ -151,12 +233,44 @@ mod tests {
             b"\xff\xfe",
             br#"{"meter_id": "M3"}"#,
         ];
-        let Decoded::Each(each) = decoder().decode(&msgs) else {
+        let Decoded::Each(each) = PayloadDecoder::Json(decoder()).decode(&msgs) else {
             panic!("expected per-message results")
         };
         let ok: Vec<bool> = each.iter().map(Result::is_ok).collect();
         assert_eq!(ok, vec![true, false, false, false, false, false, true]);
         assert!(each[3].as_ref().unwrap_err().contains("meter_id"));
-        assert!(each[4].as_ref().unwrap_err().contains("2 JSON values"));
+        assert!(
+            each[4].as_ref().unwrap_err().contains("2 values"),
+            "{:?}",
+            each[4]
+        );
+    }
+
+    #[test]
+    fn csv_records_decode_and_bad_ones_are_singled_out() {
+        let d = PayloadDecoder::Csv(CsvDecoder::new(
+            Schema::new(vec![
+                Field::new("meter_id", DataType::Utf8, false),
+                Field::new("kw", DataType::Float64, true),
+            ]),
+            vec![0],
+            b'|',
+            true,
+        ));
+        let PayloadDecoder::Csv(csv) = &d else {
+            unreachable!()
+        };
+        assert!(csv.is_header(b"meter_id|kw\n"));
+        let msgs: Vec<&[u8]> = vec![b"M1|1.5", b"M2|\n", b"M3|x", b"a|1\nb|2", b"M4|2"];
+        let Decoded::Each(each) = d.decode(&msgs) else {
+            panic!("expected per-message results")
+        };
+        let ok: Vec<bool> = each.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, vec![true, true, false, false, true]);
+        let good: Vec<&[u8]> = vec![b"M1|1.5", b"M2|2"];
+        let Decoded::All(b) = d.decode(&good) else {
+            panic!("expected one batch")
+        };
+        assert_eq!(b.column(1).as_primitive::<Float64Type>().value(1), 2.0);
     }
 }

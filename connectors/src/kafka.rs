@@ -23,7 +23,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use strom_catalog::{ConnectorDef, SqlType, TableDef};
 use strom_engine::Database;
 
-use crate::decode::{Decoded, JsonDecoder};
+use crate::cdc;
+use crate::decode::{CsvDecoder, Decoded, JsonDecoder, PayloadDecoder};
 use crate::errors::{self, Rejected};
 use crate::{SourceStatus, Stop};
 
@@ -80,26 +81,37 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
     }
     match (c.format.as_str(), c.encode.as_str()) {
         ("", _) => return Err("a kafka source needs FORMAT ... ENCODE ...".into()),
-        ("PLAIN", "JSON") => {}
-        ("UPSERT", "JSON") => {
+        ("PLAIN", "JSON") | ("PLAIN", "CSV") => {}
+        (f @ ("UPSERT" | "DEBEZIUM" | "CANAL" | "MAXWELL"), "JSON") => {
             if c.is_source {
-                return Err("FORMAT UPSERT needs a table (CREATE TABLE ... PRIMARY KEY), not a source: deletes need stored rows".into());
+                return Err(format!("FORMAT {f} needs a table (CREATE TABLE ... PRIMARY KEY), not a source: updates and deletes need stored rows"));
             }
             if !def.has_declared_pk() {
-                return Err(
-                    "FORMAT UPSERT needs a PRIMARY KEY: messages replace and delete rows by key"
-                        .into(),
-                );
+                return Err(format!("FORMAT {f} needs a PRIMARY KEY: messages replace and delete rows by key"));
             }
         }
         (f, e) => {
             return Err(format!(
-                "FORMAT {f} ENCODE {e} is not supported yet (supported: PLAIN JSON, UPSERT JSON)"
+                "FORMAT {f} ENCODE {e} is not supported yet (supported: PLAIN JSON, PLAIN CSV, UPSERT JSON, DEBEZIUM JSON, CANAL JSON, MAXWELL JSON)"
             ))
         }
     }
-    if let Some(k) = c.encode_options.keys().next() {
-        return Err(format!("unknown ENCODE {} option \"{k}\"", c.encode));
+    for (k, v) in &c.encode_options {
+        match (c.encode.as_str(), k.as_str()) {
+            ("CSV", "delimiter") if csv_delimiter(v).is_some() => {}
+            ("CSV", "delimiter") => {
+                return Err(format!(
+                    "ENCODE CSV option \"delimiter\": \"{v}\" is not one character"
+                ))
+            }
+            ("CSV", "without_header") if v == "true" || v == "false" => {}
+            ("CSV", "without_header") => {
+                return Err(format!(
+                    "ENCODE CSV option \"without_header\": \"{v}\" is not true or false"
+                ))
+            }
+            (e, k) => return Err(format!("unknown ENCODE {e} option \"{k}\"")),
+        }
     }
     Ok(())
 }
@@ -206,7 +218,7 @@ async fn run_once(
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     status.set_partitions(partitions.len());
     let rate: Option<u64> = opt(c, "source_rate_limit").and_then(|r| r.parse().ok());
-    let decoder = json_decoder(def);
+    let decoder = payload_decoder(def);
     let started = Instant::now();
     let mut sent: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -263,20 +275,34 @@ async fn run_once(
 }
 
 /// The decoder of a table's payload columns (declared columns, not metadata or hidden).
-fn json_decoder(def: &TableDef) -> JsonDecoder {
-    let (fields, required): (Vec<Field>, Vec<usize>) = {
-        let mut fields = Vec::new();
-        let mut required = Vec::new();
-        for &i in &payload_columns(def) {
-            let col = &def.columns[i];
-            if !col.nullable {
-                required.push(fields.len());
-            }
-            fields.push(Field::new(&col.name, col.ty.to_arrow(), true));
-        }
-        (fields, required)
-    };
-    JsonDecoder::new(Schema::new(fields), required)
+/// Required columns are checked after metadata is filled in, by [`check_row`].
+fn payload_decoder(def: &TableDef) -> PayloadDecoder {
+    let c = def.connector.as_ref().expect("a connector table");
+    let fields: Vec<Field> = payload_columns(def)
+        .iter()
+        .map(|&i| Field::new(&def.columns[i].name, def.columns[i].ty.to_arrow(), true))
+        .collect();
+    let schema = Schema::new(fields);
+    if c.encode == "CSV" {
+        let delimiter = c
+            .encode_options
+            .get("delimiter")
+            .and_then(|d| csv_delimiter(d))
+            .unwrap_or(b',');
+        let with_header =
+            c.encode_options.get("without_header").map(String::as_str) == Some("false");
+        PayloadDecoder::Csv(CsvDecoder::new(schema, Vec::new(), delimiter, with_header))
+    } else {
+        PayloadDecoder::Json(JsonDecoder::new(schema, Vec::new()))
+    }
+}
+
+fn csv_delimiter(d: &str) -> Option<u8> {
+    match d {
+        "\\t" | "\t" => Some(b'\t'),
+        _ if d.len() == 1 => Some(d.as_bytes()[0]),
+        _ => None,
+    }
 }
 
 fn payload_columns(def: &TableDef) -> Vec<usize> {
@@ -342,39 +368,79 @@ fn tombstone_key(def: &TableDef, key: Option<&[u8]>) -> Result<Vec<ScalarValue>,
         .collect()
 }
 
+/// What one message asks for, before its row images are decoded.
+enum Step {
+    /// Store (or, for a source, hand on) the row decoded from this image.
+    Put(Vec<u8>),
+    /// Delete the row with the key of this image (CDC deletes, the old image of updates).
+    Delete(Vec<u8>),
+    /// Delete the row with this key (an upsert tombstone).
+    DeleteKey(Vec<ScalarValue>),
+}
+
+/// The steps of one message, or why it is rejected.
+fn steps(
+    def: &TableDef,
+    c: &ConnectorDef,
+    decoder: &PayloadDecoder,
+    m: &Msg,
+) -> Result<Vec<Step>, String> {
+    let Some(payload) = m.payload.as_deref() else {
+        return match c.format.as_str() {
+            "UPSERT" => Ok(vec![Step::DeleteKey(tombstone_key(def, m.key.as_deref())?)]),
+            // A Debezium delete is followed by a tombstone for log compaction.
+            "DEBEZIUM" => Ok(Vec::new()),
+            _ => Err("message has no value".into()),
+        };
+    };
+    let actions = match c.format.as_str() {
+        "DEBEZIUM" => cdc::debezium(payload)?,
+        "CANAL" => cdc::canal(payload)?,
+        "MAXWELL" => cdc::maxwell(payload)?,
+        _ => {
+            if let PayloadDecoder::Csv(csv) = decoder {
+                if csv.is_header(payload) {
+                    return Ok(Vec::new());
+                }
+            }
+            return Ok(vec![Step::Put(payload.to_vec())]);
+        }
+    };
+    Ok(actions
+        .into_iter()
+        .map(|a| match a {
+            cdc::Action::Put(j) => Step::Put(j.into_bytes()),
+            cdc::Action::Delete(j) => Step::Delete(j.into_bytes()),
+        })
+        .collect())
+}
+
 async fn write(
     db: &Arc<Database>,
     def: &Arc<TableDef>,
-    decoder: &JsonDecoder,
+    decoder: &PayloadDecoder,
     topic: &str,
     msgs: Vec<Msg>,
     status: &Arc<SourceStatus>,
 ) -> Result<(), String> {
     let c = def.connector.as_ref().expect("a connector table");
-    let upsert = c.format == "UPSERT";
     let payload_cols = payload_columns(def);
-    // Decode every message with a value; tombstones are deletes (UPSERT) or errors.
-    let with_value: Vec<usize> = (0..msgs.len())
-        .filter(|&i| msgs[i].payload.is_some())
-        .collect();
-    let payloads: Vec<&[u8]> = with_value
-        .iter()
-        .map(|&i| msgs[i].payload.as_deref().expect("filtered"))
-        .collect();
-    let mut decoded: Vec<Option<Result<(RecordBatch, usize), String>>> =
-        (0..msgs.len()).map(|_| None).collect();
-    match decoder.decode(&payloads) {
-        Decoded::All(batch) => {
-            for (row, &i) in with_value.iter().enumerate() {
-                decoded[i] = Some(Ok((batch.clone(), row)));
-            }
-        }
-        Decoded::Each(each) => {
-            for (r, &i) in each.into_iter().zip(&with_value) {
-                decoded[i] = Some(r.map(|b| (b, 0)));
+    let planned: Vec<Result<Vec<Step>, String>> =
+        msgs.iter().map(|m| steps(def, c, decoder, m)).collect();
+    // Every row image of the poll, decoded together.
+    let mut images: Vec<&[u8]> = Vec::new();
+    for p in planned.iter().flatten() {
+        for step in p {
+            if let Step::Put(b) | Step::Delete(b) = step {
+                images.push(b);
             }
         }
     }
+    let decoded: Vec<Result<(RecordBatch, usize), String>> = match decoder.decode(&images) {
+        Decoded::All(batch) => (0..images.len()).map(|r| Ok((batch.clone(), r))).collect(),
+        Decoded::Each(each) => each.into_iter().map(|r| r.map(|b| (b, 0))).collect(),
+    };
+    let mut decoded = decoded.into_iter();
     let mut txn = db.begin_write().await;
     let row_id_base = if def.has_row_id() {
         txn.alloc_row_ids(msgs.len() as i64)
@@ -383,62 +449,79 @@ async fn write(
     };
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let (mut rows_ok, mut rejected) = (0u64, 0u64);
-    for (i, m) in msgs.iter().enumerate() {
+    for ((i, m), plan) in msgs.iter().enumerate().zip(planned) {
         next_offsets.insert(m.partition, m.offset + 1);
-        let outcome: Result<(), String> = (|| match decoded[i].take() {
-            None if upsert => {
-                let pk = tombstone_key(def, m.key.as_deref())?;
-                let key = strom_engine::keys::row_key(
-                    def.id,
-                    &strom_engine::keys::encode_key(&pk).map_err(|e| e.to_string())?,
-                );
-                txn.delete(key);
-                Ok(())
-            }
-            None => Err("message has no value".into()),
-            Some(Err(reason)) => Err(reason),
-            Some(Ok((batch, row))) => {
-                let mut values = vec![ScalarValue::Null; def.columns.len()];
-                for (b, &col) in payload_cols.iter().enumerate() {
-                    values[col] = ScalarValue::try_from_array(batch.column(b), row)
-                        .map_err(|e| e.to_string())?;
-                }
-                for inc in &c.includes {
-                    values[inc.column] =
-                        include_value(&inc.kind, inc.argument.as_deref(), topic, m)
-                            .cast_to(&def.columns[inc.column].ty.to_arrow())
-                            .map_err(|e| e.to_string())?;
-                }
-                for (col, v) in def.columns.iter().zip(&values) {
-                    if !col.nullable && v.is_null() && !col.hidden {
-                        return Err(format!(
-                            "missing value for required column \"{}\"",
-                            col.name
-                        ));
-                    }
-                    if let (SqlType::Varchar(Some(n)), ScalarValue::Utf8(Some(s))) = (&col.ty, v) {
-                        if s.chars().count() > *n as usize {
-                            return Err(format!(
-                                "value too long for column \"{}\" (character varying({n}))",
-                                col.name
-                            ));
+        // Decode all of a message's images first: a message is applied whole or rejected.
+        let outcome = plan.and_then(|steps| {
+            let mut rows = Vec::with_capacity(steps.len());
+            let mut failure = None;
+            for step in steps {
+                let row = match &step {
+                    Step::Put(_) | Step::Delete(_) => {
+                        match decoded.next().expect("one per image") {
+                            Ok((batch, r)) => {
+                                let mut values = vec![ScalarValue::Null; def.columns.len()];
+                                for (b, &col) in payload_cols.iter().enumerate() {
+                                    values[col] = ScalarValue::try_from_array(batch.column(b), r)
+                                        .map_err(|e| e.to_string())?;
+                                }
+                                Some(values)
+                            }
+                            Err(e) => {
+                                failure.get_or_insert(e);
+                                None
+                            }
                         }
                     }
-                }
-                if def.has_row_id() {
-                    let last = values.len() - 1;
-                    values[last] = ScalarValue::Int64(Some(row_id_base + i as i64));
-                }
-                let key = strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
-                if c.is_source {
-                    txn.append(def.id, key, &values)
-                        .map_err(|e| e.to_string())?;
-                } else {
-                    txn.put(key, &values).map_err(|e| e.to_string())?;
-                }
-                Ok(())
+                    Step::DeleteKey(_) => None,
+                };
+                rows.push((step, row));
             }
-        })();
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(rows),
+            }
+        });
+        let outcome = outcome.and_then(|rows| {
+            for (step, values) in rows {
+                match (step, values) {
+                    (Step::DeleteKey(pk), _) => {
+                        txn.delete(pk_key(def, &pk)?);
+                    }
+                    (Step::Delete(_), Some(values)) => {
+                        let pk: Vec<ScalarValue> =
+                            def.pk.iter().map(|&k| values[k].clone()).collect();
+                        if pk.iter().any(ScalarValue::is_null) {
+                            return Err("a delete's row image lacks the primary key".into());
+                        }
+                        txn.delete(pk_key(def, &pk)?);
+                    }
+                    (Step::Put(_), Some(mut values)) => {
+                        for inc in &c.includes {
+                            values[inc.column] =
+                                include_value(&inc.kind, inc.argument.as_deref(), topic, m)
+                                    .cast_to(&def.columns[inc.column].ty.to_arrow())
+                                    .map_err(|e| e.to_string())?;
+                        }
+                        check_row(def, &values)?;
+                        if def.has_row_id() {
+                            let last = values.len() - 1;
+                            values[last] = ScalarValue::Int64(Some(row_id_base + i as i64));
+                        }
+                        let key =
+                            strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
+                        if c.is_source {
+                            txn.append(def.id, key, &values)
+                                .map_err(|e| e.to_string())?;
+                        } else {
+                            txn.put(key, &values).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    _ => unreachable!("images are decoded"),
+                }
+            }
+            Ok(())
+        });
         match outcome {
             Ok(()) => rows_ok += 1,
             Err(reason) => {
@@ -461,5 +544,33 @@ async fn write(
     }
     txn.commit().map_err(|e| e.to_string())?;
     status.add(rows_ok, rejected);
+    Ok(())
+}
+
+fn pk_key(def: &TableDef, pk: &[ScalarValue]) -> Result<Vec<u8>, String> {
+    Ok(strom_engine::keys::row_key(
+        def.id,
+        &strom_engine::keys::encode_key(pk).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// NOT NULL and `varchar(n)` of a row about to be stored.
+fn check_row(def: &TableDef, values: &[ScalarValue]) -> Result<(), String> {
+    for (col, v) in def.columns.iter().zip(values) {
+        if !col.nullable && v.is_null() && !col.hidden {
+            return Err(format!(
+                "missing value for required column \"{}\"",
+                col.name
+            ));
+        }
+        if let (SqlType::Varchar(Some(n)), ScalarValue::Utf8(Some(s))) = (&col.ty, v) {
+            if s.chars().count() > *n as usize {
+                return Err(format!(
+                    "value too long for column \"{}\" (character varying({n}))",
+                    col.name
+                ));
+            }
+        }
+    }
     Ok(())
 }

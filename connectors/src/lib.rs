@@ -7,6 +7,7 @@
 //! offsets committed with their rows (see [`kafka`]). [`validate`] checks a declaration
 //! at `CREATE`.
 
+pub mod cdc;
 pub mod decode;
 pub mod errors;
 pub mod kafka;

@@ -375,3 +375,111 @@ async fn source_is_exactly_once_across_kill_9() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_envelopes_and_csv_maintain_tables() {
+    let (dbz, canal, maxwell, csv) = (
+        fresh_topic("cdc_dbz"),
+        fresh_topic("cdc_canal"),
+        fresh_topic("cdc_maxwell"),
+        fresh_topic("TMR_CSV"),
+    );
+    for t in [&dbz, &canal, &maxwell, &csv] {
+        create_topic(t, 1).await;
+    }
+    let server = TestServer::start();
+    let c = server.client().await;
+    let b = bootstrap();
+    c.batch_execute(&format!(
+        "CREATE TABLE dev_dbz (id INT PRIMARY KEY, name VARCHAR, kv DOUBLE PRECISION)
+           WITH (connector = 'kafka', topic = '{dbz}', properties.bootstrap.server = '{b}') FORMAT DEBEZIUM ENCODE JSON;
+         CREATE TABLE dev_canal (id INT PRIMARY KEY, name VARCHAR, kv DOUBLE PRECISION)
+           WITH (connector = 'kafka', topic = '{canal}', properties.bootstrap.server = '{b}') FORMAT CANAL ENCODE JSON;
+         CREATE TABLE dev_maxwell (id INT PRIMARY KEY, name VARCHAR, kv DOUBLE PRECISION)
+           WITH (connector = 'kafka', topic = '{maxwell}', properties.bootstrap.server = '{b}') FORMAT MAXWELL ENCODE JSON;
+         CREATE SOURCE tmr (meter_id VARCHAR, kwh NUMERIC(10,2), ts TIMESTAMP)
+           WITH (connector = 'kafka', topic = '{csv}', properties.bootstrap.server = '{b}')
+           FORMAT PLAIN ENCODE CSV (delimiter = '|', without_header = 'false');
+         CREATE MATERIALIZED VIEW tmr_total AS SELECT meter_id, sum(kwh) AS kwh, max(ts) AS last FROM tmr GROUP BY meter_id;"
+    ))
+    .await
+    .unwrap();
+    let p = producer();
+    // The same history in each envelope: insert 1, 2, 3; update 1; move 2 to key 20; delete 3.
+    produce(
+        &p,
+        &dbz,
+        &[
+            (0, None, Some(r#"{"schema": {}, "payload": {"before": null, "after": {"id": 1, "name": "a", "kv": 10}, "op": "r"}}"#)),
+            (0, None, Some(r#"{"before": null, "after": {"id": 2, "name": "b", "kv": 35}, "op": "c"}"#)),
+            (0, None, Some(r#"{"before": null, "after": {"id": 3, "name": "c", "kv": 110}, "op": "c"}"#)),
+            (0, None, Some(r#"{"before": {"id": 1, "name": "a", "kv": 10}, "after": {"id": 1, "name": "a2", "kv": 10.5}, "op": "u"}"#)),
+            (0, None, Some(r#"{"before": {"id": 2, "name": "b", "kv": 35}, "after": {"id": 20, "name": "b", "kv": 35}, "op": "u"}"#)),
+            (0, None, Some(r#"{"before": {"id": 3}, "after": null, "op": "d"}"#)),
+            (0, Some(r#"{"id": 3}"#), None),
+            (0, None, Some(r#"{"op": "u", "after": {"id": "x"}}"#)),
+        ],
+    )
+    .await;
+    produce(
+        &p,
+        &canal,
+        &[
+            (0, None, Some(r#"{"data": [{"id": "1", "name": "a", "kv": "10"}, {"id": "2", "name": "b", "kv": "35"}], "type": "INSERT", "isDdl": false}"#)),
+            (0, None, Some(r#"{"data": [{"id": "3", "name": "c", "kv": "110"}], "type": "INSERT", "isDdl": false}"#)),
+            (0, None, Some(r#"{"data": null, "type": "ALTER", "isDdl": true, "sql": "ALTER TABLE dev ADD x INT"}"#)),
+            (0, None, Some(r#"{"data": [{"id": "1", "name": "a2", "kv": "10.5"}, {"id": "20", "name": "b", "kv": "35"}], "old": [{"name": "a", "kv": "10"}, {"id": "2"}], "type": "UPDATE", "isDdl": false}"#)),
+            (0, None, Some(r#"{"data": [{"id": "3", "name": "c", "kv": "110"}], "type": "DELETE", "isDdl": false}"#)),
+        ],
+    )
+    .await;
+    produce(
+        &p,
+        &maxwell,
+        &[
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "bootstrap-insert", "data": {"id": 1, "name": "a", "kv": 10}}"#)),
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "insert", "data": {"id": 2, "name": "b", "kv": 35}}"#)),
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "insert", "data": {"id": 3, "name": "c", "kv": 110}}"#)),
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "update", "data": {"id": 1, "name": "a2", "kv": 10.5}, "old": {"name": "a", "kv": 10}}"#)),
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "update", "data": {"id": 20, "name": "b", "kv": 35}, "old": {"id": 2}}"#)),
+            (0, None, Some(r#"{"database": "erp", "table": "dev", "type": "delete", "data": {"id": 3, "name": "c", "kv": 110}}"#)),
+        ],
+    )
+    .await;
+    produce(
+        &p,
+        &csv,
+        &[
+            (0, None, Some("meter_id|kwh|ts")),
+            (0, None, Some("M1|1.25|2024-03-01 10:00:00")),
+            (0, None, Some("M1|2.50|2024-03-01 10:15:00\n")),
+            (0, None, Some("M2|0.10|2024-03-01 10:00:00")),
+            (0, None, Some("M2|lots|2024-03-01 10:15:00")),
+        ],
+    )
+    .await;
+    for t in ["dev_dbz", "dev_canal", "dev_maxwell"] {
+        wait_for(
+            &c,
+            &format!("SELECT * FROM {t} ORDER BY id"),
+            &["1|a2|10.5", "20|b|35"],
+        )
+        .await;
+    }
+    wait_for(
+        &c,
+        "SELECT * FROM tmr_total ORDER BY meter_id",
+        &["M1|3.75|2024-03-01 10:15:00", "M2|0.10|2024-03-01 10:00:00"],
+    )
+    .await;
+    let errors = rows(
+        &c,
+        "SELECT source_name, \"offset\" FROM strom_catalog.source_errors ORDER BY source_name, \"offset\"",
+    )
+    .await;
+    let errors: Vec<String> = errors
+        .into_iter()
+        .map(|r| format!("{}@{}", r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(errors, vec!["dev_dbz@7", "tmr@4"]);
+}
