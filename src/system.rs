@@ -8,8 +8,8 @@
 //!   (undecodable, a value that does not fit its column, a missing required field), with
 //!   its partition, offset, reason and payload (the first 4 KiB, as text). Kept until the
 //!   source is dropped.
-//! - `strom_catalog.source_offsets`: per source and partition, the next offset to read,
-//!   as committed with the rows.
+//! - `strom_catalog.source_offsets`: per source, topic and partition, the next offset to
+//!   read, as committed with the rows.
 
 use std::sync::Arc;
 
@@ -84,19 +84,21 @@ impl StromCatalogSchema {
         let schema = Arc::new(Schema::new(vec![
             Field::new("schema_name", DataType::Utf8, false),
             Field::new("source_name", DataType::Utf8, false),
+            Field::new("topic", DataType::Utf8, false),
             Field::new("partition", DataType::Int32, false),
             Field::new("offset", DataType::Int64, false),
             Field::new("reason", DataType::Utf8, false),
             Field::new("payload", DataType::Utf8, false),
         ]));
-        let (mut sch, mut src, mut part, mut off, mut reason, mut payload) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut sch, mut src, mut topic, mut part, mut off, mut reason, mut payload) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for (schema_name, t) in self.sources() {
             let rejected = strom_connectors::errors::rejections(&self.env.snapshot, t.id)
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             for r in rejected {
                 sch.push(schema_name.clone());
                 src.push(t.name.clone());
+                topic.push(r.topic);
                 part.push(r.partition);
                 off.push(r.offset);
                 reason.push(r.reason);
@@ -106,6 +108,7 @@ impl StromCatalogSchema {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(sch)),
             Arc::new(StringArray::from(src)),
+            Arc::new(StringArray::from(topic)),
             Arc::new(Int32Array::from(part)),
             Arc::new(Int64Array::from(off)),
             Arc::new(StringArray::from(reason)),
@@ -118,16 +121,19 @@ impl StromCatalogSchema {
         let schema = Arc::new(Schema::new(vec![
             Field::new("schema_name", DataType::Utf8, false),
             Field::new("source_name", DataType::Utf8, false),
+            Field::new("topic", DataType::Utf8, false),
             Field::new("partition", DataType::Int32, false),
             Field::new("next_offset", DataType::Int64, false),
         ]));
-        let (mut sch, mut src, mut part, mut off) = (vec![], vec![], vec![], vec![]);
+        let (mut sch, mut src, mut topics, mut part, mut off) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for (schema_name, t) in self.sources() {
             let offsets = strom_connectors::errors::committed_offsets(&self.env.snapshot, t.id)
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            for (p, o) in offsets {
+            for (topic, p, o) in offsets {
                 sch.push(schema_name.clone());
                 src.push(t.name.clone());
+                topics.push(topic);
                 part.push(p);
                 off.push(o);
             }
@@ -135,6 +141,7 @@ impl StromCatalogSchema {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(sch)),
             Arc::new(StringArray::from(src)),
+            Arc::new(StringArray::from(topics)),
             Arc::new(Int32Array::from(part)),
             Arc::new(Int64Array::from(off)),
         ];

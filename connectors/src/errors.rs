@@ -2,8 +2,10 @@
 //! and the messages a source rejected.
 //!
 //! ```text
-//! 0x00 "src_offset" | source: u32 BE | partition: i32 BE            -> next offset: i64 BE
-//! 0x00 "src_reject" | source: u32 BE | partition: i32 BE | offset: i64 BE -> JSON
+//! 0x00 "src_offset" | source: u32 BE | topic | 0x00 | partition: i32 BE  -> next offset: i64 BE
+//! 0x00 "src_reject" | source: u32 BE | topic | 0x00 | partition: i32 BE | offset: i64 BE -> JSON
+//!
+//! (Kafka topic names never contain 0x00.)
 //! ```
 //!
 //! Both are written in the transaction that writes the rows of the same poll, so they are
@@ -28,8 +30,10 @@ fn key(tag: &[u8], source: TableId) -> Vec<u8> {
     k
 }
 
-fn offset_key(source: TableId, partition: i32) -> Vec<u8> {
-    let mut k = key(OFFSET_TAG, source);
+fn partition_key(tag: &[u8], source: TableId, topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = key(tag, source);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
     k.extend_from_slice(&partition.to_be_bytes());
     k
 }
@@ -38,38 +42,53 @@ fn offset_key(source: TableId, partition: i32) -> Vec<u8> {
 pub fn committed_offset(
     snapshot: &Snapshot,
     source: TableId,
+    topic: &str,
     partition: i32,
 ) -> strom_engine::Result<Option<i64>> {
     Ok(snapshot
-        .get(&offset_key(source, partition))?
+        .get(&partition_key(OFFSET_TAG, source, topic, partition))?
         .and_then(|b| b.as_slice().try_into().ok().map(i64::from_be_bytes)))
 }
 
-/// Every committed partition offset of a source: (partition, next offset).
+/// Every committed partition offset of a source: (topic, partition, next offset).
 pub fn committed_offsets(
     snapshot: &Snapshot,
     source: TableId,
-) -> strom_engine::Result<Vec<(i32, i64)>> {
+) -> strom_engine::Result<Vec<(String, i32, i64)>> {
     let lo = key(OFFSET_TAG, source);
     let hi = prefix_successor(&lo).expect("starts with 0x00");
     Ok(snapshot
         .scan(&lo, &hi, usize::MAX)?
         .into_iter()
         .filter_map(|(k, v)| {
-            let p = i32::from_be_bytes(k[lo.len()..].try_into().ok()?);
+            let rest = &k[lo.len()..];
+            let nul = rest.iter().position(|&b| b == 0)?;
+            let topic = String::from_utf8_lossy(&rest[..nul]).into_owned();
+            let p = i32::from_be_bytes(rest[nul + 1..].try_into().ok()?);
             let o = i64::from_be_bytes(v.as_ref().try_into().ok()?);
-            Some((p, o))
+            Some((topic, p, o))
         })
         .collect())
 }
 
-pub fn stage_offset(txn: &mut WriteTxn<'_>, source: TableId, partition: i32, next: i64) {
-    txn.put_raw(offset_key(source, partition), next.to_be_bytes().to_vec());
+pub fn stage_offset(
+    txn: &mut WriteTxn<'_>,
+    source: TableId,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) {
+    txn.put_raw(
+        partition_key(OFFSET_TAG, source, topic, partition),
+        next.to_be_bytes().to_vec(),
+    );
 }
 
 /// A message a source could not turn into a row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {
+    #[serde(default)]
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub reason: String,
@@ -78,8 +97,7 @@ pub struct Rejected {
 }
 
 pub fn stage_rejection(txn: &mut WriteTxn<'_>, source: TableId, r: &Rejected) {
-    let mut k = key(REJECT_TAG, source);
-    k.extend_from_slice(&r.partition.to_be_bytes());
+    let mut k = partition_key(REJECT_TAG, source, &r.topic, r.partition);
     k.extend_from_slice(&r.offset.to_be_bytes());
     let mut kept = r.clone();
     kept.payload.truncate(MAX_KEPT_PAYLOAD);
@@ -87,7 +105,7 @@ pub fn stage_rejection(txn: &mut WriteTxn<'_>, source: TableId, r: &Rejected) {
     txn.put_raw(k, value);
 }
 
-/// Every kept rejection of a source, by partition and offset.
+/// Every kept rejection of a source, by topic, partition and offset.
 pub fn rejections(snapshot: &Snapshot, source: TableId) -> strom_engine::Result<Vec<Rejected>> {
     let lo = key(REJECT_TAG, source);
     let hi = prefix_successor(&lo).expect("starts with 0x00");

@@ -8,7 +8,7 @@
 //! that commits atomically with their state, so after a crash the source resumes at the
 //! committed offsets and every message reaches the views exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ use crate::{SourceStatus, Stop};
 pub const MAX_POLL_ROWS: usize = 8192;
 /// Longest wait for more messages before writing what arrived.
 pub const POLL_WINDOW: Duration = Duration::from_millis(20);
+/// How often the topic list is read again for new topics and partitions.
+pub const RELIST_INTERVAL: Duration = Duration::from_secs(2);
 /// Change-log entries the views may lag behind before the source waits for them.
 const MAX_PENDING_ENTRIES: usize = 16;
 
@@ -118,6 +120,7 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
 
 /// A message, copied out of the consumer.
 struct Msg {
+    topic: String,
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
@@ -176,52 +179,25 @@ async fn run_once(
         .create()
         .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
     let consumer = Arc::new(consumer);
-    let partitions = {
-        let consumer = Arc::clone(&consumer);
-        let topic = topic.clone();
-        tokio::task::spawn_blocking(move || {
-            let md = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(|e| format!("cannot read the metadata of topic \"{topic}\": {e}"))?;
-            let t = md
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .ok_or_else(|| format!("topic \"{topic}\" does not exist"))?;
-            if let Some(e) = t.error() {
-                return Err(format!("topic \"{topic}\": {e:?}"));
-            }
-            let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-            if ids.is_empty() {
-                return Err(format!(
-                    "topic \"{topic}\" does not exist or has no partitions"
-                ));
-            }
-            Ok(ids)
-        })
-        .await
-        .map_err(|e| e.to_string())??
-    };
-    let snapshot = db.snapshot();
-    let mut tpl = TopicPartitionList::new();
     let latest = opt(c, "scan.startup.mode") == Some("latest");
-    for &p in &partitions {
-        let offset =
-            match errors::committed_offset(&snapshot, def.id, p).map_err(|e| e.to_string())? {
-                Some(next) => Offset::Offset(next),
-                None if latest => Offset::End,
-                None => Offset::Beginning,
-            };
-        tpl.add_partition_offset(&topic, p, offset)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    status.set_partitions(partitions.len());
+    let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+    assign_new(db, def, &consumer, &topic, latest, &mut assigned, status).await?;
+    let mut last_listing = Instant::now();
+    // Partitions found later are new: they are read from their beginning.
     let rate: Option<u64> = opt(c, "source_rate_limit").and_then(|r| r.parse().ok());
     let decoder = payload_decoder(def);
     let started = Instant::now();
     let mut sent: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
+        // New topics matching the pattern, and new partitions, join while running.
+        if last_listing.elapsed() >= RELIST_INTERVAL {
+            assign_new(db, def, &consumer, &topic, false, &mut assigned, status).await?;
+            last_listing = Instant::now();
+        }
+        if assigned.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         // Backpressure: wait while the views are behind.
         while db.pending_changes() > MAX_PENDING_ENTRIES && !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -249,6 +225,7 @@ async fn run_once(
                 Err(_) => break,
                 Ok(Err(e)) => return Err(format!("reading topic \"{topic}\": {e}")),
                 Ok(Ok(m)) => msgs.push(Msg {
+                    topic: m.topic().to_string(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
@@ -269,7 +246,7 @@ async fn run_once(
             continue;
         }
         sent += msgs.len() as u64;
-        write(db, def, &decoder, &topic, msgs, status).await?;
+        write(db, def, &decoder, msgs, status).await?;
     }
     Ok(())
 }
@@ -314,10 +291,11 @@ fn payload_columns(def: &TableDef) -> Vec<usize> {
 }
 
 /// The value of a metadata column for a message.
-fn include_value(kind: &str, argument: Option<&str>, topic: &str, m: &Msg) -> ScalarValue {
+fn include_value(kind: &str, argument: Option<&str>, m: &Msg) -> ScalarValue {
     let text = |b: &Option<Vec<u8>>| {
         ScalarValue::Utf8(b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
     };
+    let part = |i: usize| ScalarValue::Utf8(topic_parts(&m.topic).and_then(|p| p[i].clone()));
     match kind {
         "key" => text(&m.key),
         "partition" => ScalarValue::Int32(Some(m.partition)),
@@ -325,7 +303,13 @@ fn include_value(kind: &str, argument: Option<&str>, topic: &str, m: &Msg) -> Sc
         "timestamp" => {
             ScalarValue::TimestampMicrosecond(m.timestamp_ms.map(|t| t * 1000), Some("UTC".into()))
         }
-        "topic" => ScalarValue::Utf8(Some(topic.to_string())),
+        "topic" => ScalarValue::Utf8(Some(m.topic.clone())),
+        "topic_system" => part(0),
+        "topic_domain" => part(1),
+        "topic_datatype" => part(2),
+        "topic_company1" => part(3),
+        "topic_company2" => part(4),
+        "topic_ok" => ScalarValue::Boolean(Some(topic_parts(&m.topic).is_some())),
         "header" => {
             let v = m
                 .headers
@@ -337,6 +321,121 @@ fn include_value(kind: &str, argument: Option<&str>, topic: &str, m: &Msg) -> Sc
         }
         _ => ScalarValue::Null,
     }
+}
+
+/// The parts of a topic named by the utility convention
+/// `SYSTEM_DOMAIN_DATATYPE_COMPANY1[_COMPANY2]` (four or five non-empty alphanumeric
+/// parts), or `None` when the name does not follow it.
+pub fn topic_parts(topic: &str) -> Option<[Option<String>; 5]> {
+    let parts: Vec<&str> = topic.split('_').collect();
+    if !(4..=5).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        return None;
+    }
+    let mut out: [Option<String>; 5] = Default::default();
+    for (i, p) in parts.iter().enumerate() {
+        out[i] = Some(p.to_string());
+    }
+    Some(out)
+}
+
+/// `*` (any run of characters) and `?` (one character) glob matching of topic names.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn is_pattern(topic: &str) -> bool {
+    topic.contains(['*', '?'])
+}
+
+/// Lists the topics (the one named, or all matching the pattern) and assigns every
+/// partition not assigned yet, at its committed offset, else at its end when `latest`
+/// (the first listing of a `latest` source), else at its beginning.
+async fn assign_new(
+    db: &Arc<Database>,
+    def: &TableDef,
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    latest: bool,
+    assigned: &mut BTreeSet<(String, i32)>,
+    status: &Arc<SourceStatus>,
+) -> Result<(), String> {
+    let listing = {
+        let consumer = Arc::clone(consumer);
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let pattern = is_pattern(&topic);
+            let md = consumer
+                .fetch_metadata(
+                    (!pattern).then_some(topic.as_str()),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| format!("cannot list the topics of the broker: {e}"))?;
+            let mut found = Vec::new();
+            for t in md.topics() {
+                let wanted = if pattern {
+                    glob_match(&topic, t.name()) && !t.name().starts_with("__")
+                } else {
+                    t.name() == topic
+                };
+                if wanted && t.error().is_none() {
+                    for p in t.partitions() {
+                        found.push((t.name().to_string(), p.id()));
+                    }
+                }
+            }
+            if found.is_empty() && !pattern {
+                return Err(format!("topic \"{topic}\" does not exist"));
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    let snapshot = db.snapshot();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in listing {
+        if assigned.contains(&(t.clone(), p)) {
+            continue;
+        }
+        let offset =
+            match errors::committed_offset(&snapshot, def.id, &t, p).map_err(|e| e.to_string())? {
+                Some(next) => Offset::Offset(next),
+                None if latest => Offset::End,
+                None => Offset::Beginning,
+            };
+        tpl.add_partition_offset(&t, p, offset)
+            .map_err(|e| e.to_string())?;
+        assigned.insert((t, p));
+    }
+    if tpl.count() > 0 {
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| format!("cannot assign partitions: {e}"))?;
+    }
+    status.set_partitions(assigned.len());
+    Ok(())
 }
 
 /// The primary key of an upsert tombstone, from the message key: a JSON object with the
@@ -419,7 +518,6 @@ async fn write(
     db: &Arc<Database>,
     def: &Arc<TableDef>,
     decoder: &PayloadDecoder,
-    topic: &str,
     msgs: Vec<Msg>,
     status: &Arc<SourceStatus>,
 ) -> Result<(), String> {
@@ -447,10 +545,10 @@ async fn write(
     } else {
         0
     };
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     let (mut rows_ok, mut rejected) = (0u64, 0u64);
     for ((i, m), plan) in msgs.iter().enumerate().zip(planned) {
-        next_offsets.insert(m.partition, m.offset + 1);
+        next_offsets.insert((m.topic.as_str(), m.partition), m.offset + 1);
         // Decode all of a message's images first: a message is applied whole or rejected.
         let outcome = plan.and_then(|steps| {
             let mut rows = Vec::with_capacity(steps.len());
@@ -499,7 +597,7 @@ async fn write(
                     (Step::Put(_), Some(mut values)) => {
                         for inc in &c.includes {
                             values[inc.column] =
-                                include_value(&inc.kind, inc.argument.as_deref(), topic, m)
+                                include_value(&inc.kind, inc.argument.as_deref(), m)
                                     .cast_to(&def.columns[inc.column].ty.to_arrow())
                                     .map_err(|e| e.to_string())?;
                         }
@@ -530,6 +628,7 @@ async fn write(
                     &mut txn,
                     def.id,
                     &Rejected {
+                        topic: m.topic.clone(),
                         partition: m.partition,
                         offset: m.offset,
                         reason,
@@ -539,8 +638,8 @@ async fn write(
             }
         }
     }
-    for (p, next) in next_offsets {
-        errors::stage_offset(&mut txn, def.id, p, next);
+    for ((topic, p), next) in next_offsets {
+        errors::stage_offset(&mut txn, def.id, topic, p, next);
     }
     txn.commit().map_err(|e| e.to_string())?;
     status.add(rows_ok, rejected);
@@ -573,4 +672,38 @@ fn check_row(def: &TableDef, values: &[ScalarValue]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_split_by_the_utility_convention() {
+        let p = topic_parts("TMR_CJ_YXNDL_03").unwrap();
+        assert_eq!(p[0].as_deref(), Some("TMR"));
+        assert_eq!(p[2].as_deref(), Some("YXNDL"));
+        assert_eq!(p[3].as_deref(), Some("03"));
+        assert_eq!(p[4], None);
+        assert_eq!(topic_parts("A_B_C_D_E").unwrap()[4].as_deref(), Some("E"));
+        for bad in [
+            "TMR_CJ_03",
+            "A_B_C_D_E_F",
+            "TMR__YXNDL_03",
+            "TMR_CJ_YX-DL_03",
+            "",
+        ] {
+            assert!(topic_parts(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_patterns_glob() {
+        assert!(glob_match("TMR_CJ_*_03", "TMR_CJ_YXNDL_03"));
+        assert!(!glob_match("TMR_CJ_*_03", "TMR_CJ_YXNDL_04"));
+        assert!(glob_match("TMR_*", "TMR_"));
+        assert!(glob_match("T?R_*_0?", "TMR_X_Y_03"));
+        assert!(!glob_match("TMR", "TMR_CJ"));
+        assert!(glob_match("*", ""));
+    }
 }

@@ -132,10 +132,12 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             "partition" => SqlType::Int,
             "offset" => SqlType::BigInt,
             "timestamp" => SqlType::Timestamptz,
-            "key" | "topic" | "header" => SqlType::Varchar(None),
+            "key" | "topic" | "header" | "topic_system" | "topic_domain" | "topic_datatype"
+            | "topic_company1" | "topic_company2" => SqlType::Varchar(None),
+            "topic_ok" => SqlType::Boolean,
             other => {
                 return Err(SqlError::InvalidDefinition(format!(
-                    "unknown INCLUDE \"{other}\" (expected key, partition, offset, timestamp, topic or header)"
+                    "unknown INCLUDE \"{other}\" (expected key, partition, offset, timestamp, topic, topic_system, topic_domain, topic_datatype, topic_company1, topic_company2, topic_ok or header)"
                 )))
             }
         };
@@ -148,6 +150,8 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             inc.alias.clone()
         } else if inc.kind == "key" {
             "_rw_key".into()
+        } else if inc.kind.starts_with("topic_") {
+            format!("_{}", inc.kind)
         } else {
             format!("_rw_kafka_{}", inc.kind)
         };

@@ -483,3 +483,60 @@ async fn cdc_envelopes_and_csv_maintain_tables() {
         .collect();
     assert_eq!(errors, vec!["dev_dbz@7", "tmr@4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_patterns_and_topic_name_columns() {
+    let run = format!(
+        "R{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let (a, b, other) = (
+        format!("TMR_CJ_YXNDL_03_{run}"),
+        format!("TMR_CJ_WGDL_04_{run}"),
+        format!("SCADA_YC_RT_03_{run}"),
+    );
+    for t in [&a, &b, &other] {
+        create_topic(t, 2).await;
+    }
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE tmr_all (meter_id VARCHAR, kwh DOUBLE PRECISION)
+           INCLUDE topic INCLUDE topic_system INCLUDE topic_datatype AS datatype
+           INCLUDE topic_company1 AS company INCLUDE topic_company2 INCLUDE topic_ok
+         WITH (connector = 'kafka', topic = 'TMR_CJ_*_{run}', properties.bootstrap.server = '{}')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW by_type AS
+           SELECT _topic_system, datatype, company, count(*) AS n, sum(kwh) AS kwh,
+                  bool_and(_topic_ok) AS ok, count(DISTINCT _rw_kafka_topic) AS topics,
+                  count(DISTINCT _topic_company2) AS runs
+           FROM tmr_all GROUP BY _topic_system, datatype, company;",
+        bootstrap()
+    ))
+    .await
+    .unwrap();
+    let p = producer();
+    let msg = r#"{"meter_id": "M1", "kwh": 1.5}"#;
+    produce(&p, &a, &[(0, None, Some(msg)), (1, None, Some(msg))]).await;
+    produce(&p, &b, &[(1, None, Some(msg))]).await;
+    produce(&p, &other, &[(0, None, Some(msg))]).await;
+    wait_for(
+        &c,
+        "SELECT * FROM by_type ORDER BY datatype",
+        &["TMR|WGDL|04|1|1.5|t|1|1", "TMR|YXNDL|03|2|3|t|1|1"],
+    )
+    .await;
+    // A topic created later that matches joins without a restart.
+    let late = format!("TMR_CJ_ZXYG_05_{run}");
+    create_topic(&late, 1).await;
+    produce(&p, &late, &[(0, None, Some(msg))]).await;
+    wait_for(
+        &c,
+        "SELECT datatype, n FROM by_type ORDER BY datatype",
+        &["WGDL|1", "YXNDL|2", "ZXYG|1"],
+    )
+    .await;
+}
