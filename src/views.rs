@@ -217,7 +217,36 @@ pub async fn create(
         }
         return Err(strom_catalog::CatalogError::TableExists(name).into());
     }
-    let planned = plan_statement(db, &catalog, settings, schema, &name, stmt).await?;
+    let mut planned = plan_statement(db, &catalog, settings, schema, &name, stmt).await?;
+    if let Some(sink) = planned
+        .plan
+        .sources()
+        .iter()
+        .filter_map(|(id, _)| catalog.table(*id))
+        .find(|t| t.is_sink())
+    {
+        return Err(StromError::user(
+            "42809",
+            format!("\"{}\" is a sink: it has no rows to read", sink.name),
+        ));
+    }
+    let mut tag = TAG;
+    if let Statement::CreateView(cv) = stmt {
+        if let Some(spec) = strom_sql::connector::connector_spec_of_view(cv)? {
+            planned.def.connector = Some(strom_catalog::ConnectorDef {
+                is_source: false,
+                is_sink: true,
+                options: spec.options,
+                format: spec.format,
+                encode: spec.encode,
+                encode_options: spec.encode_options,
+                includes: Vec::new(),
+            });
+            strom_connectors::sink::validate(&planned.def, planned.plan.append_only)
+                .map_err(|m| StromError::user("22023", format!("sink \"{name}\": {m}")))?;
+            tag = "CREATE SINK";
+        }
+    }
     let backfilling: Vec<String> = stream
         .backfills()
         .into_iter()
@@ -267,7 +296,7 @@ pub async fn create(
             format!("materialized view \"{name}\" failed while backfilling: {msg}"),
         ));
     }
-    Ok(TAG)
+    Ok(tag)
 }
 
 /// `EXPLAIN CREATE MATERIALIZED VIEW`: the stream plan, one node per row.
@@ -357,6 +386,9 @@ pub fn drop_in_txn(
         txn.delete_table_rows(&def);
         if def.connector.is_some() {
             strom_connectors::errors::stage_forget(txn, id);
+        }
+        if def.is_sink() {
+            strom_connectors::sink::stage_forget(txn, id);
         }
         if def.is_view() {
             let (ranges, keys) = runtime::drop_ranges(id);

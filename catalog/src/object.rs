@@ -30,6 +30,9 @@ pub struct ViewDef {
 pub struct ConnectorDef {
     /// A source: rows feed the views that read it and are not stored.
     pub is_source: bool,
+    /// A sink: a view whose changes are delivered out instead of stored.
+    #[serde(default)]
+    pub is_sink: bool,
     /// `connector`, `topic`, `properties.*`, ... as written (names lower-cased).
     pub options: std::collections::BTreeMap<String, String>,
     /// `PLAIN`, `UPSERT`.
@@ -117,9 +120,16 @@ impl TableDef {
         self.connector.as_ref().is_some_and(|c| c.is_source)
     }
 
+    /// A sink: a view whose changes are delivered out, not stored.
+    pub fn is_sink(&self) -> bool {
+        self.connector.as_ref().is_some_and(|c| c.is_sink)
+    }
+
     /// "table", "source" or "materialized view", for messages.
     pub fn kind_name(&self) -> &'static str {
-        if self.is_view() {
+        if self.is_sink() {
+            "sink"
+        } else if self.is_view() {
             "materialized view"
         } else if self.is_source() {
             "source"

@@ -1,7 +1,7 @@
-//! Connectors: external systems feeding sources and tables.
+//! Connectors: external systems feeding sources and tables, and receiving sinks.
 //!
 //! [`Connectors::start`] runs a watcher that keeps one ingest task per connector table
-//! or source in the catalog: started when it appears (a source only once some view reads
+//! or source and one delivery task per sink ([`sink`]) in the catalog: started when it appears (a source only once some view reads
 //! it, so that `CREATE SOURCE` then `CREATE MATERIALIZED VIEW` misses nothing from
 //! `scan.startup.mode = 'earliest'`), stopped when it is dropped. Tasks resume from the
 //! offsets committed with their rows (see [`kafka`]). [`validate`] checks a declaration
@@ -11,6 +11,7 @@ pub mod cdc;
 pub mod decode;
 pub mod errors;
 pub mod kafka;
+pub mod sink;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -117,12 +118,12 @@ impl Connectors {
             }
             let stop: Stop = Arc::new(AtomicBool::new(false));
             let status = Arc::new(SourceStatus::default());
-            tokio::spawn(kafka::run(
-                Arc::clone(db),
-                Arc::new(def.clone()),
-                Arc::clone(&stop),
-                Arc::clone(&status),
-            ));
+            let (db, def) = (Arc::clone(db), Arc::new(def.clone()));
+            if def.is_sink() {
+                tokio::spawn(sink::run(db, def, Arc::clone(&stop), Arc::clone(&status)));
+            } else {
+                tokio::spawn(kafka::run(db, def, Arc::clone(&stop), Arc::clone(&status)));
+            }
             tasks.insert(id, Task { stop, status });
         }
     }

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod provider;
 pub mod row;
 pub mod scan_range;
+pub mod sink_log;
 pub mod state;
 pub mod store;
 pub mod stream;

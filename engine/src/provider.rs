@@ -120,6 +120,14 @@ impl TableProvider for StromTable {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
+        if self.def.is_sink() {
+            return Err(DataFusionError::External(Box::new(
+                EngineError::Unsupported(format!(
+                    "sink \"{}\" cannot be queried: its changes are delivered, not stored",
+                    self.def.name
+                )),
+            )));
+        }
         if self.def.is_source() {
             return Err(DataFusionError::External(Box::new(EngineError::Unsupported(format!(
                 "source \"{}\" cannot be queried directly: its rows are not stored. Create a materialized view over it, or declare it with CREATE TABLE to store its rows",

@@ -40,6 +40,8 @@ pub const INCLUDE: &str = "strom.include.";
 pub struct ConnectorSpec {
     /// `CREATE SOURCE`: rows feed views and are not stored.
     pub is_source: bool,
+    /// `CREATE SINK`: a view's changes go out.
+    pub is_sink: bool,
     /// The `WITH` options, names lower-cased (`connector`, `topic`, `properties.*`, ...).
     pub options: BTreeMap<String, String>,
     /// `PLAIN`, `UPSERT`, ... (upper case); empty when no `FORMAT` clause was given.
@@ -72,14 +74,90 @@ pub fn starts_create_source(p: &Parser) -> bool {
 }
 
 pub fn starts_drop_source(p: &Parser) -> bool {
-    word(p, 0).as_deref() == Some("DROP") && word(p, 1).as_deref() == Some("SOURCE")
+    word(p, 0).as_deref() == Some("DROP")
+        && matches!(word(p, 1).as_deref(), Some("SOURCE") | Some("SINK"))
 }
 
-/// `DROP SOURCE [IF EXISTS] names [CASCADE | RESTRICT]`, as a `DROP TABLE`: sources are
-/// relations like tables, and dropping one drops its offsets and rejections too.
+pub fn starts_create_sink(p: &Parser) -> bool {
+    word(p, 0).as_deref() == Some("CREATE") && word(p, 1).as_deref() == Some("SINK")
+}
+
+/// `CREATE SINK [IF NOT EXISTS] name FROM relation | AS query WITH (...) FORMAT f ENCODE e
+/// [(...)]`, as a `CREATE MATERIALIZED VIEW` (of `SELECT * FROM relation` or the query)
+/// whose options carry the sink declaration (read back by [`connector_spec_of_view`]).
+pub fn parse_create_sink(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
+    p.expect_keyword(Keyword::CREATE)?;
+    p.next_token(); // SINK
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false)?;
+    let query = if p.parse_keyword(Keyword::FROM) {
+        let from = p.parse_object_name(false)?;
+        let sql = format!("SELECT * FROM {from}");
+        let dialect = sqlparser::dialect::PostgreSqlDialect {};
+        Parser::new(&dialect).try_with_sql(&sql)?.parse_query()?
+    } else if p.parse_keyword(Keyword::AS) {
+        p.parse_query()?
+    } else {
+        return p.expected("FROM relation or AS query", p.peek_token());
+    };
+    let mut options: Vec<(String, String)> = Vec::new();
+    if !p.parse_keyword(Keyword::WITH) {
+        return p.expected("WITH (connector = ...)", p.peek_token());
+    }
+    options.extend(parse_dotted_options(p)?);
+    if word(p, 0).as_deref() == Some("FORMAT") {
+        p.next_token();
+        options.push((FORMAT.into(), p.parse_identifier()?.value.to_uppercase()));
+        if word(p, 0).as_deref() != Some("ENCODE") {
+            return p.expected("ENCODE after FORMAT", p.peek_token());
+        }
+        p.next_token();
+        options.push((ENCODE.into(), p.parse_identifier()?.value.to_uppercase()));
+        if p.peek_token_ref().token == Token::LParen {
+            for (k, v) in parse_dotted_options(p)? {
+                options.push((format!("{ENCODE_OPTION}{k}"), v));
+            }
+        }
+    }
+    options.push((KIND.into(), "sink".into()));
+    Ok(Statement::CreateView(sqlparser::ast::CreateView {
+        or_alter: false,
+        or_replace: false,
+        materialized: true,
+        secure: false,
+        name,
+        name_before_not_exists: false,
+        columns: vec![],
+        query,
+        options: CreateTableOptions::With(to_sql_options(options)),
+        cluster_by: vec![],
+        comment: None,
+        with_no_schema_binding: false,
+        if_not_exists,
+        temporary: false,
+        copy_grants: false,
+        to: None,
+        params: None,
+    }))
+}
+
+fn to_sql_options(options: Vec<(String, String)>) -> Vec<SqlOption> {
+    options
+        .into_iter()
+        .map(|(k, v)| SqlOption::KeyValue {
+            key: Ident::with_quote('"', k),
+            value: Expr::Value(ValueWithSpan::from(Value::SingleQuotedString(v))),
+        })
+        .collect()
+}
+
+/// `DROP SOURCE [IF EXISTS] names [CASCADE | RESTRICT]`, as a `DROP TABLE` (sources are
+/// relations like tables; dropping one drops its offsets and rejections too), and `DROP
+/// SINK ...` as a `DROP MATERIALIZED VIEW` (a sink is planned as one).
 pub fn parse_drop_source(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
     p.expect_keyword(Keyword::DROP)?;
-    p.next_token(); // SOURCE
+    let sink = word(p, 0).as_deref() == Some("SINK");
+    p.next_token(); // SOURCE | SINK
     let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
     let names = p.parse_comma_separated(|p| p.parse_object_name(false))?;
     let cascade = p.parse_keyword(Keyword::CASCADE);
@@ -87,7 +165,11 @@ pub fn parse_drop_source(p: &mut Parser) -> std::result::Result<Statement, Parse
         let _ = p.parse_keyword(Keyword::RESTRICT);
     }
     Ok(Statement::Drop {
-        object_type: sqlparser::ast::ObjectType::Table,
+        object_type: if sink {
+            sqlparser::ast::ObjectType::MaterializedView
+        } else {
+            sqlparser::ast::ObjectType::Table
+        },
         if_exists,
         names,
         cascade,
@@ -184,13 +266,7 @@ pub fn parse_create_connector(
         KIND.into(),
         if is_source { "source" } else { "table" }.into(),
     ));
-    let with = options
-        .into_iter()
-        .map(|(k, v)| SqlOption::KeyValue {
-            key: Ident::with_quote('"', k),
-            value: Expr::Value(ValueWithSpan::from(Value::SingleQuotedString(v))),
-        })
-        .collect();
+    let with = to_sql_options(options);
     let ct = CreateTableBuilder::new(name)
         .if_not_exists(if_not_exists)
         .columns(columns)
@@ -239,7 +315,16 @@ fn parse_dotted_options(p: &mut Parser) -> std::result::Result<Vec<(String, Stri
 /// The connector declaration of a `CREATE TABLE` produced by [`parse_create_connector`],
 /// or `None` for an ordinary table. Ordinary tables with `WITH` options are rejected.
 pub fn connector_spec(ct: &CreateTable) -> Result<Option<ConnectorSpec>> {
-    let options = match &ct.table_options {
+    spec_of_options(&ct.table_options)
+}
+
+/// The sink declaration of a `CREATE MATERIALIZED VIEW` made by [`parse_create_sink`].
+pub fn connector_spec_of_view(cv: &sqlparser::ast::CreateView) -> Result<Option<ConnectorSpec>> {
+    spec_of_options(&cv.options)
+}
+
+fn spec_of_options(table_options: &CreateTableOptions) -> Result<Option<ConnectorSpec>> {
+    let options = match table_options {
         CreateTableOptions::None => return Ok(None),
         CreateTableOptions::With(o) => o,
         other => {
@@ -286,6 +371,7 @@ pub fn connector_spec(ct: &CreateTable) -> Result<Option<ConnectorSpec>> {
     }
     match kind.as_deref() {
         Some("source") => spec.is_source = true,
+        Some("sink") => spec.is_sink = true,
         Some(_) => {}
         None => {
             return Err(SqlError::Unsupported(

@@ -173,6 +173,7 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
     }
     let connector = spec.map(|s| strom_catalog::ConnectorDef {
         is_source: s.is_source,
+        is_sink: s.is_sink,
         options: s.options,
         format: s.format,
         encode: s.encode,

@@ -540,3 +540,161 @@ async fn topic_patterns_and_topic_name_columns() {
     )
     .await;
 }
+
+type Records = Vec<(Option<String>, Option<String>)>;
+
+/// The records of partition 0 of a topic, from the start, read until `done` says the
+/// records so far are enough or 30 s passed: (key, value) as text.
+async fn consume_until(topic: &str, done: impl Fn(&Records) -> bool) -> Records {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", fresh_topic("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(m) => {
+                let m = m.expect("read");
+                let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                out.push((text(m.key()), text(m.payload())));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_deliver_view_changes_as_upsert_debezium_and_plain() {
+    let (input, upsert_out, dbz_out, plain_out) = (
+        fresh_topic("sink_in"),
+        fresh_topic("feeder_kw"),
+        fresh_topic("feeder_dbz"),
+        fresh_topic("readings_copy"),
+    );
+    for t in [&input, &upsert_out, &dbz_out, &plain_out] {
+        create_topic(t, 1).await;
+    }
+    let server = TestServer::start();
+    let c = server.client().await;
+    let b = bootstrap();
+    c.batch_execute(&format!(
+        "CREATE TABLE readings (id INT PRIMARY KEY, feeder VARCHAR, kw DOUBLE PRECISION)
+           WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{b}')
+           FORMAT UPSERT ENCODE JSON;
+         CREATE MATERIALIZED VIEW kw_by_feeder AS SELECT feeder, sum(kw) AS kw, count(*) AS n FROM readings GROUP BY feeder;
+         CREATE SINK kw_out FROM kw_by_feeder
+           WITH (connector = 'kafka', topic = '{upsert_out}', properties.bootstrap.server = '{b}', primary_key = 'feeder')
+           FORMAT UPSERT ENCODE JSON;
+         CREATE SINK kw_dbz FROM kw_by_feeder
+           WITH (connector = 'kafka', topic = '{dbz_out}', properties.bootstrap.server = '{b}', primary_key = 'feeder')
+           FORMAT DEBEZIUM ENCODE JSON;
+         CREATE SINK big_readings AS SELECT id, kw FROM readings WHERE kw > 10
+           WITH (connector = 'kafka', topic = '{plain_out}', properties.bootstrap.server = '{b}', force_append_only = 'true')
+           FORMAT PLAIN ENCODE JSON;"
+    ))
+    .await
+    .unwrap();
+    let p = producer();
+    produce(
+        &p,
+        &input,
+        &[
+            (0, Some("1"), Some(r#"{"id": 1, "feeder": "F1", "kw": 5}"#)),
+            (0, Some("2"), Some(r#"{"id": 2, "feeder": "F1", "kw": 20}"#)),
+            (0, Some("3"), Some(r#"{"id": 3, "feeder": "F2", "kw": 30}"#)),
+        ],
+    )
+    .await;
+    wait_for(
+        &c,
+        "SELECT * FROM kw_by_feeder ORDER BY feeder",
+        &["F1|25|2", "F2|30|1"],
+    )
+    .await;
+    produce(
+        &p,
+        &input,
+        &[
+            (0, Some("3"), None),
+            (0, Some("1"), Some(r#"{"id": 1, "feeder": "F1", "kw": 7}"#)),
+        ],
+    )
+    .await;
+    wait_for(
+        &c,
+        "SELECT * FROM kw_by_feeder ORDER BY feeder",
+        &["F1|27|2"],
+    )
+    .await;
+
+    // UPSERT: replaying the topic by key gives the view.
+    let by_key = |recs: &Records| -> std::collections::BTreeMap<String, Option<String>> {
+        recs.iter()
+            .map(|(k, v)| (k.clone().expect("keyed"), v.clone()))
+            .collect()
+    };
+    let want: std::collections::BTreeMap<String, Option<String>> = [
+        (
+            r#"{"feeder":"F1"}"#.to_string(),
+            Some(r#"{"feeder":"F1","kw":27.0,"n":2}"#.to_string()),
+        ),
+        (r#"{"feeder":"F2"}"#.to_string(), None),
+    ]
+    .into_iter()
+    .collect();
+    let upserts = consume_until(&upsert_out, |r| by_key(r) == want).await;
+    assert_eq!(by_key(&upserts), want, "{upserts:?}");
+    // DEBEZIUM: creates, an update with before/after, a delete.
+    let ops_of = |recs: &Records| -> Vec<String> {
+        recs.iter()
+            .map(|(_, v)| {
+                let e: serde_json::Value = serde_json::from_str(v.as_deref().unwrap()).unwrap();
+                format!(
+                    "{}:{}:{}",
+                    e["op"].as_str().unwrap(),
+                    e["before"]["kw"],
+                    e["after"]["kw"]
+                )
+            })
+            .collect()
+    };
+    let complete = |ops: &[String]| {
+        ops.contains(&"u:25.0:27.0".to_string()) && ops.contains(&"d:30.0:null".to_string())
+    };
+    let events = consume_until(&dbz_out, |r| complete(&ops_of(r))).await;
+    assert!(complete(&ops_of(&events)), "{:?}", ops_of(&events));
+    assert!(ops_of(&events).contains(&"c:null:30.0".to_string()));
+    // PLAIN with force_append_only: inserted rows only.
+    let plain = consume_until(&plain_out, |r| r.len() >= 2).await;
+    let mut values: Vec<String> = plain.into_iter().filter_map(|(_, v)| v).collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![r#"{"id":2,"kw":20.0}"#, r#"{"id":3,"kw":30.0}"#]
+    );
+    // Sinks are not relations to read; bad declarations name the problem.
+    let err = c.simple_query("SELECT * FROM kw_out").await.unwrap_err();
+    assert!(format!("{err:?}").contains("sink"), "{err:?}");
+    for (sql, needle) in [
+        (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}') FORMAT PLAIN ENCODE JSON"), "append-only"),
+        (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}') FORMAT UPSERT ENCODE JSON"), "primary_key"),
+        (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}', primary_key = 'nope') FORMAT UPSERT ENCODE JSON"), "nope"),
+    ] {
+        let err = c.simple_query(&sql).await.unwrap_err();
+        let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(msg.contains(needle), "{sql}: {msg}");
+    }
+    c.batch_execute("DROP SINK kw_out; DROP SINK kw_dbz; DROP SINK big_readings")
+        .await
+        .unwrap();
+}

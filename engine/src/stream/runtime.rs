@@ -661,6 +661,8 @@ impl Graph {
         let mut failed_now: Vec<TableId> = Vec::new();
         let batch_rows = self.config.backfill_batch;
         let parallel_min_rows = self.config.parallel_min_rows;
+        // The epoch this run commits (sink log entries are keyed by it).
+        let epoch = self.epoch + 1;
         for view in &mut self.views {
             if view.failed.is_some() {
                 continue;
@@ -685,7 +687,20 @@ impl Graph {
                     parallel_min_rows,
                 )
                 .and_then(|changes| {
-                    let writes = content_writes(view, &snapshot, &changes)?;
+                    // A sink's changes go to its log (delivered by its task), not to
+                    // stored contents.
+                    let writes = if view.def.is_sink() {
+                        if changes.is_empty() {
+                            Vec::new()
+                        } else {
+                            let entry = crate::sink_log::encode(
+                                changes.iter().map(|(op, row, _)| (*op, row.as_slice())),
+                            )?;
+                            vec![(crate::sink_log::key(view.def.id, epoch), Some(entry))]
+                        }
+                    } else {
+                        content_writes(view, &snapshot, &changes)?
+                    };
                     Ok((changes, writes))
                 }),
             };
