@@ -136,6 +136,58 @@ pub async fn execute(
     }
 }
 
+/// `ALTER SOURCE name SET option = value`: changes a running source's options (today
+/// `source_rate_limit`); its task restarts with them at the committed offsets.
+pub async fn alter_source(
+    db: &Arc<Database>,
+    settings: &Settings,
+    stmt: &Statement,
+) -> Result<&'static str> {
+    const CHANGEABLE: &[&str] = &["source_rate_limit"];
+    let (name, changes) =
+        strom_sql::connector::alter_source_options(stmt).expect("checked by the caller");
+    let (schema, name) = object_name(name)?;
+    let mut txn = db.begin_write().await;
+    let mut catalog = txn.catalog().clone();
+    let def = catalog
+        .resolve_table(schema.as_deref(), &name, &settings.search_path)
+        .map_err(|_| StromError::user("42P01", format!("source \"{name}\" does not exist")))?
+        .clone();
+    let Some(c) = def.connector.as_ref().filter(|_| !def.is_sink()) else {
+        return Err(StromError::user(
+            "42809",
+            format!("\"{name}\" is not a source"),
+        ));
+    };
+    let mut options = c.options.clone();
+    for (k, v) in changes {
+        if !CHANGEABLE.contains(&k.as_str()) {
+            return Err(StromError::user(
+                "0A000",
+                format!(
+                    "option \"{k}\" of source \"{name}\" cannot be changed (changeable: {})",
+                    CHANGEABLE.join(", ")
+                ),
+            ));
+        }
+        options.insert(k, v);
+    }
+    let mut changed = def.clone();
+    if let Some(c) = changed.connector.as_mut() {
+        c.options = options.clone();
+    }
+    strom_connectors::validate(&changed).map_err(|m| {
+        StromError::user(
+            "22023",
+            format!("{} \"{}\": {m}", def.kind_name(), def.name),
+        )
+    })?;
+    catalog.set_connector_options(def.id, options)?;
+    txn.set_catalog(catalog);
+    txn.commit()?;
+    Ok("ALTER SOURCE")
+}
+
 /// The schema a new object goes to: the named one, or the first existing schema on the
 /// search path.
 fn target_schema(

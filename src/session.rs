@@ -310,6 +310,13 @@ impl Session {
                     rows: Some(rows),
                 })
             }
+            Statement::AlterTable(_)
+                if strom_sql::connector::alter_source_options(&stmt).is_some() =>
+            {
+                no_params(params)?;
+                let tag = ddl::alter_source(&self.db, &self.settings(), &stmt).await?;
+                Ok(Outcome::Command { tag, rows: None })
+            }
             Statement::CreateTable(_) | Statement::CreateSchema { .. } | Statement::Drop { .. } => {
                 no_params(params)?;
                 let tag = ddl::execute(&self.db, &self.stream, &self.settings(), &stmt).await?;
@@ -422,6 +429,33 @@ impl Session {
 
     fn show(&self, name: &str) -> Result<Outcome> {
         let settings = self.settings();
+        if name.eq_ignore_ascii_case("sources") || name.eq_ignore_ascii_case("sinks") {
+            // Sources and connector tables, or sinks, of the schemas on the search path.
+            let sinks = name.eq_ignore_ascii_case("sinks");
+            let catalog = self.db.catalog();
+            let mut names: Vec<String> = catalog
+                .tables()
+                .filter(|t| {
+                    t.connector.is_some()
+                        && t.is_sink() == sinks
+                        && catalog
+                            .schema(t.schema)
+                            .is_some_and(|s| settings.search_path.contains(&s.name))
+                })
+                .map(|t| t.name.clone())
+                .collect();
+            names.sort();
+            let schema = show_schema(name);
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(datafusion::arrow::array::StringArray::from(names))],
+            )
+            .map_err(|e| StromError::user("XX000", e.to_string()))?;
+            return Ok(Outcome::Rows {
+                schema,
+                batches: vec![batch],
+            });
+        }
         if name.eq_ignore_ascii_case("all") {
             let schema = Arc::new(Schema::new(vec![
                 Field::new("name", DataType::Utf8, false),
@@ -464,7 +498,9 @@ impl Session {
 }
 
 fn show_schema(name: &str) -> SchemaRef {
-    let col = if name.eq_ignore_ascii_case("time zone") {
+    let col = if name.eq_ignore_ascii_case("sources") || name.eq_ignore_ascii_case("sinks") {
+        "Name".to_string()
+    } else if name.eq_ignore_ascii_case("time zone") {
         "TimeZone".to_string()
     } else {
         name.to_lowercase()

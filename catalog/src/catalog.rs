@@ -189,6 +189,23 @@ impl Catalog {
         out
     }
 
+    /// Replaces the connector options of a table or source (`ALTER SOURCE ... SET`).
+    pub fn set_connector_options(
+        &mut self,
+        id: TableId,
+        options: std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let def = self
+            .tables
+            .get_mut(&id)
+            .ok_or_else(|| CatalogError::TableNotFound(id.to_string()))?;
+        if let Some(c) = def.connector.as_mut() {
+            c.options = options;
+        }
+        self.version += 1;
+        Ok(())
+    }
+
     pub fn drop_table(&mut self, id: TableId) -> Result<TableDef> {
         let def = self
             .tables

@@ -57,6 +57,9 @@ impl SourceStatus {
 struct Task {
     stop: Stop,
     status: Arc<SourceStatus>,
+    /// The declaration the task runs with; a change (`ALTER SOURCE`) restarts it.
+    def: TableDef,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 /// The running connector tasks.
@@ -105,26 +108,49 @@ impl Connectors {
             .map(|t| (t.id, t))
             .collect();
         let mut tasks = self.tasks.lock().expect("tasks lock");
-        tasks.retain(|id, task| {
-            let keep = wanted.contains_key(id);
+        // Stopped tasks finish their current poll; a restarted one waits for that, so
+        // it reads the offsets that poll commits.
+        let mut stopped: BTreeMap<TableId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        let ids: Vec<TableId> = tasks.keys().copied().collect();
+        for id in ids {
+            let keep = wanted
+                .get(&id)
+                .is_some_and(|d| d.connector == tasks[&id].def.connector);
             if !keep {
+                let task = tasks.remove(&id).expect("listed");
                 task.stop.store(true, Ordering::Relaxed);
+                stopped.insert(id, task.handle);
             }
-            keep
-        });
+        }
         for (id, def) in wanted {
             if tasks.contains_key(&id) {
                 continue;
             }
             let stop: Stop = Arc::new(AtomicBool::new(false));
             let status = Arc::new(SourceStatus::default());
-            let (db, def) = (Arc::clone(db), Arc::new(def.clone()));
-            if def.is_sink() {
-                tokio::spawn(sink::run(db, def, Arc::clone(&stop), Arc::clone(&status)));
-            } else {
-                tokio::spawn(kafka::run(db, def, Arc::clone(&stop), Arc::clone(&status)));
-            }
-            tasks.insert(id, Task { stop, status });
+            let (dbc, shared) = (Arc::clone(db), Arc::new(def.clone()));
+            let previous = stopped.remove(&id);
+            let (stop2, status2) = (Arc::clone(&stop), Arc::clone(&status));
+            let sink = def.is_sink();
+            let handle = tokio::spawn(async move {
+                if let Some(p) = previous {
+                    let _ = p.await;
+                }
+                if sink {
+                    sink::run(dbc, shared, stop2, status2).await
+                } else {
+                    kafka::run(dbc, shared, stop2, status2).await
+                }
+            });
+            tasks.insert(
+                id,
+                Task {
+                    stop,
+                    status,
+                    def: def.clone(),
+                    handle,
+                },
+            );
         }
     }
 

@@ -78,6 +78,94 @@ pub fn starts_drop_source(p: &Parser) -> bool {
         && matches!(word(p, 1).as_deref(), Some("SOURCE") | Some("SINK"))
 }
 
+pub fn starts_alter_source(p: &Parser) -> bool {
+    word(p, 0).as_deref() == Some("ALTER") && word(p, 1).as_deref() == Some("SOURCE")
+}
+
+/// `ALTER SOURCE name SET option = value [, ...]` (also `SET (option = value, ...)`), as an
+/// `ALTER TABLE name SET TBLPROPERTIES (...)`; [`alter_source_options`] reads it back.
+pub fn parse_alter_source(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
+    p.expect_keyword(Keyword::ALTER)?;
+    p.next_token(); // SOURCE
+    let name = p.parse_object_name(false)?;
+    p.expect_keyword(Keyword::SET)?;
+    let options = if p.peek_token_ref().token == Token::LParen {
+        parse_dotted_options(p)?
+    } else {
+        // `SET a = 1, b = 2` without parentheses: parse as if they were there.
+        let mut out = Vec::new();
+        loop {
+            let mut key = p.parse_identifier()?.value.to_lowercase();
+            while p.consume_token(&Token::Period) {
+                key.push('.');
+                key.push_str(&p.parse_identifier()?.value.to_lowercase());
+            }
+            if !p.consume_token(&Token::Eq) {
+                p.expect_keyword(Keyword::TO)?;
+            }
+            let tok = p.next_token();
+            let value = match tok.token {
+                Token::SingleQuotedString(s) => s,
+                Token::Number(n, _) => n,
+                Token::Word(w) => w.value,
+                _ => return p.expected("an option value", tok),
+            };
+            out.push((key, value));
+            if !p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        out
+    };
+    let mut with = to_sql_options(options);
+    with.extend(to_sql_options(vec![(KIND.into(), "alter_source".into())]));
+    Ok(Statement::AlterTable(sqlparser::ast::AlterTable {
+        name,
+        if_exists: false,
+        only: false,
+        operations: vec![sqlparser::ast::AlterTableOperation::SetTblProperties {
+            table_properties: with,
+        }],
+        location: None,
+        on_cluster: None,
+        table_type: None,
+        end_token: sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+    }))
+}
+
+/// The options of an `ALTER SOURCE ... SET` made by [`parse_alter_source`].
+pub fn alter_source_options(
+    stmt: &Statement,
+) -> Option<(&sqlparser::ast::ObjectName, BTreeMap<String, String>)> {
+    let Statement::AlterTable(at) = stmt else {
+        return None;
+    };
+    let [sqlparser::ast::AlterTableOperation::SetTblProperties { table_properties }] =
+        at.operations.as_slice()
+    else {
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    let mut ours = false;
+    for o in table_properties {
+        if let SqlOption::KeyValue { key, value } = o {
+            let v = match value {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                other => other.to_string(),
+            };
+            if key.value == KIND {
+                ours = v == "alter_source";
+            } else {
+                out.insert(key.value.clone(), v);
+            }
+        }
+    }
+    ours.then_some((&at.name, out))
+}
+
 pub fn starts_create_sink(p: &Parser) -> bool {
     word(p, 0).as_deref() == Some("CREATE") && word(p, 1).as_deref() == Some("SINK")
 }

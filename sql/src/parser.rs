@@ -66,6 +66,8 @@ fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
         if is_flush {
             parser.next_token();
             stmts.push(flush());
+        } else if crate::connector::starts_alter_source(&parser) {
+            stmts.push(crate::connector::parse_alter_source(&mut parser)?);
         } else if crate::connector::starts_create_sink(&parser) {
             stmts.push(crate::connector::parse_create_sink(&mut parser)?);
         } else if crate::connector::starts_drop_source(&parser) {

@@ -720,3 +720,62 @@ async fn sinks_deliver_view_changes_as_upsert_debezium_and_plain() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_source_rate_limit_pauses_and_resumes_and_show_lists() {
+    let topic = fresh_topic("paced");
+    create_topic(&topic, 1).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE paced (n INT)
+           WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}', source_rate_limit = 0)
+           FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW paced_n AS SELECT count(*) AS n FROM paced;
+         CREATE SINK paced_out FROM paced_n
+           WITH (connector = 'kafka', topic = '{topic}_out', properties.bootstrap.server = '{}', primary_key = 'n')
+           FORMAT UPSERT ENCODE JSON;",
+        bootstrap(),
+        bootstrap()
+    ))
+    .await
+    .unwrap();
+    wait_for(&c, "SHOW SOURCES", &["paced"]).await;
+    wait_for(&c, "SHOW SINKS", &["paced_out"]).await;
+    let msgs: Vec<String> = (0..50).map(|i| format!(r#"{{"n": {i}}}"#)).collect();
+    let batch: Vec<(i32, Option<&str>, Option<&str>)> =
+        msgs.iter().map(|m| (0, None, Some(m.as_str()))).collect();
+    produce(&producer(), &topic, &batch).await;
+    // Paused: nothing arrives while the limit is 0.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for(&c, "SELECT n FROM paced_n", &["0"]).await;
+    c.batch_execute("ALTER SOURCE paced SET source_rate_limit = 1000")
+        .await
+        .unwrap();
+    wait_for(&c, "SELECT n FROM paced_n", &["50"]).await;
+    for (sql, needle) in [
+        (
+            "ALTER SOURCE paced SET topic = 'other'",
+            "cannot be changed",
+        ),
+        (
+            "ALTER SOURCE paced SET source_rate_limit = 'fast'",
+            "source_rate_limit",
+        ),
+        (
+            "ALTER SOURCE nope SET source_rate_limit = 1",
+            "does not exist",
+        ),
+        (
+            "ALTER SOURCE paced_n SET source_rate_limit = 1",
+            "not a source",
+        ),
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(needle), "{sql}: {msg}");
+    }
+}
