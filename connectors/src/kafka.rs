@@ -120,7 +120,7 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
 
 /// A message, copied out of the consumer.
 struct Msg {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
@@ -186,6 +186,10 @@ async fn run_once(
     // Partitions found later are new: they are read from their beginning.
     let rate: Option<u64> = opt(c, "source_rate_limit").and_then(|r| r.parse().ok());
     let decoder = payload_decoder(def);
+    // Copy keys and headers out of messages only when something reads them.
+    let want_key = c.format == "UPSERT" || c.includes.iter().any(|i| i.kind == "key");
+    let want_headers = c.includes.iter().any(|i| i.kind == "header");
+    let mut last_topic: Arc<str> = Arc::from("");
     let started = Instant::now();
     let mut sent: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -224,22 +228,26 @@ async fn run_once(
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => return Err(format!("reading topic \"{topic}\": {e}")),
-                Ok(Ok(m)) => msgs.push(Msg {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
+                Ok(Ok(m)) => {
+                    if m.topic() != &*last_topic {
+                        last_topic = Arc::from(m.topic());
+                    }
+                    msgs.push(Msg {
+                        topic: Arc::clone(&last_topic),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: want_key.then(|| m.key().map(<[u8]>::to_vec)).flatten(),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: m.timestamp().to_millis(),
+                        headers: match m.headers() {
+                            Some(h) if want_headers => h
+                                .iter()
                                 .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
+                                .collect(),
+                            _ => Vec::new(),
+                        },
+                    })
+                }
             }
         }
         if msgs.is_empty() {
@@ -303,7 +311,7 @@ fn include_value(kind: &str, argument: Option<&str>, m: &Msg) -> ScalarValue {
         "timestamp" => {
             ScalarValue::TimestampMicrosecond(m.timestamp_ms.map(|t| t * 1000), Some("UTC".into()))
         }
-        "topic" => ScalarValue::Utf8(Some(m.topic.clone())),
+        "topic" => ScalarValue::Utf8(Some(m.topic.to_string())),
         "topic_system" => part(0),
         "topic_domain" => part(1),
         "topic_datatype" => part(2),
@@ -534,9 +542,17 @@ async fn write(
             }
         }
     }
-    let decoded: Vec<Result<(RecordBatch, usize), String>> = match decoder.decode(&images) {
-        Decoded::All(batch) => (0..images.len()).map(|r| Ok((batch.clone(), r))).collect(),
-        Decoded::Each(each) => each.into_iter().map(|r| r.map(|b| (b, 0))).collect(),
+    let decoded: Vec<Result<(Arc<RecordBatch>, usize), String>> = match decoder.decode(&images) {
+        Decoded::All(batch) => {
+            let batch = Arc::new(batch);
+            (0..images.len())
+                .map(|r| Ok((Arc::clone(&batch), r)))
+                .collect()
+        }
+        Decoded::Each(each) => each
+            .into_iter()
+            .map(|r| r.map(|b| (Arc::new(b), 0)))
+            .collect(),
     };
     let mut decoded = decoded.into_iter();
     let mut txn = db.begin_write().await;
@@ -548,7 +564,7 @@ async fn write(
     let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     let (mut rows_ok, mut rejected) = (0u64, 0u64);
     for ((i, m), plan) in msgs.iter().enumerate().zip(planned) {
-        next_offsets.insert((m.topic.as_str(), m.partition), m.offset + 1);
+        next_offsets.insert((&*m.topic, m.partition), m.offset + 1);
         // Decode all of a message's images first: a message is applied whole or rejected.
         let outcome = plan.and_then(|steps| {
             let mut rows = Vec::with_capacity(steps.len());
@@ -628,7 +644,7 @@ async fn write(
                     &mut txn,
                     def.id,
                     &Rejected {
-                        topic: m.topic.clone(),
+                        topic: m.topic.to_string(),
                         partition: m.partition,
                         offset: m.offset,
                         reason,
