@@ -48,7 +48,7 @@ impl JsonDecoder {
             .with_batch_size(payloads.len() + 1)
             .build_decoder()
             .map_err(|e| e.to_string())?;
-        for p in payloads {
+        for (i, p) in payloads.iter().enumerate() {
             let mut rest: &[u8] = p;
             while !rest.is_empty() {
                 let n = decoder.decode(rest).map_err(|e| e.to_string())?;
@@ -57,8 +57,16 @@ impl JsonDecoder {
                 }
                 rest = &rest[n..];
             }
-            // Separate messages so two halves never join into one value.
             decoder.decode(b"\n").map_err(|e| e.to_string())?;
+            // Each message must end with exactly one complete value, so an incomplete
+            // message never joins the next one and rows stay aligned with messages.
+            if decoder.has_partial_record() || decoder.len() != i + 1 {
+                return Err(if decoder.has_partial_record() {
+                    "incomplete JSON value".into()
+                } else {
+                    format!("{} JSON values in one message", decoder.len() - i)
+                });
+            }
         }
         let batch = decoder
             .flush()
@@ -240,10 +248,21 @@ mod tests {
         assert_eq!(ok, vec![true, false, false, false, false, false, true]);
         assert!(each[3].as_ref().unwrap_err().contains("meter_id"));
         assert!(
-            each[4].as_ref().unwrap_err().contains("2 values"),
+            each[4].as_ref().unwrap_err().contains("2 JSON values"),
             "{:?}",
             each[4]
         );
+        // Halves of values in consecutive messages never join, even when the count of
+        // rows would come out right.
+        let split: Vec<&[u8]> = vec![
+            br#"{"meter_id": "A", "kw":"#,
+            b"1}",
+            br#"{"meter_id": "B"} {"meter_id": "C"}"#,
+        ];
+        let Decoded::Each(each) = PayloadDecoder::Json(decoder()).decode(&split) else {
+            panic!("expected per-message results")
+        };
+        assert!(each.iter().all(Result::is_err));
     }
 
     #[test]

@@ -81,6 +81,28 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
             ));
         }
     }
+    if c.is_source && def.has_declared_pk() {
+        return Err("a source cannot have a PRIMARY KEY (its rows are not stored, so a key cannot replace earlier rows): use CREATE TABLE".into());
+    }
+    for (_, col) in def.visible_columns() {
+        if c.includes
+            .iter()
+            .any(|i| def.columns[i.column].name == col.name)
+        {
+            continue;
+        }
+        let decodable = match col.ty {
+            SqlType::Interval | SqlType::Bytea => false,
+            SqlType::Array(_) => c.encode == "JSON",
+            _ => true,
+        };
+        if !decodable {
+            return Err(format!(
+                "column \"{}\" of type {} cannot be read from ENCODE {} yet",
+                col.name, col.ty, c.encode
+            ));
+        }
+    }
     match (c.format.as_str(), c.encode.as_str()) {
         ("", _) => return Err("a kafka source needs FORMAT ... ENCODE ...".into()),
         ("PLAIN", "JSON") | ("PLAIN", "CSV") => {}
@@ -150,6 +172,9 @@ pub async fn run(db: Arc<Database>, def: Arc<TableDef>, stop: Stop, status: Arc<
 
 fn client_config(def: &TableDef, c: &ConnectorDef) -> ClientConfig {
     let mut cfg = ClientConfig::new();
+    // An offset that no longer exists (retention, a recreated topic) restarts at the
+    // oldest message kept, not past everything (librdkafka's default).
+    cfg.set("auto.offset.reset", "earliest");
     for (k, v) in &c.options {
         if let Some(p) = k.strip_prefix("properties.") {
             let name = if p == "bootstrap.server" {
@@ -423,6 +448,10 @@ async fn assign_new(
     };
     let snapshot = db.snapshot();
     let mut tpl = TopicPartitionList::new();
+    // `latest` partitions without a committed offset start at their current end, and
+    // that position is committed at once, so a restart before their first message does
+    // not skip what arrived meanwhile.
+    let mut pinned: Vec<(String, i32, i64)> = Vec::new();
     for (t, p) in listing {
         if assigned.contains(&(t.clone(), p)) {
             continue;
@@ -430,12 +459,32 @@ async fn assign_new(
         let offset =
             match errors::committed_offset(&snapshot, def.id, &t, p).map_err(|e| e.to_string())? {
                 Some(next) => Offset::Offset(next),
-                None if latest => Offset::End,
+                None if latest => {
+                    let (consumer, topic) = (Arc::clone(consumer), t.clone());
+                    let (_, high) = tokio::task::spawn_blocking(move || {
+                        consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot read the end of \"{t}\" [{p}]: {e}"))?;
+                    pinned.push((t.clone(), p, high));
+                    Offset::Offset(high)
+                }
                 None => Offset::Beginning,
             };
         tpl.add_partition_offset(&t, p, offset)
             .map_err(|e| e.to_string())?;
         assigned.insert((t, p));
+    }
+    if !pinned.is_empty() {
+        let mut txn = db.begin_write().await;
+        if txn.catalog().table(def.id).is_none() {
+            return Ok(());
+        }
+        for (t, p, high) in &pinned {
+            errors::stage_offset(&mut txn, def.id, t, *p, *high);
+        }
+        txn.commit().map_err(|e| e.to_string())?;
     }
     if tpl.count() > 0 {
         consumer
@@ -451,8 +500,30 @@ async fn assign_new(
 fn tombstone_key(def: &TableDef, key: Option<&[u8]>) -> Result<Vec<ScalarValue>, String> {
     let key = key.ok_or("a message without value (a delete) needs a key")?;
     let text = std::str::from_utf8(key).map_err(|_| "message key is not UTF-8".to_string())?;
-    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_str(text).ok();
+    // A key declared as `INCLUDE key AS k ... PRIMARY KEY (k)` is the key text itself.
+    let c = def.connector.as_ref().expect("a connector table");
+    if let [pk] = def.pk.as_slice() {
+        if c.includes
+            .iter()
+            .any(|i| i.kind == "key" && i.column == *pk)
+        {
+            return Ok(vec![ScalarValue::Utf8(Some(text.to_string()))]);
+        }
+    }
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    // A JSON string key ("M2") is its content.
+    let unquoted;
+    let text = match &value {
+        Some(serde_json::Value::String(s)) => {
+            unquoted = s.clone();
+            unquoted.as_str()
+        }
+        _ => text,
+    };
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> = match value {
+        Some(serde_json::Value::Object(m)) => Some(m),
+        _ => None,
+    };
     def.pk
         .iter()
         .map(|&i| {
@@ -483,6 +554,12 @@ enum Step {
     Delete(Vec<u8>),
     /// Delete the row with this key (an upsert tombstone).
     DeleteKey(Vec<ScalarValue>),
+}
+
+/// A checked write of one message.
+enum Write {
+    Put(Vec<u8>, Vec<ScalarValue>),
+    Delete(Vec<u8>),
 }
 
 /// The steps of one message, or why it is rejected.
@@ -556,6 +633,10 @@ async fn write(
     };
     let mut decoded = decoded.into_iter();
     let mut txn = db.begin_write().await;
+    // Dropped while this poll was read: write nothing (DROP removed rows and offsets).
+    if txn.catalog().table(def.id).is_none() {
+        return Ok(());
+    }
     let row_id_base = if def.has_row_id() {
         txn.alloc_row_ids(msgs.len() as i64)
     } else {
@@ -565,50 +646,44 @@ async fn write(
     let (mut rows_ok, mut rejected) = (0u64, 0u64);
     for ((i, m), plan) in msgs.iter().enumerate().zip(planned) {
         next_offsets.insert((&*m.topic, m.partition), m.offset + 1);
-        // Decode all of a message's images first: a message is applied whole or rejected.
-        let outcome = plan.and_then(|steps| {
-            let mut rows = Vec::with_capacity(steps.len());
-            let mut failure = None;
-            for step in steps {
-                let row = match &step {
-                    Step::Put(_) | Step::Delete(_) => {
-                        match decoded.next().expect("one per image") {
-                            Ok((batch, r)) => {
+        // Every image of the message is consumed (so the next message gets its own), and
+        // every write is built and checked before any is staged: a message is applied
+        // whole or rejected whole.
+        let images: Vec<Option<Result<Vec<ScalarValue>, String>>> = match &plan {
+            Ok(steps) => steps
+                .iter()
+                .map(|step| match step {
+                    Step::Put(_) | Step::Delete(_) => Some(
+                        decoded
+                            .next()
+                            .expect("one per image")
+                            .and_then(|(batch, r)| {
                                 let mut values = vec![ScalarValue::Null; def.columns.len()];
                                 for (b, &col) in payload_cols.iter().enumerate() {
                                     values[col] = ScalarValue::try_from_array(batch.column(b), r)
                                         .map_err(|e| e.to_string())?;
                                 }
-                                Some(values)
-                            }
-                            Err(e) => {
-                                failure.get_or_insert(e);
-                                None
-                            }
-                        }
-                    }
+                                Ok(values)
+                            }),
+                    ),
                     Step::DeleteKey(_) => None,
-                };
-                rows.push((step, row));
-            }
-            match failure {
-                Some(e) => Err(e),
-                None => Ok(rows),
-            }
-        });
-        let outcome = outcome.and_then(|rows| {
-            for (step, values) in rows {
-                match (step, values) {
-                    (Step::DeleteKey(pk), _) => {
-                        txn.delete(pk_key(def, &pk)?);
-                    }
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let writes = plan.and_then(|steps| {
+            let mut writes: Vec<Write> = Vec::with_capacity(steps.len());
+            for (step, image) in steps.into_iter().zip(images) {
+                let image = image.transpose()?;
+                match (step, image) {
+                    (Step::DeleteKey(pk), _) => writes.push(Write::Delete(pk_key(def, &pk)?)),
                     (Step::Delete(_), Some(values)) => {
                         let pk: Vec<ScalarValue> =
                             def.pk.iter().map(|&k| values[k].clone()).collect();
                         if pk.iter().any(ScalarValue::is_null) {
                             return Err("a delete's row image lacks the primary key".into());
                         }
-                        txn.delete(pk_key(def, &pk)?);
+                        writes.push(Write::Delete(pk_key(def, &pk)?));
                     }
                     (Step::Put(_), Some(mut values)) => {
                         for inc in &c.includes {
@@ -624,14 +699,21 @@ async fn write(
                         }
                         let key =
                             strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
-                        if c.is_source {
-                            txn.append(def.id, key, &values)
-                                .map_err(|e| e.to_string())?;
-                        } else {
-                            txn.put(key, &values).map_err(|e| e.to_string())?;
-                        }
+                        writes.push(Write::Put(key, values));
                     }
                     _ => unreachable!("images are decoded"),
+                }
+            }
+            Ok(writes)
+        });
+        let outcome = writes.and_then(|writes| {
+            for w in writes {
+                match w {
+                    Write::Delete(key) => txn.delete(key),
+                    Write::Put(key, values) if c.is_source => txn
+                        .append(def.id, key, &values)
+                        .map_err(|e| e.to_string())?,
+                    Write::Put(key, values) => txn.put(key, &values).map_err(|e| e.to_string())?,
                 }
             }
             Ok(())

@@ -66,6 +66,9 @@ struct Task {
 #[derive(Default)]
 pub struct Connectors {
     tasks: Mutex<BTreeMap<TableId, Task>>,
+    /// Stopped tasks that may still be finishing a poll; a new task for the same id
+    /// waits for its predecessor, so it reads the offsets that poll commits.
+    stopping: Mutex<BTreeMap<TableId, tokio::task::JoinHandle<()>>>,
 }
 
 /// Checks a connector declaration; the error names what is wrong.
@@ -108,9 +111,8 @@ impl Connectors {
             .map(|t| (t.id, t))
             .collect();
         let mut tasks = self.tasks.lock().expect("tasks lock");
-        // Stopped tasks finish their current poll; a restarted one waits for that, so
-        // it reads the offsets that poll commits.
-        let mut stopped: BTreeMap<TableId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        let mut stopped = self.stopping.lock().expect("stopping lock");
+        stopped.retain(|_, h| !h.is_finished());
         let ids: Vec<TableId> = tasks.keys().copied().collect();
         for id in ids {
             let keep = wanted

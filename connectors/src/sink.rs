@@ -27,8 +27,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Map, Value};
 use strom_catalog::{ConnectorDef, TableDef, TableId};
 use strom_engine::stream::chunk::Op;
 use strom_engine::{sink_log, Database, WriteTxn};
@@ -41,7 +41,6 @@ const OPTIONS: &[&str] = &[
     "properties.bootstrap.server",
     "primary_key",
     "force_append_only",
-    "type",
 ];
 
 fn opt<'a>(c: &'a ConnectorDef, name: &str) -> Option<&'a str> {
@@ -134,12 +133,9 @@ pub fn stage_forget(txn: &mut WriteTxn<'_>, sink: TableId) {
     txn.delete_raw(lo, Some(hi));
 }
 
-/// JSON objects of rows, as arrow-json writes them (numbers as numbers, timestamps as ISO
-/// 8601 strings, NULLs as `null`).
-fn json_rows(
-    schema: &SchemaRef,
-    rows: &[&Vec<ScalarValue>],
-) -> Result<Vec<Map<String, Value>>, String> {
+/// JSON object texts of rows, as arrow-json writes them (numbers as numbers, decimals with
+/// all their digits, timestamps as ISO 8601 strings, NULLs as `null`).
+fn json_lines(schema: &SchemaRef, rows: &[Vec<ScalarValue>]) -> Result<Vec<String>, String> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -156,28 +152,12 @@ fn json_rows(
         w.write(&batch).map_err(|e| e.to_string())?;
         w.finish().map_err(|e| e.to_string())?;
     }
-    buf.split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).map_err(|e| e.to_string()))
-        .collect()
+    let text = String::from_utf8(buf).map_err(|e| e.to_string())?;
+    Ok(text.lines().map(str::to_string).collect())
 }
 
 /// One Kafka record: key and value (`None`: a tombstone).
 type Record = (Option<String>, Option<String>);
-
-fn key_of(row: &Map<String, Value>, pk: &[usize], names: &[String]) -> Option<String> {
-    if pk.is_empty() {
-        return None;
-    }
-    let mut k = Map::new();
-    for &i in pk {
-        k.insert(
-            names[i].clone(),
-            row.get(&names[i]).cloned().unwrap_or(Value::Null),
-        );
-    }
-    Some(Value::Object(k).to_string())
-}
 
 /// The records of one epoch's changes.
 fn records(
@@ -186,37 +166,47 @@ fn records(
     pk: &[usize],
     changes: &[(Op, Vec<ScalarValue>)],
 ) -> Result<Vec<Record>, String> {
-    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let rows: Vec<&Vec<ScalarValue>> = changes.iter().map(|(_, r)| r).collect();
-    let json = json_rows(schema, &rows)?;
+    let rows: Vec<Vec<ScalarValue>> = changes.iter().map(|(_, r)| r.clone()).collect();
+    let values = json_lines(schema, &rows)?;
+    let keys: Vec<Option<String>> = if pk.is_empty() {
+        vec![None; rows.len()]
+    } else {
+        let key_schema: SchemaRef = Arc::new(Schema::new(
+            pk.iter()
+                .map(|&i| schema.field(i).clone())
+                .collect::<Vec<Field>>(),
+        ));
+        let key_rows: Vec<Vec<ScalarValue>> = rows
+            .iter()
+            .map(|r| pk.iter().map(|&i| r[i].clone()).collect())
+            .collect();
+        json_lines(&key_schema, &key_rows)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
     let mut out = Vec::new();
     match c.format.as_str() {
         "PLAIN" => {
-            for ((op, _), row) in changes.iter().zip(json) {
+            for (((op, _), key), value) in changes.iter().zip(keys).zip(values) {
                 if op.sign() > 0 {
-                    out.push((
-                        key_of(&row, pk, &names),
-                        Some(Value::Object(row).to_string()),
-                    ));
+                    out.push((key, Some(value)));
                 }
             }
         }
         "UPSERT" => {
             // The last state of each key, in the order keys first changed.
-            let mut last: HashMap<String, Option<Map<String, Value>>> = HashMap::new();
+            let mut last: HashMap<String, Option<String>> = HashMap::new();
             let mut order = Vec::new();
-            for ((op, _), row) in changes.iter().zip(json) {
-                let key = key_of(&row, pk, &names).expect("validated: UPSERT has a key");
+            for (((op, _), key), value) in changes.iter().zip(keys).zip(values) {
+                let key = key.expect("validated: UPSERT has a key");
                 if !last.contains_key(&key) {
                     order.push(key.clone());
                 }
-                last.insert(key, (op.sign() > 0).then_some(row));
+                last.insert(key, (op.sign() > 0).then_some(value));
             }
             for key in order {
-                let value = last
-                    .remove(&key)
-                    .flatten()
-                    .map(|r| Value::Object(r).to_string());
+                let value = last.remove(&key).flatten();
                 out.push((Some(key), value));
             }
         }
@@ -226,28 +216,23 @@ fn records(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or_default();
-            let mut pending_before: Option<Map<String, Value>> = None;
-            for ((op, _), row) in changes.iter().zip(json) {
-                let (before, after, code) = match op {
-                    Op::UpdateDelete => {
-                        pending_before = Some(row);
-                        continue;
-                    }
+            let event = |before: &str, after: &str, op: &str| {
+                format!(r#"{{"before":{before},"after":{after},"op":"{op}","ts_ms":{now}}}"#)
+            };
+            let mut pending_before: Option<String> = None;
+            for (((op, _), key), value) in changes.iter().zip(keys).zip(values) {
+                match op {
+                    Op::UpdateDelete => pending_before = Some(value),
                     Op::UpdateInsert => match pending_before.take() {
-                        Some(b) => (Value::Object(b), Value::Object(row.clone()), "u"),
-                        None => (Value::Null, Value::Object(row.clone()), "c"),
+                        Some(b) => out.push((key, Some(event(&b, &value, "u")))),
+                        None => out.push((key, Some(event("null", &value, "c")))),
                     },
-                    Op::Insert => (Value::Null, Value::Object(row.clone()), "c"),
-                    Op::Delete => (Value::Object(row.clone()), Value::Null, "d"),
-                };
-                let event =
-                    serde_json::json!({"before": before, "after": after, "op": code, "ts_ms": now});
-                out.push((key_of(&row, pk, &names), Some(event.to_string())));
+                    Op::Insert => out.push((key, Some(event("null", &value, "c")))),
+                    Op::Delete => out.push((key, Some(event(&value, "null", "d")))),
+                }
             }
             if let Some(b) = pending_before {
-                let event =
-                    serde_json::json!({"before": b, "after": null, "op": "d", "ts_ms": now});
-                out.push((key_of(&b, pk, &names), Some(event.to_string())));
+                out.push((None, Some(event(&b, "null", "d"))));
             }
         }
     }
@@ -329,21 +314,29 @@ async fn run_once(
                 if let Some(v) = &value {
                     rec = rec.payload(v);
                 }
-                match producer.send_result(rec) {
-                    Ok(ack) => acks.push(ack),
-                    Err((e, _)) => {
-                        return Err(format!("cannot queue a record for \"{topic}\": {e}"))
+                loop {
+                    match producer.send_result(rec) {
+                        Ok(ack) => {
+                            acks.push(ack);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            // The producer's queue is full: wait for what is in flight.
+                            for ack in acks.drain(..) {
+                                await_ack(ack, &topic).await?;
+                            }
+                            rec = back;
+                        }
+                        Err((e, _)) => {
+                            return Err(format!("cannot queue a record for \"{topic}\": {e}"))
+                        }
                     }
                 }
                 sent += 1;
             }
         }
         for ack in acks {
-            match ack.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(format!("delivery to \"{topic}\" failed: {e}")),
-                Err(_) => return Err(format!("delivery to \"{topic}\" was cancelled")),
-            }
+            await_ack(ack, &topic).await?;
         }
         // Everything in these entries is acknowledged: forget them.
         let last = entries.last().expect("not empty").0.to_vec();
@@ -356,6 +349,14 @@ async fn run_once(
         status.add(sent, 0);
     }
     Ok(())
+}
+
+async fn await_ack(ack: rdkafka::producer::DeliveryFuture, topic: &str) -> Result<(), String> {
+    match ack.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(format!("delivery to \"{topic}\" failed: {e}")),
+        Err(_) => Err(format!("delivery to \"{topic}\" was cancelled")),
+    }
 }
 
 #[cfg(test)]
@@ -419,14 +420,14 @@ mod tests {
             (Op::Delete, row("F2", 2.0)),
         ];
         let recs = records(&conn("DEBEZIUM", None), &schema(), &[], &changes).unwrap();
-        let ops: Vec<Value> = recs
+        let ops: Vec<serde_json::Value> = recs
             .iter()
-            .map(|(_, v)| serde_json::from_str::<Value>(v.as_deref().unwrap()).unwrap())
+            .map(|(_, v)| serde_json::from_str(v.as_deref().unwrap()).unwrap())
             .collect();
         assert_eq!(ops[0]["op"], "u");
         assert_eq!(ops[0]["before"]["kw"], 1.0);
         assert_eq!(ops[0]["after"]["kw"], 3.0);
         assert_eq!(ops[1]["op"], "d");
-        assert_eq!(ops[1]["after"], Value::Null);
+        assert_eq!(ops[1]["after"], serde_json::Value::Null);
     }
 }

@@ -232,7 +232,9 @@ async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
         ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x', topik = 'y') FORMAT PLAIN ENCODE JSON", "topik"),
         ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', properties.bootstrap.server = 'x') FORMAT PLAIN ENCODE JSON", "topic"),
         ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafkaa', topic = 't') FORMAT PLAIN ENCODE JSON", "kafkaa"),
-        ("CREATE SOURCE s2 (a INT PRIMARY KEY) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT UPSERT ENCODE JSON", "UPSERT"),
+        ("CREATE SOURCE s2 (a INT PRIMARY KEY) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT UPSERT ENCODE JSON", "PRIMARY KEY"),
+        ("CREATE SOURCE s2 (a INT) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT UPSERT ENCODE JSON", "UPSERT"),
+        ("CREATE SOURCE s2 (a INTERVAL) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT PLAIN ENCODE JSON", "column \"a\""),
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
         let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
@@ -292,7 +294,8 @@ async fn upsert_table_replaces_and_deletes_rows_by_key() {
         &["M1|F1|1.5|M1", "M2|F1|2|M2", "M3|F2|10|M3"],
     )
     .await;
-    // M1 moves to F2, M2 is deleted (tombstone; key as a JSON object), M3's key is plain text.
+    // M1 moves to F2, M2 is deleted (tombstone; key as a JSON object), M3's key is a JSON
+    // string.
     produce(
         &p,
         &topic,
@@ -303,7 +306,7 @@ async fn upsert_table_replaces_and_deletes_rows_by_key() {
                 Some(r#"{"meter_id": "M1", "feeder": "F2", "ratio": 3}"#),
             ),
             (1, Some(r#"{"meter_id": "M2"}"#), None),
-            (0, Some("M3"), None),
+            (0, Some(r#""M3""#), None),
         ],
     )
     .await;
@@ -440,6 +443,8 @@ async fn cdc_envelopes_and_csv_maintain_tables() {
             (0, None, Some(r#"{"before": {"id": 3}, "after": null, "op": "d"}"#)),
             (0, Some(r#"{"id": 3}"#), None),
             (0, None, Some(r#"{"op": "u", "after": {"id": "x"}}"#)),
+            // Rejected whole: its `after` has no key, so its `before` is not deleted either.
+            (0, None, Some(r#"{"before": {"id": 20}, "after": {"id": null, "name": "zz"}, "op": "u"}"#)),
         ],
     )
     .await;
@@ -503,7 +508,14 @@ async fn cdc_envelopes_and_csv_maintain_tables() {
         .into_iter()
         .map(|r| format!("{}@{}", r[0].clone().unwrap(), r[1].clone().unwrap()))
         .collect();
-    assert_eq!(errors, vec!["dev_dbz@7", "tmr@4"]);
+    assert_eq!(errors, vec!["dev_dbz@7", "dev_dbz@8", "tmr@4"]);
+    // The rejected update at offset 8 (now known to be processed) deleted nothing.
+    wait_for(
+        &c,
+        "SELECT * FROM dev_dbz ORDER BY id",
+        &["1|a2|10.5", "20|b|35"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
