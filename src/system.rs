@@ -10,6 +10,10 @@
 //!   source is dropped.
 //! - `strom_catalog.source_offsets`: per source, topic and partition, the next offset to
 //!   read, as committed with the rows.
+//! - `strom_catalog.source_status`: per source, connector table and sink, whether its task
+//!   runs, the partitions it reads, the rows (records, for sinks) and rejections since the
+//!   server started, and the error that stopped its last attempt (a missing topic, an
+//!   unreachable broker) until it works again.
 
 use std::sync::Arc;
 
@@ -26,7 +30,12 @@ use crate::query::QueryEnv;
 
 pub const SCHEMA: &str = "strom_catalog";
 
-const TABLES: &[&str] = &["backfill_progress", "source_errors", "source_offsets"];
+const TABLES: &[&str] = &[
+    "backfill_progress",
+    "source_errors",
+    "source_offsets",
+    "source_status",
+];
 
 #[derive(Debug)]
 pub struct StromCatalogSchema {
@@ -149,6 +158,46 @@ impl StromCatalogSchema {
     }
 }
 
+impl StromCatalogSchema {
+    fn source_status(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("running", DataType::Boolean, false),
+            Field::new("partitions", DataType::Int64, true),
+            Field::new("rows", DataType::Int64, true),
+            Field::new("rejected", DataType::Int64, true),
+            Field::new("last_error", DataType::Utf8, true),
+        ]));
+        let (mut sch, mut name, mut kind, mut running) = (vec![], vec![], vec![], vec![]);
+        let (mut parts, mut rows, mut rejected, mut error) = (vec![], vec![], vec![], vec![]);
+        for (schema_name, t) in self.sources() {
+            let st = strom_connectors::running().and_then(|c| c.status(t.id));
+            sch.push(schema_name);
+            name.push(t.name.clone());
+            kind.push(t.kind_name());
+            running.push(Some(st.is_some()));
+            use std::sync::atomic::Ordering::Relaxed;
+            parts.push(st.as_ref().map(|s| s.partitions.load(Relaxed) as i64));
+            rows.push(st.as_ref().map(|s| s.rows.load(Relaxed) as i64));
+            rejected.push(st.as_ref().map(|s| s.rejected.load(Relaxed) as i64));
+            error.push(st.as_ref().and_then(|s| s.last_error()));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sch)),
+            Arc::new(StringArray::from(name)),
+            Arc::new(StringArray::from(kind)),
+            Arc::new(BooleanArray::from(running)),
+            Arc::new(Int64Array::from(parts)),
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(rejected)),
+            Arc::new(StringArray::from(error)),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for StromCatalogSchema {
     fn table_names(&self) -> Vec<String> {
@@ -160,6 +209,7 @@ impl SchemaProvider for StromCatalogSchema {
             "backfill_progress" => self.backfill_progress()?,
             "source_errors" => self.source_errors()?,
             "source_offsets" => self.source_offsets()?,
+            "source_status" => self.source_status()?,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

@@ -24,6 +24,14 @@ use strom_engine::Database;
 /// Set to stop a task.
 pub type Stop = Arc<AtomicBool>;
 
+/// The process's connectors, once started (read by `strom_catalog.source_status`).
+static RUNNING: std::sync::OnceLock<Arc<Connectors>> = std::sync::OnceLock::new();
+
+/// The connectors started by [`Connectors::start`] in this process, if any.
+pub fn running() -> Option<&'static Arc<Connectors>> {
+    RUNNING.get()
+}
+
 /// Live counters of one source (since the server started).
 #[derive(Debug, Default)]
 pub struct SourceStatus {
@@ -87,6 +95,7 @@ impl Connectors {
     /// Starts the watcher; it runs as long as the process.
     pub fn start(db: Arc<Database>) -> Arc<Connectors> {
         let me = Arc::new(Connectors::default());
+        let _ = RUNNING.set(Arc::clone(&me));
         let watcher = Arc::clone(&me);
         tokio::spawn(async move {
             loop {

@@ -216,6 +216,12 @@ async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
         &["0|101", "1|101", "2|102"],
     )
     .await;
+    wait_for(
+        &c,
+        "SELECT kind, running, partitions, rows, rejected, last_error FROM strom_catalog.source_status",
+        &["source|t|3|300|4|NULL"],
+    )
+    .await;
     // A source is not stored: reading it directly names the way out.
     let err = c
         .simple_query("SELECT * FROM meter_readings")
