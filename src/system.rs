@@ -179,7 +179,7 @@ impl StromCatalogSchema {
             kind.push(t.kind_name());
             running.push(Some(st.is_some()));
             use std::sync::atomic::Ordering::Relaxed;
-            parts.push(st.as_ref().map(|s| s.partitions.load(Relaxed) as i64));
+            parts.push(st.as_ref().map(|s| s.partitions() as i64));
             rows.push(st.as_ref().map(|s| s.rows.load(Relaxed) as i64));
             rejected.push(st.as_ref().map(|s| s.rejected.load(Relaxed) as i64));
             error.push(st.as_ref().and_then(|s| s.last_error()));

@@ -151,10 +151,36 @@ struct Msg {
     headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-/// Runs one source until stopped, reconnecting after errors.
-pub async fn run(db: Arc<Database>, def: Arc<TableDef>, stop: Stop, status: Arc<SourceStatus>) {
+/// Which partitions one of a source's readers owns: those whose (topic, partition) hash
+/// to `worker` modulo `workers`. Each reader has its own consumer, decodes its polls and
+/// commits its own transactions; their partitions (and so their offsets) are disjoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    pub worker: usize,
+    pub workers: usize,
+}
+
+impl Share {
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        // FNV-1a: stable across runs and builds.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in topic.bytes().chain(partition.to_be_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        (h % self.workers.max(1) as u64) as usize == self.worker
+    }
+}
+
+/// Runs one reader of a source until stopped, reconnecting after errors.
+pub async fn run(
+    db: Arc<Database>,
+    def: Arc<TableDef>,
+    stop: Stop,
+    status: Arc<SourceStatus>,
+    share: Share,
+) {
     while !stop.load(Ordering::Relaxed) {
-        match run_once(&db, &def, &stop, &status).await {
+        match run_once(&db, &def, &stop, &status, share).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!("source \"{}\": {e}; retrying in 1 s", def.name);
@@ -170,7 +196,7 @@ pub async fn run(db: Arc<Database>, def: Arc<TableDef>, stop: Stop, status: Arc<
     }
 }
 
-fn client_config(def: &TableDef, c: &ConnectorDef) -> ClientConfig {
+fn client_config(def: &TableDef, c: &ConnectorDef, share: Share) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     // An offset that no longer exists (retention, a recreated topic) restarts at the
     // oldest message kept, not past everything (librdkafka's default).
@@ -185,10 +211,13 @@ fn client_config(def: &TableDef, c: &ConnectorDef) -> ClientConfig {
             cfg.set(name, v);
         }
     }
-    cfg.set("group.id", format!("strom-source-{}", def.id.0))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+    cfg.set(
+        "group.id",
+        format!("strom-source-{}-{}", def.id.0, share.worker),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("enable.partition.eof", "false");
     cfg
 }
 
@@ -197,19 +226,26 @@ async fn run_once(
     def: &Arc<TableDef>,
     stop: &Stop,
     status: &Arc<SourceStatus>,
+    share: Share,
 ) -> Result<(), String> {
     let c = def.connector.as_ref().expect("a connector table");
     let topic = opt(c, "topic").unwrap_or_default().to_string();
-    let consumer: StreamConsumer = client_config(def, c)
+    let consumer: StreamConsumer = client_config(def, c, share)
         .create()
         .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
     let consumer = Arc::new(consumer);
     let latest = opt(c, "scan.startup.mode") == Some("latest");
-    let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut assigned = Assigned {
+        share,
+        set: BTreeSet::new(),
+    };
     assign_new(db, def, &consumer, &topic, latest, &mut assigned, status).await?;
     let mut last_listing = Instant::now();
     // Partitions found later are new: they are read from their beginning.
-    let rate: Option<u64> = opt(c, "source_rate_limit").and_then(|r| r.parse().ok());
+    // Each reader takes its share of the rate limit.
+    let rate: Option<u64> = opt(c, "source_rate_limit")
+        .and_then(|r| r.parse::<u64>().ok())
+        .map(|r| r.div_ceil(share.workers.max(1) as u64));
     let decoder = payload_decoder(def);
     // Copy keys and headers out of messages only when something reads them.
     let want_key = c.format == "UPSERT" || c.includes.iter().any(|i| i.kind == "key");
@@ -223,7 +259,7 @@ async fn run_once(
             assign_new(db, def, &consumer, &topic, false, &mut assigned, status).await?;
             last_listing = Instant::now();
         }
-        if assigned.is_empty() {
+        if assigned.set.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
@@ -402,6 +438,12 @@ fn is_pattern(topic: &str) -> bool {
     topic.contains(['*', '?'])
 }
 
+/// The partitions a reader has assigned, and which it may own.
+struct Assigned {
+    share: Share,
+    set: BTreeSet<(String, i32)>,
+}
+
 /// Lists the topics (the one named, or all matching the pattern) and assigns every
 /// partition not assigned yet, at its committed offset, else at its end when `latest`
 /// (the first listing of a `latest` source), else at its beginning.
@@ -411,9 +453,10 @@ async fn assign_new(
     consumer: &Arc<StreamConsumer>,
     topic: &str,
     latest: bool,
-    assigned: &mut BTreeSet<(String, i32)>,
+    assigned: &mut Assigned,
     status: &Arc<SourceStatus>,
 ) -> Result<(), String> {
+    let share = assigned.share;
     let listing = {
         let consumer = Arc::clone(consumer);
         let topic = topic.to_string();
@@ -453,7 +496,7 @@ async fn assign_new(
     // not skip what arrived meanwhile.
     let mut pinned: Vec<(String, i32, i64)> = Vec::new();
     for (t, p) in listing {
-        if assigned.contains(&(t.clone(), p)) {
+        if !share.owns(&t, p) || assigned.set.contains(&(t.clone(), p)) {
             continue;
         }
         let offset =
@@ -474,7 +517,7 @@ async fn assign_new(
             };
         tpl.add_partition_offset(&t, p, offset)
             .map_err(|e| e.to_string())?;
-        assigned.insert((t, p));
+        assigned.set.insert((t, p));
     }
     if !pinned.is_empty() {
         let mut txn = db.begin_write().await;
@@ -491,7 +534,7 @@ async fn assign_new(
             .incremental_assign(&tpl)
             .map_err(|e| format!("cannot assign partitions: {e}"))?;
     }
-    status.set_partitions(assigned.len());
+    status.set_partitions(share.worker, assigned.set.len());
     Ok(())
 }
 
@@ -793,6 +836,22 @@ mod tests {
         ] {
             assert!(topic_parts(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn readers_split_partitions_disjointly_and_completely() {
+        let shares: Vec<Share> = (0..2).map(|worker| Share { worker, workers: 2 }).collect();
+        let mut per_worker = [0; 2];
+        for p in 0..64 {
+            let owners: Vec<usize> = shares
+                .iter()
+                .filter(|s| s.owns("TMR_CJ_YXNDL_03", p))
+                .map(|s| s.worker)
+                .collect();
+            assert_eq!(owners.len(), 1);
+            per_worker[owners[0]] += 1;
+        }
+        assert!(per_worker.iter().all(|&n| n > 16), "{per_worker:?}");
     }
 
     #[test]

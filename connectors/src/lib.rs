@@ -14,7 +14,7 @@ pub mod kafka;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +37,8 @@ pub fn running() -> Option<&'static Arc<Connectors>> {
 pub struct SourceStatus {
     pub rows: AtomicU64,
     pub rejected: AtomicU64,
-    pub partitions: AtomicUsize,
+    /// Partitions assigned, per reader.
+    partitions: Mutex<BTreeMap<usize, usize>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -52,8 +53,16 @@ impl SourceStatus {
         *self.last_error.lock().expect("status lock") = Some(e);
     }
 
-    fn set_partitions(&self, n: usize) {
-        self.partitions.store(n, Ordering::Relaxed);
+    fn set_partitions(&self, worker: usize, n: usize) {
+        self.partitions
+            .lock()
+            .expect("status lock")
+            .insert(worker, n);
+    }
+
+    /// Partitions read, over all of the source's readers.
+    pub fn partitions(&self) -> usize {
+        self.partitions.lock().expect("status lock").values().sum()
     }
 
     /// The error that stopped the last attempt to read, until reading works again.
@@ -67,7 +76,13 @@ struct Task {
     status: Arc<SourceStatus>,
     /// The declaration the task runs with; a change (`ALTER SOURCE`) restarts it.
     def: TableDef,
-    handle: tokio::task::JoinHandle<()>,
+    /// One per reader of a source; one for a sink.
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Readers per source: the machine's cores, at most 4.
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// The running connector tasks.
@@ -76,7 +91,7 @@ pub struct Connectors {
     tasks: Mutex<BTreeMap<TableId, Task>>,
     /// Stopped tasks that may still be finishing a poll; a new task for the same id
     /// waits for its predecessor, so it reads the offsets that poll commits.
-    stopping: Mutex<BTreeMap<TableId, tokio::task::JoinHandle<()>>>,
+    stopping: Mutex<BTreeMap<TableId, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Checks a connector declaration; the error names what is wrong.
@@ -121,7 +136,7 @@ impl Connectors {
             .collect();
         let mut tasks = self.tasks.lock().expect("tasks lock");
         let mut stopped = self.stopping.lock().expect("stopping lock");
-        stopped.retain(|_, h| !h.is_finished());
+        stopped.retain(|_, hs| hs.iter().any(|h| !h.is_finished()));
         let ids: Vec<TableId> = tasks.keys().copied().collect();
         for id in ids {
             let keep = wanted
@@ -130,7 +145,7 @@ impl Connectors {
             if !keep {
                 let task = tasks.remove(&id).expect("listed");
                 task.stop.store(true, Ordering::Relaxed);
-                stopped.insert(id, task.handle);
+                stopped.insert(id, task.handles);
             }
         }
         for (id, def) in wanted {
@@ -139,27 +154,40 @@ impl Connectors {
             }
             let stop: Stop = Arc::new(AtomicBool::new(false));
             let status = Arc::new(SourceStatus::default());
-            let (dbc, shared) = (Arc::clone(db), Arc::new(def.clone()));
-            let previous = stopped.remove(&id);
-            let (stop2, status2) = (Arc::clone(&stop), Arc::clone(&status));
-            let sink = def.is_sink();
-            let handle = tokio::spawn(async move {
-                if let Some(p) = previous {
-                    let _ = p.await;
-                }
-                if sink {
-                    sink::run(dbc, shared, stop2, status2).await
-                } else {
-                    kafka::run(dbc, shared, stop2, status2).await
-                }
-            });
+            let shared = Arc::new(def.clone());
+            // New readers start once every reader of the previous task has finished: the
+            // first to take the lock awaits them, the others wait for the lock.
+            let previous = Arc::new(tokio::sync::Mutex::new(
+                stopped.remove(&id).unwrap_or_default(),
+            ));
+            let workers = if def.is_sink() { 1 } else { readers() };
+            let mut handles = Vec::with_capacity(workers);
+            for worker in 0..workers {
+                let (dbc, shared) = (Arc::clone(db), Arc::clone(&shared));
+                let (stop2, status2) = (Arc::clone(&stop), Arc::clone(&status));
+                let previous = Arc::clone(&previous);
+                handles.push(tokio::spawn(async move {
+                    {
+                        let mut prev = previous.lock().await;
+                        for p in prev.drain(..) {
+                            let _ = p.await;
+                        }
+                    }
+                    if shared.is_sink() {
+                        sink::run(dbc, shared, stop2, status2).await
+                    } else {
+                        let share = kafka::Share { worker, workers };
+                        kafka::run(dbc, shared, stop2, status2, share).await
+                    }
+                }));
+            }
             tasks.insert(
                 id,
                 Task {
                     stop,
                     status,
                     def: def.clone(),
-                    handle,
+                    handles,
                 },
             );
         }
