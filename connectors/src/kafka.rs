@@ -599,9 +599,9 @@ enum Step {
     DeleteKey(Vec<ScalarValue>),
 }
 
-/// A checked write of one message.
+/// A checked write of one message (`Put` without a key: the row id is set under the lock).
 enum Write {
-    Put(Vec<u8>, Vec<ScalarValue>),
+    Put(Option<Vec<u8>>, Vec<ScalarValue>),
     Delete(Vec<u8>),
 }
 
@@ -675,6 +675,74 @@ async fn write(
             .collect(),
     };
     let mut decoded = decoded.into_iter();
+    // Every image of a message is consumed (so the next message gets its own), and every
+    // write is built and checked before any is staged: a message is applied whole or
+    // rejected whole. This happens before the write lock is taken, so the source's
+    // readers build rows in parallel; a row id (tables without a key) is set under it.
+    let built: Vec<Result<Vec<Write>, String>> =
+        msgs.iter()
+            .zip(planned)
+            .map(|(m, plan)| {
+                let images: Vec<Option<Result<Vec<ScalarValue>, String>>> = match &plan {
+                    Ok(steps) => steps
+                        .iter()
+                        .map(|step| match step {
+                            Step::Put(_) | Step::Delete(_) => {
+                                Some(decoded.next().expect("one per image").and_then(
+                                    |(batch, r)| {
+                                        let mut values = vec![ScalarValue::Null; def.columns.len()];
+                                        for (b, &col) in payload_cols.iter().enumerate() {
+                                            values[col] =
+                                                ScalarValue::try_from_array(batch.column(b), r)
+                                                    .map_err(|e| e.to_string())?;
+                                        }
+                                        Ok(values)
+                                    },
+                                ))
+                            }
+                            Step::DeleteKey(_) => None,
+                        })
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let steps = plan?;
+                let mut writes: Vec<Write> = Vec::with_capacity(steps.len());
+                for (step, image) in steps.into_iter().zip(images) {
+                    let image = image.transpose()?;
+                    match (step, image) {
+                        (Step::DeleteKey(pk), _) => writes.push(Write::Delete(pk_key(def, &pk)?)),
+                        (Step::Delete(_), Some(values)) => {
+                            let pk: Vec<ScalarValue> =
+                                def.pk.iter().map(|&k| values[k].clone()).collect();
+                            if pk.iter().any(ScalarValue::is_null) {
+                                return Err("a delete's row image lacks the primary key".into());
+                            }
+                            writes.push(Write::Delete(pk_key(def, &pk)?));
+                        }
+                        (Step::Put(_), Some(mut values)) => {
+                            for inc in &c.includes {
+                                values[inc.column] =
+                                    include_value(&inc.kind, inc.argument.as_deref(), m)
+                                        .cast_to(&def.columns[inc.column].ty.to_arrow())
+                                        .map_err(|e| e.to_string())?;
+                            }
+                            check_row(def, &values)?;
+                            let key = if def.has_row_id() {
+                                None
+                            } else {
+                                Some(
+                                    strom_engine::table::key_of(def, &values)
+                                        .map_err(|e| e.to_string())?,
+                                )
+                            };
+                            writes.push(Write::Put(key, values));
+                        }
+                        _ => unreachable!("images are decoded"),
+                    }
+                }
+                Ok(writes)
+            })
+            .collect();
     let mut txn = db.begin_write().await;
     // Dropped while this poll was read: write nothing (DROP removed rows and offsets).
     if txn.catalog().table(def.id).is_none() {
@@ -687,76 +755,29 @@ async fn write(
     };
     let mut next_offsets: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     let (mut rows_ok, mut rejected) = (0u64, 0u64);
-    for ((i, m), plan) in msgs.iter().enumerate().zip(planned) {
+    for ((i, m), writes) in msgs.iter().enumerate().zip(built) {
         next_offsets.insert((&*m.topic, m.partition), m.offset + 1);
-        // Every image of the message is consumed (so the next message gets its own), and
-        // every write is built and checked before any is staged: a message is applied
-        // whole or rejected whole.
-        let images: Vec<Option<Result<Vec<ScalarValue>, String>>> = match &plan {
-            Ok(steps) => steps
-                .iter()
-                .map(|step| match step {
-                    Step::Put(_) | Step::Delete(_) => Some(
-                        decoded
-                            .next()
-                            .expect("one per image")
-                            .and_then(|(batch, r)| {
-                                let mut values = vec![ScalarValue::Null; def.columns.len()];
-                                for (b, &col) in payload_cols.iter().enumerate() {
-                                    values[col] = ScalarValue::try_from_array(batch.column(b), r)
-                                        .map_err(|e| e.to_string())?;
-                                }
-                                Ok(values)
-                            }),
-                    ),
-                    Step::DeleteKey(_) => None,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let writes = plan.and_then(|steps| {
-            let mut writes: Vec<Write> = Vec::with_capacity(steps.len());
-            for (step, image) in steps.into_iter().zip(images) {
-                let image = image.transpose()?;
-                match (step, image) {
-                    (Step::DeleteKey(pk), _) => writes.push(Write::Delete(pk_key(def, &pk)?)),
-                    (Step::Delete(_), Some(values)) => {
-                        let pk: Vec<ScalarValue> =
-                            def.pk.iter().map(|&k| values[k].clone()).collect();
-                        if pk.iter().any(ScalarValue::is_null) {
-                            return Err("a delete's row image lacks the primary key".into());
-                        }
-                        writes.push(Write::Delete(pk_key(def, &pk)?));
-                    }
-                    (Step::Put(_), Some(mut values)) => {
-                        for inc in &c.includes {
-                            values[inc.column] =
-                                include_value(&inc.kind, inc.argument.as_deref(), m)
-                                    .cast_to(&def.columns[inc.column].ty.to_arrow())
-                                    .map_err(|e| e.to_string())?;
-                        }
-                        check_row(def, &values)?;
-                        if def.has_row_id() {
-                            let last = values.len() - 1;
-                            values[last] = ScalarValue::Int64(Some(row_id_base + i as i64));
-                        }
-                        let key =
-                            strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
-                        writes.push(Write::Put(key, values));
-                    }
-                    _ => unreachable!("images are decoded"),
-                }
-            }
-            Ok(writes)
-        });
         let outcome = writes.and_then(|writes| {
             for w in writes {
                 match w {
                     Write::Delete(key) => txn.delete(key),
-                    Write::Put(key, values) if c.is_source => txn
-                        .append(def.id, key, &values)
-                        .map_err(|e| e.to_string())?,
-                    Write::Put(key, values) => txn.put(key, &values).map_err(|e| e.to_string())?,
+                    Write::Put(key, mut values) => {
+                        let key = match key {
+                            Some(k) => k,
+                            None => {
+                                let last = values.len() - 1;
+                                values[last] = ScalarValue::Int64(Some(row_id_base + i as i64));
+                                strom_engine::table::key_of(def, &values)
+                                    .map_err(|e| e.to_string())?
+                            }
+                        };
+                        if c.is_source {
+                            txn.append(def.id, key, &values)
+                                .map_err(|e| e.to_string())?;
+                        } else {
+                            txn.put(key, &values).map_err(|e| e.to_string())?;
+                        }
+                    }
                 }
             }
             Ok(())
