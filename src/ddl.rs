@@ -93,10 +93,17 @@ pub async fn execute(
             cascade,
             ..
         } => match object_type {
-            ObjectType::Table => {
-                views::drop_relations(db, stream, settings, names, *if_exists, *cascade, false)
+            ObjectType::Table | ObjectType::Stream | ObjectType::Stage => {
+                // sqlparser has no SOURCE or SINK object types: `strom_sql::connector`
+                // parses DROP SOURCE as Stream and DROP SINK as Stage.
+                let (kind, tag) = match object_type {
+                    ObjectType::Stream => (views::RelationKind::Source, "DROP SOURCE"),
+                    ObjectType::Stage => (views::RelationKind::Sink, "DROP SINK"),
+                    _ => (views::RelationKind::Table, "DROP TABLE"),
+                };
+                views::drop_relations(db, stream, settings, names, *if_exists, *cascade, kind)
                     .await?;
-                Ok("DROP TABLE")
+                Ok(tag)
             }
             ObjectType::Schema => {
                 let mut graph = stream.lock().await;

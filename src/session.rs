@@ -276,7 +276,7 @@ impl Session {
                     names,
                     *if_exists,
                     *cascade,
-                    true,
+                    views::RelationKind::View,
                 )
                 .await?;
                 let tag = "DROP MATERIALIZED VIEW";

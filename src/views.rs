@@ -404,8 +404,51 @@ pub fn drop_in_txn(
     Ok(views)
 }
 
-/// `DROP MATERIALIZED VIEW` (`views`) or `DROP TABLE` (`!views`) `[IF EXISTS] names
-/// [CASCADE]`: the named relations must be of that kind.
+/// What a `DROP` statement names: `DROP TABLE`, `DROP MATERIALIZED VIEW`, `DROP SOURCE`
+/// or `DROP SINK`. Each drops only objects of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    View,
+    Source,
+    Sink,
+}
+
+impl RelationKind {
+    pub fn of(def: &TableDef) -> RelationKind {
+        if def.is_sink() {
+            RelationKind::Sink
+        } else if def.is_view() {
+            RelationKind::View
+        } else if def.is_source() {
+            RelationKind::Source
+        } else {
+            RelationKind::Table
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::View => "materialized view",
+            RelationKind::Source => "source",
+            RelationKind::Sink => "sink",
+        }
+    }
+
+    fn statement(self) -> &'static str {
+        match self {
+            RelationKind::Table => "DROP TABLE",
+            RelationKind::View => "DROP MATERIALIZED VIEW",
+            RelationKind::Source => "DROP SOURCE",
+            RelationKind::Sink => "DROP SINK",
+        }
+    }
+}
+
+/// `DROP TABLE | MATERIALIZED VIEW | SOURCE | SINK [IF EXISTS] names [CASCADE]`: one
+/// atomic catalog change, with the rows, state and connector bookkeeping of everything
+/// dropped. Naming an object of another kind is 42809 with a hint.
 pub async fn drop_relations(
     db: &Arc<Database>,
     stream: &Arc<StreamRuntime>,
@@ -413,7 +456,7 @@ pub async fn drop_relations(
     names: &[ObjectName],
     if_exists: bool,
     cascade: bool,
-    views: bool,
+    kind: RelationKind,
 ) -> Result<()> {
     let mut graph = stream.lock().await;
     let mut txn = db.begin_write().await;
@@ -422,26 +465,31 @@ pub async fn drop_relations(
     for n in names {
         let (schema, name) = object_name(n)?;
         match catalog.resolve_table(schema.as_deref(), &name, &settings.search_path) {
-            Ok(def) if def.is_view() == views => ids.push(def.id),
+            Ok(def) if RelationKind::of(def) == kind => ids.push(def.id),
             Ok(def) => {
-                let (kind, hint) = if views {
-                    ("a materialized view", "Use DROP TABLE to remove a table.")
-                } else {
-                    (
-                        "a table",
-                        "Use DROP MATERIALIZED VIEW to remove a materialized view.",
-                    )
+                let actual = RelationKind::of(def);
+                let article = |k: RelationKind| match k {
+                    RelationKind::Table => "a table",
+                    RelationKind::View => "a materialized view",
+                    RelationKind::Source => "a source",
+                    RelationKind::Sink => "a sink",
                 };
                 return Err(StromError::user(
                     "42809",
-                    format!("\"{}\" is not {kind}\nHINT: {hint}", def.name),
+                    format!(
+                        "\"{}\" is not {}\nHINT: Use {} to remove {}.",
+                        def.name,
+                        article(kind),
+                        actual.statement(),
+                        article(actual)
+                    ),
                 ));
             }
             Err(_) if if_exists => {}
-            Err(_) if views => {
+            Err(_) if kind != RelationKind::Table => {
                 return Err(StromError::user(
                     "42P01",
-                    format!("materialized view \"{name}\" does not exist"),
+                    format!("{} \"{name}\" does not exist", kind.name()),
                 ))
             }
             Err(e) => return Err(e.into()),

@@ -239,9 +239,10 @@ fn to_sql_options(options: Vec<(String, String)>) -> Vec<SqlOption> {
         .collect()
 }
 
-/// `DROP SOURCE [IF EXISTS] names [CASCADE | RESTRICT]`, as a `DROP TABLE` (sources are
-/// relations like tables; dropping one drops its offsets and rejections too), and `DROP
-/// SINK ...` as a `DROP MATERIALIZED VIEW` (a sink is planned as one).
+/// `DROP SOURCE | SINK [IF EXISTS] names [CASCADE | RESTRICT]`. sqlparser has no object
+/// types for them, so a source is dropped as `ObjectType::Stream` and a sink as
+/// `ObjectType::Stage` (neither exists in PostgreSQL's dialect otherwise); the server maps
+/// them back.
 pub fn parse_drop_source(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
     p.expect_keyword(Keyword::DROP)?;
     let sink = word(p, 0).as_deref() == Some("SINK");
@@ -254,9 +255,9 @@ pub fn parse_drop_source(p: &mut Parser) -> std::result::Result<Statement, Parse
     }
     Ok(Statement::Drop {
         object_type: if sink {
-            sqlparser::ast::ObjectType::MaterializedView
+            sqlparser::ast::ObjectType::Stage
         } else {
-            sqlparser::ast::ObjectType::Table
+            sqlparser::ast::ObjectType::Stream
         },
         if_exists,
         names,

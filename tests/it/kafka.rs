@@ -246,6 +246,27 @@ async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
         let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
         assert!(msg.contains(needle), "{sql}: {msg}");
     }
+    // DROP names the kind: each statement drops only its own kind of object.
+    for (sql, needle) in [
+        ("DROP TABLE meter_readings", "Use DROP SOURCE"),
+        ("DROP SINK kw_by_meter", "Use DROP MATERIALIZED VIEW"),
+        ("DROP SOURCE kw_by_meter", "is not a source"),
+        ("DROP SINK nope", "sink \"nope\" does not exist"),
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        let hint = err
+            .as_db_error()
+            .and_then(|d| d.hint().map(str::to_string))
+            .unwrap_or_default();
+        assert!(
+            msg.contains(needle) || hint.contains(needle),
+            "{sql}: {msg} / {hint}"
+        );
+    }
     // Dropping the source (and its views) forgets its offsets and rejections.
     c.batch_execute("DROP SOURCE meter_readings CASCADE")
         .await
