@@ -207,13 +207,21 @@ pub async fn create(
     settings: &Settings,
     stmt: &Statement,
 ) -> Result<&'static str> {
-    const TAG: &str = "CREATE MATERIALIZED VIEW";
+    let sink_spec = match stmt {
+        Statement::CreateView(cv) => strom_sql::connector::connector_spec_of_view(cv)?,
+        _ => None,
+    };
+    let tag = if sink_spec.is_some() {
+        "CREATE SINK"
+    } else {
+        "CREATE MATERIALIZED VIEW"
+    };
     let (name, _, _, if_not_exists) = view_parts(stmt)?;
     let catalog = db.catalog();
     let (schema, name) = target(&catalog, settings, name)?;
     if catalog.table_by_name(schema, &name).is_some() {
         if if_not_exists {
-            return Ok(TAG);
+            return Ok(tag);
         }
         return Err(strom_catalog::CatalogError::TableExists(name).into());
     }
@@ -230,22 +238,18 @@ pub async fn create(
             format!("\"{}\" is a sink: it has no rows to read", sink.name),
         ));
     }
-    let mut tag = TAG;
-    if let Statement::CreateView(cv) = stmt {
-        if let Some(spec) = strom_sql::connector::connector_spec_of_view(cv)? {
-            planned.def.connector = Some(strom_catalog::ConnectorDef {
-                is_source: false,
-                is_sink: true,
-                options: spec.options,
-                format: spec.format,
-                encode: spec.encode,
-                encode_options: spec.encode_options,
-                includes: Vec::new(),
-            });
-            strom_connectors::sink::validate(&planned.def, planned.plan.append_only)
-                .map_err(|m| StromError::user("22023", format!("sink \"{name}\": {m}")))?;
-            tag = "CREATE SINK";
-        }
+    if let Some(spec) = sink_spec {
+        planned.def.connector = Some(strom_catalog::ConnectorDef {
+            is_source: false,
+            is_sink: true,
+            options: spec.options,
+            format: spec.format,
+            encode: spec.encode,
+            encode_options: spec.encode_options,
+            includes: Vec::new(),
+        });
+        strom_connectors::sink::validate(&planned.def, planned.plan.append_only)
+            .map_err(|m| StromError::user("22023", format!("sink \"{name}\": {m}")))?;
     }
     let backfilling: Vec<String> = stream
         .backfills()
@@ -265,7 +269,7 @@ pub async fn create(
     let mut catalog = txn.catalog().clone();
     if catalog.table_by_name(schema, &name).is_some() {
         if if_not_exists {
-            return Ok(TAG);
+            return Ok(tag);
         }
         return Err(strom_catalog::CatalogError::TableExists(name).into());
     }
