@@ -17,25 +17,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-async fn connect(port: u16) -> Client {
-    for _ in 0..200 {
-        if let Ok((c, conn)) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=root dbname=dev"),
-            NoTls,
-        )
-        .await
-        {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("strom did not start");
-}
+mod common;
+use common::connect;
 
 async fn count(c: &Client, view: &str) -> i64 {
     c.query_one(&format!("SELECT n FROM {view}"), &[])

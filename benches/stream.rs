@@ -13,25 +13,10 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-async fn connect(port: u16) -> Client {
-    for _ in 0..200 {
-        if let Ok((c, conn)) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=root dbname=dev"),
-            NoTls,
-        )
-        .await
-        {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("strom did not start");
-}
+mod common;
+use common::connect;
 
 async fn timed(c: &Client, sql: &str) -> Duration {
     let t = Instant::now();

@@ -36,10 +36,6 @@ impl JsonDecoder {
         }
     }
 
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     fn decode_all(&self, payloads: &[&[u8]]) -> Result<RecordBatch, String> {
         let mut decoder = ReaderBuilder::new(Arc::clone(&self.schema))
             .with_strict_mode(false)
@@ -72,14 +68,7 @@ impl JsonDecoder {
             .flush()
             .map_err(|e| e.to_string())?
             .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
-        for &c in &self.required {
-            if batch.column(c).null_count() > 0 {
-                return Err(format!(
-                    "missing value for required column \"{}\"",
-                    self.schema.field(c).name()
-                ));
-            }
-        }
+        check_required(&batch, &self.required)?;
         Ok(batch)
     }
 }
@@ -139,15 +128,19 @@ impl CsvDecoder {
             .flush()
             .map_err(|e| e.to_string())?
             .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
-        for &c in &self.required {
-            if batch.column(c).null_count() > 0 {
-                return Err(format!(
-                    "missing value for required column \"{}\"",
-                    self.schema.field(c).name()
-                ));
-            }
-        }
+        check_required(&batch, &self.required)?;
         Ok(batch)
+    }
+}
+
+/// An error naming the first required column (by index) with a NULL in `batch`.
+fn check_required(batch: &RecordBatch, required: &[usize]) -> Result<(), String> {
+    match required.iter().find(|&&c| batch.column(c).null_count() > 0) {
+        Some(&c) => Err(format!(
+            "missing value for required column \"{}\"",
+            batch.schema().field(c).name()
+        )),
+        None => Ok(()),
     }
 }
 

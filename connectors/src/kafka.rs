@@ -51,21 +51,7 @@ fn opt<'a>(c: &'a ConnectorDef, name: &str) -> Option<&'a str> {
 
 /// Checks a Kafka connector declaration; the error names the option at fault.
 pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
-    for k in c.options.keys() {
-        if !OPTIONS.contains(&k.as_str()) && !k.starts_with("properties.") {
-            return Err(format!(
-                "unknown option \"{k}\" for connector kafka (known: {}, properties.*)",
-                OPTIONS.join(", ")
-            ));
-        }
-    }
-    for required in ["topic", "properties.bootstrap.server"] {
-        if opt(c, required).is_none_or(str::is_empty) {
-            return Err(format!(
-                "option \"{required}\" is required for connector kafka"
-            ));
-        }
-    }
+    crate::check_kafka_options(c, OPTIONS, "connector kafka")?;
     match opt(c, "scan.startup.mode") {
         None | Some("earliest") | Some("latest") => {}
         Some(other) => {
@@ -179,37 +165,20 @@ pub async fn run(
     status: Arc<SourceStatus>,
     share: Share,
 ) {
-    while !stop.load(Ordering::Relaxed) {
-        match run_once(&db, &def, &stop, &status, share).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!("source \"{}\": {e}; retrying in 1 s", def.name);
-                status.set_error(e);
-                for _ in 0..20 {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let what = format!("source \"{}\"", def.name);
+    crate::retry_until_stopped(&what, &stop, &status, || {
+        run_once(&db, &def, &stop, &status, share)
+    })
+    .await
 }
 
 fn client_config(def: &TableDef, c: &ConnectorDef, share: Share) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
+    let mut cfg = crate::librdkafka_config(c);
     // An offset that no longer exists (retention, a recreated topic) restarts at the
-    // oldest message kept, not past everything (librdkafka's default).
-    cfg.set("auto.offset.reset", "earliest");
-    for (k, v) in &c.options {
-        if let Some(p) = k.strip_prefix("properties.") {
-            let name = if p == "bootstrap.server" {
-                "bootstrap.servers"
-            } else {
-                p
-            };
-            cfg.set(name, v);
-        }
+    // oldest message kept, not past everything (librdkafka's default), unless the
+    // options say otherwise.
+    if !c.options.contains_key("properties.auto.offset.reset") {
+        cfg.set("auto.offset.reset", "earliest");
     }
     cfg.set(
         "group.id",
@@ -321,12 +290,20 @@ async fn run_once(
 }
 
 /// The decoder of a table's payload columns (declared columns, not metadata or hidden).
-/// Required columns are checked after metadata is filled in, by [`check_row`].
+/// `NOT NULL` payload columns are required there (for whole-row formats); [`check_row`]
+/// checks every stored row once metadata is filled in.
 fn payload_decoder(def: &TableDef) -> PayloadDecoder {
     let c = def.connector.as_ref().expect("a connector table");
-    let fields: Vec<Field> = payload_columns(def)
+    let cols = payload_columns(def);
+    let fields: Vec<Field> = cols
         .iter()
         .map(|&i| Field::new(&def.columns[i].name, def.columns[i].ty.to_arrow(), true))
+        .collect();
+    // CDC delete images may hold only the key, so only PLAIN and UPSERT payloads (always
+    // whole rows) require values here.
+    let whole_rows = matches!(c.format.as_str(), "PLAIN" | "UPSERT");
+    let required: Vec<usize> = (0..cols.len())
+        .filter(|&j| whole_rows && !def.columns[cols[j]].nullable)
         .collect();
     let schema = Schema::new(fields);
     if c.encode == "CSV" {
@@ -337,9 +314,9 @@ fn payload_decoder(def: &TableDef) -> PayloadDecoder {
             .unwrap_or(b',');
         let with_header =
             c.encode_options.get("without_header").map(String::as_str) == Some("false");
-        PayloadDecoder::Csv(CsvDecoder::new(schema, Vec::new(), delimiter, with_header))
+        PayloadDecoder::Csv(CsvDecoder::new(schema, required, delimiter, with_header))
     } else {
-        PayloadDecoder::Json(JsonDecoder::new(schema, Vec::new()))
+        PayloadDecoder::Json(JsonDecoder::new(schema, required))
     }
 }
 

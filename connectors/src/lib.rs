@@ -94,6 +94,70 @@ pub struct Connectors {
     stopping: Mutex<BTreeMap<TableId, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
+/// Runs `attempt` until it returns `Ok` or `stop` is set; after an error the error is
+/// logged and shown in the status, and the next attempt starts a second later.
+async fn retry_until_stopped<F, Fut>(what: &str, stop: &Stop, status: &SourceStatus, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    while !stop.load(Ordering::Relaxed) {
+        match attempt().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!("{what}: {e}; retrying in 1 s");
+                status.set_error(e);
+                for _ in 0..20 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Checks the options every Kafka source and sink has: only `known` ones and
+/// `properties.*`, and a non-empty `topic` and broker. `what` names the object kind.
+fn check_kafka_options(
+    c: &strom_catalog::ConnectorDef,
+    known: &[&str],
+    what: &str,
+) -> Result<(), String> {
+    for k in c.options.keys() {
+        if !known.contains(&k.as_str()) && !k.starts_with("properties.") {
+            return Err(format!(
+                "unknown option \"{k}\" for {what} (known: {}, properties.*)",
+                known.join(", ")
+            ));
+        }
+    }
+    for required in ["topic", "properties.bootstrap.server"] {
+        if c.options.get(required).is_none_or(String::is_empty) {
+            return Err(format!("option \"{required}\" is required for {what}"));
+        }
+    }
+    Ok(())
+}
+
+/// The librdkafka configuration of the `properties.*` options
+/// (`properties.bootstrap.server` becomes `bootstrap.servers`).
+fn librdkafka_config(c: &strom_catalog::ConnectorDef) -> rdkafka::config::ClientConfig {
+    let mut cfg = rdkafka::config::ClientConfig::new();
+    for (k, v) in &c.options {
+        if let Some(p) = k.strip_prefix("properties.") {
+            let name = if p == "bootstrap.server" {
+                "bootstrap.servers"
+            } else {
+                p
+            };
+            cfg.set(name, v);
+        }
+    }
+    cfg
+}
+
 /// Checks a connector declaration; the error names what is wrong.
 pub fn validate(def: &TableDef) -> Result<(), String> {
     let Some(c) = &def.connector else {

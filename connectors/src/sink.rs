@@ -26,7 +26,6 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strom_catalog::{ConnectorDef, TableDef, TableId};
@@ -77,21 +76,7 @@ pub fn validate(def: &TableDef, append_only: bool) -> Result<(), String> {
         Some(other) => return Err(format!("unknown connector \"{other}\" (supported: kafka)")),
         None => return Err("option \"connector\" is required".into()),
     }
-    for k in c.options.keys() {
-        if !OPTIONS.contains(&k.as_str()) && !k.starts_with("properties.") {
-            return Err(format!(
-                "unknown option \"{k}\" for a kafka sink (known: {}, properties.*)",
-                OPTIONS.join(", ")
-            ));
-        }
-    }
-    for required in ["topic", "properties.bootstrap.server"] {
-        if opt(c, required).is_none_or(str::is_empty) {
-            return Err(format!(
-                "option \"{required}\" is required for a kafka sink"
-            ));
-        }
-    }
+    crate::check_kafka_options(c, OPTIONS, "a kafka sink")?;
     let force = match opt(c, "force_append_only") {
         None | Some("false") => false,
         Some("true") => true,
@@ -133,17 +118,24 @@ pub fn stage_forget(txn: &mut WriteTxn<'_>, sink: TableId) {
     txn.delete_raw(lo, Some(hi));
 }
 
-/// JSON object texts of rows, as arrow-json writes them (numbers as numbers, decimals with
-/// all their digits, timestamps as ISO 8601 strings, NULLs as `null`).
-fn json_lines(schema: &SchemaRef, rows: &[Vec<ScalarValue>]) -> Result<Vec<String>, String> {
-    if rows.is_empty() {
+/// JSON object texts of the columns `cols` of each change's row, as arrow-json writes them
+/// (numbers as numbers, decimals with all their digits, timestamps as ISO 8601 strings,
+/// NULLs as `null`); `schema` describes the row.
+fn json_lines(
+    schema: &SchemaRef,
+    changes: &[(Op, Vec<ScalarValue>)],
+    cols: &[usize],
+) -> Result<Vec<String>, String> {
+    if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = (0..schema.fields().len())
-        .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
+    let schema: SchemaRef = Arc::new(schema.project(cols).map_err(|e| e.to_string())?);
+    let columns = cols
+        .iter()
+        .map(|&c| ScalarValue::iter_to_array(changes.iter().map(|(_, r)| r[c].clone())))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let batch = RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())?;
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::WriterBuilder::new()
@@ -166,21 +158,12 @@ fn records(
     pk: &[usize],
     changes: &[(Op, Vec<ScalarValue>)],
 ) -> Result<Vec<Record>, String> {
-    let rows: Vec<Vec<ScalarValue>> = changes.iter().map(|(_, r)| r.clone()).collect();
-    let values = json_lines(schema, &rows)?;
+    let all: Vec<usize> = (0..schema.fields().len()).collect();
+    let values = json_lines(schema, changes, &all)?;
     let keys: Vec<Option<String>> = if pk.is_empty() {
-        vec![None; rows.len()]
+        vec![None; changes.len()]
     } else {
-        let key_schema: SchemaRef = Arc::new(Schema::new(
-            pk.iter()
-                .map(|&i| schema.field(i).clone())
-                .collect::<Vec<Field>>(),
-        ));
-        let key_rows: Vec<Vec<ScalarValue>> = rows
-            .iter()
-            .map(|r| pk.iter().map(|&i| r[i].clone()).collect())
-            .collect();
-        json_lines(&key_schema, &key_rows)?
+        json_lines(schema, changes, pk)?
             .into_iter()
             .map(Some)
             .collect()
@@ -241,21 +224,11 @@ fn records(
 
 /// Delivers one sink's log until stopped, retrying after errors.
 pub async fn run(db: Arc<Database>, def: Arc<TableDef>, stop: Stop, status: Arc<SourceStatus>) {
-    while !stop.load(Ordering::Relaxed) {
-        match run_once(&db, &def, &stop, &status).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!("sink \"{}\": {e}; retrying in 1 s", def.name);
-                status.set_error(e);
-                for _ in 0..20 {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let what = format!("sink \"{}\"", def.name);
+    crate::retry_until_stopped(&what, &stop, &status, || {
+        run_once(&db, &def, &stop, &status)
+    })
+    .await
 }
 
 async fn run_once(
@@ -266,19 +239,7 @@ async fn run_once(
 ) -> Result<(), String> {
     let c = def.connector.as_ref().expect("a sink");
     let topic = opt(c, "topic").unwrap_or_default().to_string();
-    let mut cfg = ClientConfig::new();
-    for (k, v) in &c.options {
-        if let Some(p) = k.strip_prefix("properties.") {
-            cfg.set(
-                if p == "bootstrap.server" {
-                    "bootstrap.servers"
-                } else {
-                    p
-                },
-                v,
-            );
-        }
-    }
+    let mut cfg = crate::librdkafka_config(c);
     cfg.set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000");
     let producer: FutureProducer = cfg

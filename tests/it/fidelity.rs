@@ -8,10 +8,8 @@
 //! them; the rows must be identical as text, over the simple protocol and (on Strom) the
 //! extended protocol, in two session time zones.
 
-use tokio_postgres::{Client, SimpleQueryMessage};
-
 use crate::pgclient::{Reply, TextClient};
-use crate::server::TestServer;
+use crate::server::{reference_pg, text_rows, TestServer};
 
 const TABLE: &str = "CREATE TABLE fid_t (
     id INT PRIMARY KEY, i2 SMALLINT, i4 INT, i8 BIGINT, f4 REAL, f8 DOUBLE PRECISION,
@@ -43,33 +41,6 @@ const VIEW: &str =
     upper(t) AS up, j -> 'b' AS jb, j ->> 'a' AS ja, coalesce(b, false) AS b0, \
     EXTRACT(year FROM ts) AS yr FROM fid_t";
 
-async fn pg_client() -> Client {
-    let url = std::env::var("TEST_PG_URL").expect(
-        "TEST_PG_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL",
-    );
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the reference PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    c
-}
-
-async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 /// The first column where two result sets differ, for a readable failure.
 fn assert_same(what: &str, got: &[Vec<Option<String>>], want: &[Vec<Option<String>>]) {
     assert_eq!(got.len(), want.len(), "{what}: row counts differ");
@@ -95,7 +66,7 @@ fn assert_same(what: &str, got: &[Vec<Option<String>>], want: &[Vec<Option<Strin
 
 #[tokio::test]
 async fn every_type_prints_as_postgres_prints_it() {
-    let pg = pg_client().await;
+    let pg = reference_pg().await;
     let server = TestServer::start();
     let strom = server.client().await;
     let view = VIEW;
@@ -125,8 +96,8 @@ async fn every_type_prints_as_postgres_prints_it() {
             "SELECT * FROM fid_v ORDER BY id",
             "SELECT * FROM fid_t ORDER BY id",
         ] {
-            let want = simple_rows(&pg, query).await;
-            let got = simple_rows(&strom, query).await;
+            let want = text_rows(&pg, query).await;
+            let got = text_rows(&strom, query).await;
             assert_same(&format!("simple, {zone}, {query}"), &got, &want);
             let Reply::Rows(extended) = text.run(query).await.unwrap().unwrap() else {
                 panic!("{query}: no rows");

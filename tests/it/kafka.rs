@@ -9,9 +9,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::server::TestServer;
+use crate::server::{text_rows as rows, TestServer};
 
 fn bootstrap() -> String {
     std::env::var("TEST_KAFKA_BOOTSTRAP").expect(
@@ -74,20 +74,6 @@ async fn produce(p: &FutureProducer, topic: &str, msgs: &[(i32, Option<&str>, Op
     for a in acks {
         a.await.expect("delivery report").expect("delivered");
     }
-}
-
-async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// Polls `sql` until it returns `want` (rendered `a|b` per row), or fails after 30 s.

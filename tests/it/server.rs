@@ -136,3 +136,33 @@ fn wait_for_port(port: u16, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A client of the reference PostgreSQL the differential and fidelity tests compare
+/// against (`TEST_PG_URL`, started by `scripts/test.sh`).
+pub async fn reference_pg() -> tokio_postgres::Client {
+    let url = std::env::var("TEST_PG_URL").expect(
+        "TEST_PG_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL",
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the reference PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+/// The rows of `sql` over the simple protocol, as text (`None`: NULL); panics on error.
+pub async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -129,19 +129,6 @@ fn normalize(v: Option<&str>) -> String {
     }
 }
 
-async fn pg_client() -> Client {
-    let url = std::env::var("TEST_PG_URL").expect(
-        "TEST_PG_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL",
-    );
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the reference PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    c
-}
-
 /// One random DML statement over the three tables (and `dt_t` when `with_t`).
 fn random_statement(rng: &mut Rng, next_id: &mut i64, with_t: bool) -> String {
     if with_t && rng.below(6) == 0 {
@@ -339,7 +326,7 @@ async fn differential(views: &[(&str, &str)], with_t: bool) {
     let server =
         TestServer::start_with(&["--stream-workers", "3", "--stream-parallel-min-rows", "1"]);
     let strom = server.client().await;
-    let pg = pg_client().await;
+    let pg = crate::server::reference_pg().await;
     let schema = format!("strom_diff_{}_{}", std::process::id(), u8::from(with_t));
     pg.batch_execute(&format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema};"
