@@ -7,7 +7,17 @@
 //! the broker acknowledged every one, and only then deletes the entry. So every change is
 //! delivered at least once; the producer is idempotent, so broker-side retries add no
 //! duplicates, but a crash between the acknowledgement and the deletion sends that entry
-//! again (`exactly_once` with Kafka transactions is not built yet).
+//! again.
+//!
+//! With `delivery = 'exactly_once'` the task sends each batch of log entries in one Kafka
+//! transaction, and in the same transaction commits the batch's last epoch as the offset
+//! of a progress group (`TxnOffsetCommit`: it becomes visible only if the transaction
+//! commits). After a crash the new producer's `init_transactions` fences and aborts the
+//! old one's open transaction; the task then reads the group's committed offset and drops
+//! the log entries the broker already has, so a `read_committed` consumer sees every
+//! change exactly once. The transactional id and the group are both
+//! `strom-sink-<token>-<sink id>`, where the token is a random number kept in the sink's
+//! identity key (`sink_log::identity_key`).
 //!
 //! Records, per format (JSON rows are objects keyed by column name):
 //! - `PLAIN`: one record per inserted row. Only append-only queries, unless
@@ -26,8 +36,11 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use strom_catalog::{ConnectorDef, TableDef, TableId};
 use strom_engine::stream::chunk::Op;
 use strom_engine::{sink_log, Database, WriteTxn};
@@ -40,7 +53,19 @@ const OPTIONS: &[&str] = &[
     "properties.bootstrap.server",
     "primary_key",
     "force_append_only",
+    "delivery",
 ];
+
+/// Whether a sink delivers with Kafka transactions (`delivery = 'exactly_once'`).
+fn exactly_once(c: &ConnectorDef) -> Result<bool, String> {
+    match opt(c, "delivery") {
+        None | Some("at_least_once") => Ok(false),
+        Some("exactly_once") => Ok(true),
+        Some(v) => Err(format!(
+            "option \"delivery\": \"{v}\" is not at_least_once or exactly_once"
+        )),
+    }
+}
 
 fn opt<'a>(c: &'a ConnectorDef, name: &str) -> Option<&'a str> {
     c.options.get(name).map(String::as_str)
@@ -77,6 +102,17 @@ pub fn validate(def: &TableDef, append_only: bool) -> Result<(), String> {
         None => return Err("option \"connector\" is required".into()),
     }
     crate::check_kafka_options(c, OPTIONS, "a kafka sink")?;
+    exactly_once(c)?;
+    for set_by_strom in [
+        "properties.transactional.id",
+        "properties.enable.idempotence",
+    ] {
+        if c.options.contains_key(set_by_strom) {
+            return Err(format!(
+                "option \"{set_by_strom}\" is set by Strom for sinks: choose the delivery mode with delivery = 'at_least_once' | 'exactly_once'"
+            ));
+        }
+    }
     let force = match opt(c, "force_append_only") {
         None | Some("false") => false,
         Some("true") => true,
@@ -116,6 +152,7 @@ pub fn validate(def: &TableDef, append_only: bool) -> Result<(), String> {
 pub fn stage_forget(txn: &mut WriteTxn<'_>, sink: TableId) {
     let (lo, hi) = sink_log::range(sink);
     txn.delete_raw(lo, Some(hi));
+    txn.delete_raw(sink_log::identity_key(sink), None);
 }
 
 /// JSON object texts of the columns `cols` of each change's row, as arrow-json writes them
@@ -239,12 +276,6 @@ async fn run_once(
 ) -> Result<(), String> {
     let c = def.connector.as_ref().expect("a sink");
     let topic = opt(c, "topic").unwrap_or_default().to_string();
-    let mut cfg = crate::librdkafka_config(c);
-    cfg.set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000");
-    let producer: FutureProducer = cfg
-        .create()
-        .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
     let cols = columns(def);
     let types: Vec<DataType> = cols.iter().map(|(_, t)| t.clone()).collect();
     let schema: SchemaRef = Arc::new(Schema::new(
@@ -254,6 +285,20 @@ async fn run_once(
     ));
     let pk = primary_key(def, c)?;
     let (lo, hi) = sink_log::range(def.id);
+    let mut cfg = crate::librdkafka_config(c);
+    cfg.set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000");
+    let txn = if exactly_once(c)? {
+        Some(Transactions::start(db, def, c, &mut cfg, &topic).await?)
+    } else {
+        None
+    };
+    let producer: FutureProducer = match &txn {
+        Some(t) => t.producer.clone(),
+        None => cfg
+            .create()
+            .map_err(|e| format!("cannot create a Kafka producer: {e}"))?,
+    };
     while !stop.load(Ordering::Relaxed) {
         let entries = db
             .snapshot()
@@ -263,53 +308,238 @@ async fn run_once(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        let mut acks = Vec::new();
-        let mut sent = 0u64;
-        for (_, value) in &entries {
-            let changes = sink_log::decode(value, &types).map_err(|e| e.to_string())?;
-            for (key, value) in records(c, &schema, &pk, &changes)? {
-                let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(&topic);
-                if let Some(k) = &key {
-                    rec = rec.key(k);
-                }
-                if let Some(v) = &value {
-                    rec = rec.payload(v);
-                }
-                loop {
-                    match producer.send_result(rec) {
-                        Ok(ack) => {
-                            acks.push(ack);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            // The producer's queue is full: wait for what is in flight.
-                            for ack in acks.drain(..) {
-                                await_ack(ack, &topic).await?;
-                            }
-                            rec = back;
-                        }
-                        Err((e, _)) => {
-                            return Err(format!("cannot queue a record for \"{topic}\": {e}"))
-                        }
-                    }
-                }
-                sent += 1;
-            }
-        }
-        for ack in acks {
-            await_ack(ack, &topic).await?;
-        }
-        // Everything in these entries is acknowledged: forget them.
         let last = entries.last().expect("not empty").0.to_vec();
-        let mut txn = db.begin_write().await;
-        txn.delete_raw(
-            lo.clone(),
-            Some(strom_engine::keys::prefix_successor(&last).unwrap_or(hi.clone())),
-        );
-        txn.commit().map_err(|e| e.to_string())?;
-        status.add(sent, 0);
+        if let Some(t) = &txn {
+            producer
+                .begin_transaction()
+                .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+            let epoch = sink_log::epoch_of(&last).expect("a log key");
+            let sent = send(&producer, &topic, c, &schema, &types, &pk, &entries).await;
+            let sent = match sent {
+                Ok(sent) => {
+                    test_pause().await;
+                    t.commit(epoch).await.map(|()| sent)
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(sent) => {
+                    status.add(sent, 0);
+                    test_pause().await;
+                }
+                Err(e) => {
+                    // Best effort: the next producer's init_transactions aborts it anyway.
+                    let p = producer.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        p.abort_transaction(Duration::from_secs(10))
+                    })
+                    .await;
+                    return Err(e);
+                }
+            }
+        } else {
+            let sent = send(&producer, &topic, c, &schema, &types, &pk, &entries).await?;
+            status.add(sent, 0);
+        }
+        // Everything in these entries is acknowledged (or committed): forget them.
+        forget_through(db, def.id, &last).await?;
     }
     Ok(())
+}
+
+/// A failpoint for crash tests: with `STROM_TEST_SINK_PAUSE_MS` set, an exactly-once sink
+/// waits that long before committing each transaction (its records are in the broker,
+/// undecided) and again after committing (before trimming its log), so a test can kill
+/// the server inside either window.
+async fn test_pause() {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("STROM_TEST_SINK_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(d) = pause {
+        tokio::time::sleep(*d).await;
+    }
+}
+
+/// Deletes a sink's log entries up to and including the key `last`.
+async fn forget_through(db: &Database, sink: TableId, last: &[u8]) -> Result<(), String> {
+    let (lo, hi) = sink_log::range(sink);
+    let mut txn = db.begin_write().await;
+    txn.delete_raw(
+        lo,
+        Some(strom_engine::keys::prefix_successor(last).unwrap_or(hi)),
+    );
+    txn.commit().map(drop).map_err(|e| e.to_string())
+}
+
+/// Sends the records of log entries and waits until the broker acknowledged each one;
+/// returns how many were sent.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    c: &ConnectorDef,
+    schema: &SchemaRef,
+    types: &[DataType],
+    pk: &[usize],
+    entries: &[strom_engine::store::KvPair],
+) -> Result<u64, String> {
+    let mut acks = Vec::new();
+    let mut sent = 0u64;
+    for (_, value) in entries {
+        let changes = sink_log::decode(value, types).map_err(|e| e.to_string())?;
+        for (key, value) in records(c, schema, pk, &changes)? {
+            let mut rec: FutureRecord<'_, str, str> = FutureRecord::to(topic);
+            if let Some(k) = &key {
+                rec = rec.key(k);
+            }
+            if let Some(v) = &value {
+                rec = rec.payload(v);
+            }
+            loop {
+                match producer.send_result(rec) {
+                    Ok(ack) => {
+                        acks.push(ack);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The producer's queue is full: wait for what is in flight.
+                        for ack in acks.drain(..) {
+                            await_ack(ack, topic).await?;
+                        }
+                        rec = back;
+                    }
+                    Err((e, _)) => {
+                        return Err(format!("cannot queue a record for \"{topic}\": {e}"))
+                    }
+                }
+            }
+            sent += 1;
+        }
+    }
+    for ack in acks {
+        await_ack(ack, topic).await?;
+    }
+    Ok(sent)
+}
+
+/// An exactly-once sink's transactional producer and progress group.
+struct Transactions {
+    producer: FutureProducer,
+    /// Holds the progress group's metadata for `send_offsets_to_transaction`.
+    group: BaseConsumer,
+    topic: String,
+}
+
+impl Transactions {
+    /// Makes the transactional producer (fencing and aborting any earlier one's open
+    /// transaction), then drops the log entries the broker already committed.
+    async fn start(
+        db: &Arc<Database>,
+        def: &TableDef,
+        c: &ConnectorDef,
+        cfg: &mut ClientConfig,
+        topic: &str,
+    ) -> Result<Transactions, String> {
+        let name = format!(
+            "strom-sink-{:016x}-{}",
+            identity(db, def.id).await?,
+            def.id.0
+        );
+        cfg.set("transactional.id", &name);
+        let producer: FutureProducer = cfg
+            .create()
+            .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+        let mut group_cfg = crate::librdkafka_config(c);
+        group_cfg
+            .set("group.id", &name)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        let group: BaseConsumer = group_cfg
+            .create()
+            .map_err(|e| format!("cannot create a Kafka consumer for the sink's progress: {e}"))?;
+        let topic = topic.to_string();
+        let (producer, group, committed) = tokio::task::spawn_blocking(move || {
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .map_err(|e| format!("cannot start Kafka transactions: {e}"))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, 0);
+            let committed = group
+                .committed_offsets(tpl, Duration::from_secs(30))
+                .map_err(|e| format!("cannot read the sink's committed progress: {e}"))?;
+            let next = committed
+                .find_partition(&topic, 0)
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(n) if n > 0 => Some(n as u64),
+                    _ => None,
+                });
+            Ok::<_, String>((producer, group, next))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        // The progress offset is the epoch after the last one delivered.
+        if let Some(next) = committed {
+            forget_through(db, def.id, &sink_log::key(def.id, next - 1)).await?;
+        }
+        Ok(Transactions {
+            producer,
+            group,
+            topic: topic_of(c),
+        })
+    }
+
+    /// Commits the open transaction with `epoch` as the last delivered one.
+    async fn commit(&self, epoch: u64) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(epoch as i64 + 1))
+            .map_err(|e| e.to_string())?;
+        let meta = self
+            .group
+            .group_metadata()
+            .ok_or("the sink's progress group has no metadata")?;
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .send_offsets_to_transaction(&tpl, &meta, Duration::from_secs(30))
+                .map_err(|e| format!("cannot add the sink's progress to the transaction: {e}"))?;
+            producer
+                .commit_transaction(Duration::from_secs(60))
+                .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+fn topic_of(c: &ConnectorDef) -> String {
+    opt(c, "topic").unwrap_or_default().to_string()
+}
+
+/// The sink's identity token, made on first use.
+async fn identity(db: &Database, sink: TableId) -> Result<u64, String> {
+    let key = sink_log::identity_key(sink);
+    if let Some(v) = db.snapshot().get(&key).map_err(|e| e.to_string())? {
+        if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+            return Ok(u64::from_be_bytes(b));
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    let token = h.finish();
+    let mut txn = db.begin_write().await;
+    txn.put_raw(key, token.to_be_bytes().to_vec());
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(token)
 }
 
 async fn await_ack(ack: rdkafka::producer::DeliveryFuture, topic: &str) -> Result<(), String> {

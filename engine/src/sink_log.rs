@@ -19,6 +19,7 @@ use crate::keys::{prefix_successor, META_PREFIX};
 use crate::stream::chunk::Op;
 
 const TAG: &[u8] = b"sink_log";
+const IDENTITY_TAG: &[u8] = b"sink_identity";
 
 /// The key range of a sink's log.
 pub fn range(sink: TableId) -> (Vec<u8>, Vec<u8>) {
@@ -28,6 +29,18 @@ pub fn range(sink: TableId) -> (Vec<u8>, Vec<u8>) {
     lo.extend_from_slice(&sink.0.to_be_bytes());
     let hi = prefix_successor(&lo).expect("starts with 0x00");
     (lo, hi)
+}
+
+/// The key of a sink's identity: a random token made when the sink first delivers, which
+/// names its Kafka transactional id and progress group. A sink made again under the same
+/// id, or a database made again in a fresh data directory, gets a new token, so it never
+/// mistakes an earlier sink's progress in the broker for its own.
+pub fn identity_key(sink: TableId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + IDENTITY_TAG.len() + 4);
+    k.push(META_PREFIX);
+    k.extend_from_slice(IDENTITY_TAG);
+    k.extend_from_slice(&sink.0.to_be_bytes());
+    k
 }
 
 pub fn key(sink: TableId, epoch: u64) -> Vec<u8> {

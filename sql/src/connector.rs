@@ -170,6 +170,47 @@ pub fn starts_create_sink(p: &Parser) -> bool {
     word(p, 0).as_deref() == Some("CREATE") && word(p, 1).as_deref() == Some("SINK")
 }
 
+/// A sink's query: the tokens up to the statement's last top-level `WITH (`. Left to
+/// itself, sqlparser reads `FROM t WITH (...)` as MSSQL table hints, which would swallow
+/// the sink's options after a query ending in a table name.
+fn parse_query_before_with(
+    p: &mut Parser,
+) -> std::result::Result<Box<sqlparser::ast::Query>, ParserError> {
+    let mut tokens = Vec::new();
+    let mut depth = 0i32;
+    let mut end = None;
+    loop {
+        let t = p.peek_nth_token(tokens.len());
+        match &t.token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w)
+                if depth == 0
+                    && w.keyword == Keyword::WITH
+                    && p.peek_nth_token_ref(tokens.len() + 1).token == Token::LParen =>
+            {
+                end = Some(tokens.len())
+            }
+            _ => {}
+        }
+        tokens.push(t);
+    }
+    tokens.truncate(end.unwrap_or(tokens.len()));
+    let n = tokens.len();
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let query = sub.parse_query()?;
+    if sub.peek_token_ref().token != Token::EOF {
+        return sub.expected("the end of the sink's query", sub.peek_token());
+    }
+    for _ in 0..n {
+        p.next_token();
+    }
+    Ok(query)
+}
+
 /// `CREATE SINK [IF NOT EXISTS] name FROM relation | AS query WITH (...) FORMAT f ENCODE e
 /// [(...)]`, as a `CREATE MATERIALIZED VIEW` (of `SELECT * FROM relation` or the query)
 /// whose options carry the sink declaration (read back by [`connector_spec_of_view`]).
@@ -184,7 +225,7 @@ pub fn parse_create_sink(p: &mut Parser) -> std::result::Result<Statement, Parse
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
         Parser::new(&dialect).try_with_sql(&sql)?.parse_query()?
     } else if p.parse_keyword(Keyword::AS) {
-        p.parse_query()?
+        parse_query_before_with(p)?
     } else {
         return p.expected("FROM relation or AS query", p.peek_token());
     };
@@ -545,5 +586,35 @@ mod tests {
         ] {
             assert!(parse(sql).is_err(), "{sql}");
         }
+    }
+
+    #[test]
+    fn sink_queries_end_at_the_sink_options() {
+        let sink = |sql: &str| match parse(sql).unwrap().remove(0) {
+            Statement::CreateView(cv) => (
+                cv.query.to_string(),
+                connector_spec_of_view(&cv).unwrap().unwrap(),
+            ),
+            other => panic!("{other}"),
+        };
+        // A query ending in a table name: `yc WITH (...)` is not a table hint.
+        let (q, s) = sink(
+            "CREATE SINK s AS SELECT seq FROM yc WITH (connector = 'kafka', topic = 't', \
+             properties.bootstrap.server = 'b', delivery = 'exactly_once') FORMAT PLAIN ENCODE JSON; SELECT 1",
+        );
+        assert_eq!(q, "SELECT seq FROM yc");
+        assert_eq!(s.options["delivery"], "exactly_once");
+        // A CTE and a parenthesised subquery keep their own WITH and parentheses.
+        let (q, s) = sink(
+            "CREATE SINK s AS WITH x AS (SELECT a FROM (SELECT 1 AS a) y) SELECT a FROM x \
+             WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'b') \
+             FORMAT UPSERT ENCODE JSON",
+        );
+        assert_eq!(
+            q,
+            "WITH x AS (SELECT a FROM (SELECT 1 AS a) y) SELECT a FROM x"
+        );
+        assert_eq!(s.format, "UPSERT");
+        assert!(parse("CREATE SINK s AS SELECT 1 FROM t extra junk WITH (connector = 'kafka') FORMAT PLAIN ENCODE JSON").is_err());
     }
 }

@@ -414,6 +414,123 @@ async fn source_is_exactly_once_across_kill_9() {
     assert_eq!(by_key(&records), want);
 }
 
+/// Reads the exactly-once test topic, applying transaction markers.
+async fn read_transactional(topic: &str) -> crate::kafka_txn::Transactional {
+    let (b, t) = (bootstrap(), topic.to_string());
+    tokio::task::spawn_blocking(move || crate::kafka_txn::read(&b, &t, 0))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_sink_across_kill_9() {
+    const N: usize = 20_000;
+    let (input, out) = (fresh_topic("eo_in"), fresh_topic("eo_out"));
+    create_topic(&input, 1).await;
+    create_topic(&out, 1).await;
+    // The failpoint holds each transaction open 300 ms before its commit, and waits 300 ms
+    // after it before the sink log is trimmed: the kills below aim at those windows.
+    let mut server = TestServer::start_with_env(&[], &[("STROM_TEST_SINK_PAUSE_MS", "300")]);
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE eo (seq BIGINT NOT NULL)
+         WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{b}')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE SINK eo_out AS SELECT seq FROM eo
+           WITH (connector = 'kafka', topic = '{out}', properties.bootstrap.server = '{b}', delivery = 'exactly_once')
+           FORMAT PLAIN ENCODE JSON;",
+        b = bootstrap()
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    let producing = {
+        let input = input.clone();
+        tokio::spawn(async move {
+            let p = producer();
+            for chunk in 0..40 {
+                let msgs: Vec<String> = (0..N / 40)
+                    .map(|i| format!(r#"{{"seq": {}}}"#, chunk * (N / 40) + i))
+                    .collect();
+                let borrowed: Vec<(i32, Option<&str>, Option<&str>)> =
+                    msgs.iter().map(|m| (0, None, Some(m.as_str()))).collect();
+                produce(&p, &input, &borrowed).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Kill inside an open transaction (its records are in the broker, undecided), then
+    // right after a commit (before the log is trimmed), then inside one again.
+    for kill_open in [true, false, true] {
+        let before = read_transactional(&out).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = read_transactional(&out).await;
+            let hit = if kill_open {
+                now.open > 0
+            } else {
+                now.commits > before.commits
+            };
+            if hit {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sink made no progress: {} commits, {} undecided records",
+                now.commits,
+                now.open
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.kill();
+        server.spawn();
+    }
+    producing.await.unwrap();
+
+    // With aborted transactions discounted, every row arrives exactly once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let read = loop {
+        let read = read_transactional(&out).await;
+        if read.committed.len() >= N || Instant::now() > deadline {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut seen = vec![0u32; N];
+    for (_, value) in &read.committed {
+        let v: serde_json::Value =
+            serde_json::from_slice(value.as_deref().expect("a row")).unwrap();
+        seen[v["seq"].as_u64().unwrap() as usize] += 1;
+    }
+    let wrong: Vec<(usize, u32)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 1)
+        .map(|(seq, n)| (seq, *n))
+        .take(10)
+        .collect();
+    eprintln!(
+        "exactly-once sink: {} committed records in {} transactions; {} aborted records in {} aborted transactions",
+        read.committed.len(),
+        read.commits,
+        read.aborted,
+        read.aborts
+    );
+    assert!(
+        wrong.is_empty(),
+        "rows not delivered exactly once (seq, times): {wrong:?}"
+    );
+    assert_eq!(read.committed.len(), N);
+    assert_eq!(read.open, 0, "records of transactions never ended");
+    // The kills inside open transactions left aborted records the reader had to discount.
+    assert!(
+        read.aborts >= 2 && read.aborted > 0,
+        "{} aborted transactions, {} aborted records",
+        read.aborts,
+        read.aborted
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_envelopes_and_csv_maintain_tables() {
     let (dbz, canal, maxwell, csv) = (
@@ -640,7 +757,8 @@ async fn sinks_deliver_view_changes_as_upsert_debezium_and_plain() {
            FORMAT UPSERT ENCODE JSON;
          CREATE MATERIALIZED VIEW kw_by_feeder AS SELECT feeder, sum(kw) AS kw, count(*) AS n FROM readings GROUP BY feeder;
          CREATE SINK kw_out FROM kw_by_feeder
-           WITH (connector = 'kafka', topic = '{upsert_out}', properties.bootstrap.server = '{b}', primary_key = 'feeder')
+           WITH (connector = 'kafka', topic = '{upsert_out}', properties.bootstrap.server = '{b}', primary_key = 'feeder',
+                 delivery = 'exactly_once')
            FORMAT UPSERT ENCODE JSON;
          CREATE SINK kw_dbz FROM kw_by_feeder
            WITH (connector = 'kafka', topic = '{dbz_out}', properties.bootstrap.server = '{b}', primary_key = 'feeder')
@@ -736,6 +854,8 @@ async fn sinks_deliver_view_changes_as_upsert_debezium_and_plain() {
         (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}') FORMAT PLAIN ENCODE JSON"), "append-only"),
         (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}') FORMAT UPSERT ENCODE JSON"), "primary_key"),
         (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}', primary_key = 'nope') FORMAT UPSERT ENCODE JSON"), "nope"),
+        (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}', delivery = 'twice') FORMAT DEBEZIUM ENCODE JSON"), "option \"delivery\": \"twice\""),
+        (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}', properties.transactional.id = 'x') FORMAT DEBEZIUM ENCODE JSON"), "delivery = 'at_least_once' | 'exactly_once'"),
     ] {
         let err = c.simple_query(&sql).await.unwrap_err();
         let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();

@@ -7,6 +7,7 @@
 
 mod fidelity;
 mod kafka;
+mod kafka_txn;
 mod pgclient;
 mod psql;
 mod recovery;

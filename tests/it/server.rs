@@ -11,6 +11,7 @@ pub struct TestServer {
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -29,6 +30,12 @@ impl TestServer {
 
     /// A server on a fresh data directory, with extra command-line flags.
     pub fn start_with(args: &[&str]) -> TestServer {
+        Self::start_with_env(args, &[])
+    }
+
+    /// A server on a fresh data directory, with extra flags and environment variables
+    /// (kept across restarts).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
         let tmp = tempfile::tempdir().expect("create temp dir");
         let data_dir = tmp.path().join("data");
         let mut s = TestServer {
@@ -37,6 +44,10 @@ impl TestServer {
             child: None,
             _tmp: Some(tmp),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -51,6 +62,7 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(&self.args)
             .env("STROM_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

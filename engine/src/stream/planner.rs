@@ -111,7 +111,9 @@ impl Planner {
                     inputs: vec![],
                     schema: nullable(&full_schema),
                     unique_key,
-                    append_only: false,
+                    // A source's rows are only ever appended (CDC and upsert formats
+                    // need a table).
+                    append_only: def.is_source(),
                 };
                 // `scan.filters` are ignored: the provider accepts them as Inexact, so
                 // DataFusion keeps the same predicates in a Filter above the scan.
