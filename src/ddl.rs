@@ -45,8 +45,19 @@ pub async fn execute(
                 user_pk: plan.user_pk,
                 view: None,
                 connector: plan.connector,
+                watermark: plan.watermark,
             };
             check_defaults(db, settings, &def)?;
+            strom_engine::watermark::Watermarker::new(&def).map_err(|e| {
+                StromError::user(
+                    "42P17",
+                    format!(
+                        "{} \"{}\": invalid WATERMARK expression: {e}",
+                        def.kind_name(),
+                        def.name
+                    ),
+                )
+            })?;
             let tag = if def.is_source() {
                 "CREATE SOURCE"
             } else {

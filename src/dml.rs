@@ -267,6 +267,21 @@ async fn insert(
     Ok(written)
 }
 
+/// A table with a watermark only ever gains rows: windows closed by its watermark could
+/// not take back what they emitted.
+fn append_only(def: &TableDef, what: &str) -> Result<()> {
+    if def.watermark.is_some() {
+        return Err(StromError::user(
+            "0A000",
+            format!(
+                "cannot {what} table \"{}\": a table with a WATERMARK is append-only",
+                def.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn second_touch() -> StromError {
     StromError::user(
         "21000",
@@ -613,6 +628,7 @@ async fn update(
     let catalog = Arc::new(txn.catalog().clone());
     let (def, npk, sql) = update_select(&catalog, settings, up)?;
     let def = def.clone();
+    append_only(&def, "UPDATE")?;
     let (ctx, plan) =
         plan_select(&catalog, Arc::clone(txn.snapshot()), settings, &def, &sql).await?;
     let plan = bind_params(plan, params, param_oids)?;
@@ -653,6 +669,7 @@ async fn delete(
     let catalog = Arc::new(txn.catalog().clone());
     let (def, sql) = delete_select(&catalog, settings, del)?;
     let def = def.clone();
+    append_only(&def, "DELETE")?;
     let (ctx, plan) =
         plan_select(&catalog, Arc::clone(txn.snapshot()), settings, &def, &sql).await?;
     let plan = bind_params(plan, params, param_oids)?;

@@ -126,6 +126,7 @@ impl QueryEnv {
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx, self);
         crate::jsonb::register(&ctx);
+        ctx.register_udf(strom_engine::watermark::window_start_udf());
         ctx
     }
 

@@ -14,6 +14,10 @@
 //!   runs, the partitions it reads, the rows (records, for sinks) and rejections since the
 //!   server started, and the error that stopped its last attempt (a missing topic, an
 //!   unreachable broker) until it works again.
+//! - `strom_catalog.late_rows`: every row a table or source with a `WATERMARK` set aside
+//!   because its event time was behind the watermark (or NULL), with the watermark at the
+//!   time, the reason and the row as JSON. Kept until the relation is dropped.
+//! - `strom_catalog.watermarks`: each such relation's current watermark.
 
 use std::sync::Arc;
 
@@ -32,9 +36,11 @@ pub const SCHEMA: &str = "strom_catalog";
 
 const TABLES: &[&str] = &[
     "backfill_progress",
+    "late_rows",
     "source_errors",
     "source_offsets",
     "source_status",
+    "watermarks",
 ];
 
 #[derive(Debug)]
@@ -78,6 +84,95 @@ impl StromCatalogSchema {
 }
 
 impl StromCatalogSchema {
+    fn schema_name(&self, t: &strom_catalog::TableDef) -> String {
+        self.env
+            .catalog
+            .schema(t.schema)
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn late_rows(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("relation_name", DataType::Utf8, false),
+            Field::new("event_time", DataType::Utf8, false),
+            Field::new("watermark", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("row", DataType::Utf8, false),
+        ]));
+        let mut cols: [Vec<String>; 6] = Default::default();
+        let ext = |e: strom_engine::EngineError| datafusion::error::DataFusionError::External(Box::new(e));
+        for t in self.env.catalog.tables().filter(|t| t.watermark.is_some()) {
+            let (lo, hi) = strom_engine::watermark::late_table_range(t.id);
+            let names: Vec<&str> = t.visible_columns().map(|(_, c)| c.name.as_str()).collect();
+            for (_, v) in self.env.snapshot.scan(&lo, &hi, usize::MAX).map_err(ext)? {
+                let Ok(late) = serde_json::from_slice::<strom_engine::watermark::LateRow>(&v) else {
+                    continue;
+                };
+                let row: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(&late.row)
+                    .map(|(n, v)| {
+                        (
+                            n.to_string(),
+                            v.clone().map_or(serde_json::Value::Null, serde_json::Value::String),
+                        )
+                    })
+                    .collect();
+                for (c, v) in cols.iter_mut().zip([
+                    self.schema_name(t),
+                    t.name.clone(),
+                    late.event_time,
+                    late.watermark,
+                    late.reason,
+                    serde_json::Value::Object(row).to_string(),
+                ]) {
+                    c.push(v);
+                }
+            }
+        }
+        let cols: Vec<ArrayRef> = cols
+            .into_iter()
+            .map(|c| Arc::new(StringArray::from(c)) as ArrayRef)
+            .collect();
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
+    fn watermarks(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("relation_name", DataType::Utf8, false),
+            Field::new("column_name", DataType::Utf8, false),
+            Field::new("watermark", DataType::Utf8, true),
+        ]));
+        let ext = |e: strom_engine::EngineError| datafusion::error::DataFusionError::External(Box::new(e));
+        let (mut sch, mut rel, mut col, mut wm) = (vec![], vec![], vec![], vec![]);
+        for t in self.env.catalog.tables() {
+            let Some(w) = &t.watermark else { continue };
+            let bytes = self
+                .env
+                .snapshot
+                .get(&strom_engine::watermark::key(t.id))
+                .map_err(ext)?;
+            let value = bytes
+                .map(|b| strom_engine::watermark::decode(&b, &t.columns[w.column].ty.to_arrow()))
+                .transpose()
+                .map_err(ext)?;
+            sch.push(self.schema_name(t));
+            rel.push(t.name.clone());
+            col.push(t.columns[w.column].name.clone());
+            wm.push(value.as_ref().map(strom_engine::watermark::display));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sch)),
+            Arc::new(StringArray::from(rel)),
+            Arc::new(StringArray::from(col)),
+            Arc::new(StringArray::from(wm)),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
     fn sources(&self) -> impl Iterator<Item = (String, &strom_catalog::TableDef)> {
         let cat = &self.env.catalog;
         cat.tables().filter(|t| t.connector.is_some()).map(|t| {
@@ -210,6 +305,8 @@ impl SchemaProvider for StromCatalogSchema {
             "source_errors" => self.source_errors()?,
             "source_offsets" => self.source_offsets()?,
             "source_status" => self.source_status()?,
+            "late_rows" => self.late_rows()?,
+            "watermarks" => self.watermarks()?,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

@@ -59,6 +59,7 @@ async fn plan_view(
     name: &str,
     columns: &[String],
     query: &Query,
+    emit_on_window_close: bool,
 ) -> Result<Planned> {
     let mut stmt = Statement::Query(Box::new(query.clone()));
     query::prepare_statement(&mut stmt, catalog, settings)?;
@@ -72,7 +73,12 @@ async fn plan_view(
         ));
     }
     let optimized = ctx.state().optimize(&logical)?;
-    let plan = planner::plan(&optimized)?;
+    let mut plan = planner::plan(&optimized)?;
+    plan.annotate_windows(
+        &|id| catalog.table(id).and_then(|t| t.watermark.as_ref()).map(|w| w.column),
+        emit_on_window_close,
+    )
+    .map_err(|m| StromError::user("42P17", format!("materialized view \"{name}\": {m}")))?;
     // Types after analysis (UNION branches are coerced to common types there).
     let out = optimized.schema();
     if !columns.is_empty() && columns.len() > out.fields().len() {
@@ -144,8 +150,10 @@ async fn plan_view(
             view: Some(ViewDef {
                 query: prepared.to_string(),
                 depends_on,
+                emit_on_window_close,
             }),
             connector: None,
+            watermark: None,
         },
         plan,
     })
@@ -188,6 +196,7 @@ async fn plan_statement(
     stmt: &Statement,
 ) -> Result<Planned> {
     let (_, columns, query, _) = view_parts(stmt)?;
+    let eowc = matches!(stmt, Statement::CreateView(cv) if strom_sql::parser::emits_on_window_close(cv));
     plan_view(
         db,
         catalog,
@@ -196,6 +205,7 @@ async fn plan_statement(
         name,
         &column_names(columns),
         query,
+        eowc,
     )
     .await
 }
@@ -391,6 +401,11 @@ pub fn drop_in_txn(
         if def.connector.is_some() {
             strom_connectors::errors::stage_forget(txn, id);
         }
+        if def.watermark.is_some() {
+            let (lo, hi) = strom_engine::watermark::late_table_range(id);
+            txn.delete_raw(lo, Some(hi));
+            txn.delete_raw(strom_engine::watermark::key(id), None);
+        }
         if def.is_sink() {
             strom_connectors::sink::stage_forget(txn, id);
         }
@@ -530,7 +545,14 @@ pub async fn deploy_all(db: &Arc<Database>, stream: &Arc<StreamRuntime>) -> Resu
         };
         let visible: Vec<String> = def.visible_columns().map(|(_, c)| c.name.clone()).collect();
         let planned = plan_view(
-            db, &catalog, &settings, def.schema, &def.name, &visible, &query,
+            db,
+            &catalog,
+            &settings,
+            def.schema,
+            &def.name,
+            &visible,
+            &query,
+            view.emit_on_window_close,
         )
         .await
         .map_err(|e| {

@@ -238,6 +238,7 @@ mod tests {
             user_pk: true,
             view: None,
             connector: None,
+            watermark: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct ViewDef {
     pub query: String,
     /// Relations (tables and views) the query reads, in first-use order.
     pub depends_on: Vec<TableId>,
+    /// `EMIT ON WINDOW CLOSE`: the windowed aggregation emits each window's rows once,
+    /// when the watermark passes it.
+    #[serde(default)]
+    pub emit_on_window_close: bool,
 }
 
 /// A table or source fed by an external system (`CREATE SOURCE`, `CREATE TABLE ... WITH
@@ -91,6 +95,20 @@ pub struct TableDef {
     /// Set for sources and tables fed by a connector.
     #[serde(default)]
     pub connector: Option<ConnectorDef>,
+    /// `WATERMARK FOR column AS expr`: the table is append-only, and rows behind the
+    /// watermark are kept aside as late instead of stored.
+    #[serde(default)]
+    pub watermark: Option<WatermarkDef>,
+}
+
+/// A table's or source's event-time watermark: after a row with `column = t` arrived, the
+/// watermark is at least `expr` evaluated on that row (`ts - INTERVAL '30' SECOND`); a later
+/// row whose `column` is below the watermark is late.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkDef {
+    pub column: usize,
+    /// The expression's SQL text, over the table's columns.
+    pub expr: String,
 }
 
 impl TableDef {

@@ -34,6 +34,10 @@ pub struct RowChange {
 pub struct LogEntry {
     pub seq: u64,
     pub changes: Vec<RowChange>,
+    /// Watermarks this transaction raised: relation and new value (encoded by
+    /// [`crate::watermark::encode`]). Encoded after the changes, and only when there are
+    /// any, so entries written before watermarks existed still decode.
+    pub watermarks: Vec<(TableId, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -102,6 +106,13 @@ pub fn encode(entry: &LogEntry) -> Vec<u8> {
         put_bytes(&mut out, c.old.as_deref());
         put_bytes(&mut out, c.new.as_deref());
     }
+    if !entry.watermarks.is_empty() {
+        out.extend_from_slice(&(entry.watermarks.len() as u32).to_be_bytes());
+        for (t, v) in &entry.watermarks {
+            out.extend_from_slice(&t.0.to_be_bytes());
+            put_bytes(&mut out, Some(v));
+        }
+    }
     out
 }
 
@@ -133,10 +144,23 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
             new,
         });
     }
+    let mut watermarks = Vec::new();
+    if !r.0.is_empty() {
+        let n = r.u32()?;
+        for _ in 0..n {
+            let table = TableId(r.u32()?);
+            let v = r.bytes()?.ok_or_else(|| corrupt("missing watermark"))?;
+            watermarks.push((table, v));
+        }
+    }
     if !r.0.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
-    Ok(LogEntry { seq, changes })
+    Ok(LogEntry {
+        seq,
+        changes,
+        watermarks,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -191,6 +215,7 @@ mod tests {
                     new: None,
                 },
             ],
+            watermarks: vec![(TableId(3), vec![1, 2, 3])],
         };
         let b = encode(&e);
         assert_eq!(decode(&b).unwrap(), e);

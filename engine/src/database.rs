@@ -5,7 +5,7 @@
 //! commit them in one RocksDB batch together with the catalog and the row-id sequence, so
 //! a statement's effects are either all durable or all absent after a crash.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -20,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::keys::{self, META_PREFIX};
 use crate::store::{Snapshot, Store, StoreOptions};
 use crate::table;
+use crate::watermark::{self, Watermarker};
 
 const CATALOG_KEY: &[u8] = b"\x00catalog";
 const ROW_ID_KEY: &[u8] = b"\x00row_id";
@@ -36,6 +37,8 @@ pub struct Database {
     changes: std::sync::Mutex<ChangeQueue>,
     /// Woken after every commit that queued changes.
     pub changes_ready: tokio::sync::Notify,
+    /// Planned watermark declarations, by relation.
+    watermarkers: std::sync::Mutex<HashMap<TableId, Arc<Watermarker>>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -78,6 +81,7 @@ impl Database {
             next_row_id: next_row_id.into(),
             changes: std::sync::Mutex::new(changes),
             changes_ready: tokio::sync::Notify::new(),
+            watermarkers: Default::default(),
         })
     }
 
@@ -140,12 +144,47 @@ impl Database {
             overlay: BTreeMap::new(),
             appended: Vec::new(),
             row_ids_used: 0,
+            raised: BTreeMap::new(),
         }
     }
 
     pub fn flush(&self) -> Result<()> {
         self.store.flush()
     }
+
+    /// The planned watermark of a relation (None: it declares none).
+    pub fn watermarker(&self, def: &TableDef) -> Result<Option<Arc<Watermarker>>> {
+        let Some(wm) = &def.watermark else {
+            return Ok(None);
+        };
+        let mut cache = self
+            .watermarkers
+            .lock()
+            .expect("invariant: watermark cache lock is never poisoned");
+        if let Some(w) = cache.get(&def.id) {
+            if w.expr_sql == wm.expr && w.column() == wm.column {
+                return Ok(Some(Arc::clone(w)));
+            }
+        }
+        let w = Arc::new(Watermarker::new(def)?.expect("has a watermark"));
+        cache.insert(def.id, Arc::clone(&w));
+        Ok(Some(w))
+    }
+
+    /// A relation's current watermark as committed by writers (None: no row yet).
+    pub fn watermark(&self, def: &TableDef) -> Result<Option<ScalarValue>> {
+        watermark_in(&self.snapshot(), def)
+    }
+}
+
+fn watermark_in(snapshot: &Snapshot, def: &TableDef) -> Result<Option<ScalarValue>> {
+    let Some(wm) = &def.watermark else {
+        return Ok(None);
+    };
+    snapshot
+        .get(&watermark::key(def.id))?
+        .map(|b| watermark::decode(&b, &def.columns[wm.column].ty.to_arrow()))
+        .transpose()
 }
 
 /// Staged changes of one statement. Dropping it without [`WriteTxn::commit`] discards them.
@@ -161,6 +200,8 @@ pub struct WriteTxn<'a> {
     /// Rows of sources: handed to views, never stored.
     appended: Vec<RowChange>,
     row_ids_used: i64,
+    /// Watermarks the writer raised itself (see [`WriteTxn::raise_watermark`]).
+    raised: BTreeMap<TableId, ScalarValue>,
 }
 
 impl WriteTxn<'_> {
@@ -226,6 +267,95 @@ impl WriteTxn<'_> {
             new: Some(crate::row::encode_row(row)?),
         });
         Ok(())
+    }
+
+    /// Raises a relation's watermark to at least `value` at commit, whatever the rows of
+    /// this transaction say (a Kafka source computes it per partition and raises it even
+    /// when idle partitions let it advance without new rows). Rows of this transaction are
+    /// still judged late against the watermark from before it.
+    pub fn raise_watermark(&mut self, table: TableId, value: ScalarValue) {
+        let v = watermark::max(self.raised.remove(&table), Some(value)).expect("some");
+        self.raised.insert(table, v);
+    }
+
+    /// Sets late rows aside, and raises watermarks, for every relation with a watermark
+    /// this transaction adds rows to (see [`crate::watermark`]). Returns the watermarks
+    /// that moved, encoded, for the change-log entry.
+    fn apply_watermarks(&mut self) -> Result<Vec<(TableId, Vec<u8>)>> {
+        let catalog = Arc::new(self.catalog().clone());
+        let mut moved = Vec::new();
+        for def in catalog.tables().filter(|t| t.watermark.is_some()) {
+            let lo = keys::table_prefix(def.id);
+            let hi = keys::prefix_successor(&lo).expect("invariant: table prefix starts with 0x01");
+            let stored: Vec<(Vec<u8>, Vec<u8>)> = self
+                .overlay
+                .range(lo..hi)
+                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                .collect();
+            let appended: Vec<usize> = (0..self.appended.len())
+                .filter(|&i| self.appended[i].table == def.id && self.appended[i].new.is_some())
+                .collect();
+            let raised = self.raised.remove(&def.id);
+            if stored.is_empty() && appended.is_empty() && raised.is_none() {
+                continue;
+            }
+            let marker = self.db.watermarker(def)?.expect("has a watermark");
+            let types = crate::table::stored_types(def);
+            let current = watermark_in(&self.snapshot, def)?;
+            let rows: Vec<Vec<ScalarValue>> = stored
+                .iter()
+                .map(|(_, v)| v)
+                .chain(
+                    appended
+                        .iter()
+                        .map(|&i| self.appended[i].new.as_ref().expect("filtered")),
+                )
+                .map(|v| crate::table::decode(def, &types, v))
+                .collect::<Result<_>>()?;
+            let visible = def.visible_columns().count();
+            let refs: Vec<&[ScalarValue]> = rows.iter().map(|r| &r[..visible]).collect();
+            let split = marker.split(&refs, current.as_ref())?;
+            let mut late_appended = HashSet::new();
+            for (i, reason) in split.late.iter().enumerate() {
+                let Some(reason) = reason else { continue };
+                if i < stored.len() {
+                    let key = stored[i].0.clone();
+                    self.batch.delete(&key);
+                    self.overlay.insert(key, None);
+                } else {
+                    late_appended.insert(appended[i - stored.len()]);
+                }
+                let late = watermark::LateRow {
+                    reason: reason.clone(),
+                    watermark: current.as_ref().map(watermark::display).unwrap_or_default(),
+                    event_time: watermark::display(&rows[i][marker.column()]),
+                    row: rows[i][..visible]
+                        .iter()
+                        .map(|v| (!v.is_null()).then(|| watermark::display(v)))
+                        .collect(),
+                };
+                let id = self.alloc_row_ids(1);
+                let json = serde_json::to_vec(&late).map_err(|e| EngineError::Internal(e.to_string()))?;
+                self.batch.put(watermark::late_key(def.id, id), json);
+            }
+            if !late_appended.is_empty() {
+                let mut i = 0;
+                self.appended.retain(|_| {
+                    let keep = !late_appended.contains(&i);
+                    i += 1;
+                    keep
+                });
+            }
+            let new = watermark::max(watermark::max(current.clone(), raised), split.max);
+            if let Some(new) = new {
+                if current.as_ref() != Some(&new) {
+                    let bytes = watermark::encode(&new)?;
+                    self.batch.put(watermark::key(def.id), &bytes);
+                    moved.push((def.id, bytes));
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Stages a raw write outside the table space (stream runtime bookkeeping).
@@ -294,6 +424,7 @@ impl WriteTxn<'_> {
     /// of the change entry handed to the stream runtime, if the statement changed rows that
     /// views read (wait for it with the runtime's flush).
     pub fn commit(mut self) -> Result<Option<u64>> {
+        let watermarks = self.apply_watermarks()?;
         let changes = self.row_changes()?;
         let next = self
             .db
@@ -307,12 +438,13 @@ impl WriteTxn<'_> {
             self.batch.put(CATALOG_KEY, c.to_bytes());
         }
         let mut queue = self.db.queue();
-        let seq = if changes.is_empty() {
+        let seq = if changes.is_empty() && watermarks.is_empty() {
             None
         } else {
             let entry = LogEntry {
                 seq: queue.next_seq,
                 changes,
+                watermarks,
             };
             self.batch
                 .put(changelog::log_key(entry.seq), changelog::encode(&entry));

@@ -13,6 +13,7 @@
 //!   stream runtime has consumed them.
 //! - [`state`]: operator state tables in RocksDB with caches under one memory budget.
 //! - [`stream`]: the incremental dataflow: chunks, operators, stream plans, the runtime.
+//! - [`watermark`]: event-time watermarks of relations, and their late rows.
 //!
 //! Start reading at [`database::Database`].
 
@@ -28,6 +29,7 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod table;
+pub mod watermark;
 
 pub use database::{Database, WriteTxn};
 pub use error::{EngineError, Result};

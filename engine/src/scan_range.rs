@@ -299,6 +299,7 @@ mod tests {
             user_pk: true,
             view: None,
             connector: None,
+            watermark: None,
         }
     }
 

@@ -34,6 +34,10 @@ pub const ENCODE: &str = "strom.encode";
 pub const ENCODE_OPTION: &str = "strom.encode.";
 /// Prefix of `INCLUDE` clauses, numbered in order: value `kind|argument|alias`.
 pub const INCLUDE: &str = "strom.include.";
+/// `WATERMARK FOR column AS expr`: value `column|expr`.
+pub const WATERMARK: &str = "strom.watermark";
+/// `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE` (see [`crate::parser`]).
+pub const EMIT_ON_WINDOW_CLOSE: &str = "strom.emit_on_window_close";
 
 /// What `CREATE SOURCE`/`CREATE TABLE ... WITH (connector = ...)` declared.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -328,11 +332,11 @@ pub fn parse_create_connector(
     let head = (|| {
         let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = p.parse_object_name(false)?;
-        let (columns, constraints) = p.parse_columns()?;
-        Ok::<_, ParserError>((if_not_exists, name, columns, constraints))
+        let (columns, constraints, watermark) = parse_columns_with_watermark(p)?;
+        Ok::<_, ParserError>((if_not_exists, name, columns, constraints, watermark))
     })();
     // A table whose head does not parse here is left to sqlparser, which reports it.
-    let (if_not_exists, name, columns, constraints) = match head {
+    let (if_not_exists, name, columns, constraints, watermark) = match head {
         Ok(h) => h,
         Err(e) if is_source => return Err(e),
         Err(_) => {
@@ -343,6 +347,9 @@ pub fn parse_create_connector(
         }
     };
     let mut options: Vec<(String, String)> = Vec::new();
+    if let Some((column, expr)) = &watermark {
+        options.push((WATERMARK.into(), format!("{column}|{expr}")));
+    }
     let mut includes = 0;
     while p.parse_keyword(Keyword::INCLUDE) {
         let kind = p.parse_identifier()?.value.to_lowercase();
@@ -386,16 +393,18 @@ pub fn parse_create_connector(
             }
         }
     }
-    if !is_source && includes == 0 && !connector && !format {
+    if !is_source && includes == 0 && !connector && !format && watermark.is_none() {
         while p.index() > start {
             p.prev_token();
         }
         return Ok(None);
     }
-    options.push((
-        KIND.into(),
-        if is_source { "source" } else { "table" }.into(),
-    ));
+    if is_source || includes > 0 || connector || format {
+        options.push((
+            KIND.into(),
+            if is_source { "source" } else { "table" }.into(),
+        ));
+    }
     let with = to_sql_options(options);
     let ct = CreateTableBuilder::new(name)
         .if_not_exists(if_not_exists)
@@ -404,6 +413,112 @@ pub fn parse_create_connector(
         .table_options(CreateTableOptions::With(with))
         .build();
     Ok(Some(Statement::CreateTable(ct)))
+}
+
+/// A table's column list, which may hold one `WATERMARK FOR column AS expr` element
+/// (RisingWave's syntax; sqlparser does not know it): the columns, the constraints and the
+/// watermark's column name and expression text.
+#[allow(clippy::type_complexity)]
+fn parse_columns_with_watermark(
+    p: &mut Parser,
+) -> std::result::Result<
+    (
+        Vec<sqlparser::ast::ColumnDef>,
+        Vec<sqlparser::ast::TableConstraint>,
+        Option<(String, String)>,
+    ),
+    ParserError,
+> {
+    if p.peek_token_ref().token != Token::LParen {
+        let (c, k) = p.parse_columns()?;
+        return Ok((c, k, None));
+    }
+    // The list's tokens, and where a WATERMARK element starts and ends.
+    let mut tokens = Vec::new();
+    let mut depth = 0i32;
+    let mut element_start = true;
+    let mut watermark: Option<(usize, usize)> = None;
+    loop {
+        let t = p.peek_nth_token(tokens.len());
+        match &t.token {
+            Token::EOF => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        let is_watermark = element_start
+            && depth == 1
+            && matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case("WATERMARK"))
+            && matches!(&p.peek_nth_token_ref(tokens.len() + 1).token, Token::Word(w) if w.keyword == Keyword::FOR);
+        if is_watermark {
+            if watermark.is_some() {
+                return p.expected("one WATERMARK clause", t);
+            }
+            watermark = Some((tokens.len(), usize::MAX));
+        }
+        let ends_element = depth == 0 || (depth == 1 && t.token == Token::Comma);
+        if ends_element {
+            if let Some((_, end @ usize::MAX)) = &mut watermark {
+                *end = tokens.len();
+            }
+        }
+        element_start = depth == 1 && matches!(t.token, Token::Comma | Token::LParen);
+        tokens.push(t);
+        if depth == 0 {
+            break;
+        }
+    }
+    let Some((wm_start, wm_end)) = watermark else {
+        let (c, k) = p.parse_columns()?;
+        return Ok((c, k, None));
+    };
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    // The watermark element: WATERMARK FOR column AS expr.
+    let mut wp = Parser::new(&dialect).with_tokens_with_locations(tokens[wm_start..wm_end].to_vec());
+    wp.next_token(); // WATERMARK
+    wp.expect_keyword(Keyword::FOR)?;
+    let column = crate::ddl::ident_name(&wp.parse_identifier()?);
+    wp.expect_keyword(Keyword::AS)?;
+    let expr = wp.parse_expr()?;
+    if wp.peek_token_ref().token != Token::EOF {
+        return wp.expected("the end of the WATERMARK clause", wp.peek_token());
+    }
+    // The list without it (and without the comma before or after it).
+    let n = tokens.len();
+    let mut rest: Vec<_> = tokens[..wm_start].to_vec();
+    let mut tail = &tokens[wm_end..];
+    if rest.last().is_some_and(|t| t.token == Token::Comma) {
+        rest.pop();
+    } else if tail.first().is_some_and(|t| t.token == Token::Comma) {
+        tail = &tail[1..];
+    }
+    rest.extend_from_slice(tail);
+    let mut cp = Parser::new(&dialect).with_tokens_with_locations(rest);
+    let (columns, constraints) = cp.parse_columns()?;
+    for _ in 0..n {
+        p.next_token();
+    }
+    Ok((columns, constraints, Some((column, expr.to_string()))))
+}
+
+/// The `WATERMARK FOR column AS expr` of a `CREATE TABLE`/`CREATE SOURCE` made by
+/// [`parse_create_connector`]: the column name and the expression's SQL text.
+pub fn watermark_spec(ct: &CreateTable) -> Option<(String, String)> {
+    let CreateTableOptions::With(options) = &ct.table_options else {
+        return None;
+    };
+    options.iter().find_map(|o| match o {
+        SqlOption::KeyValue { key, value } if key.value == WATERMARK => match value {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => s
+                    .split_once('|')
+                    .map(|(c, e)| (c.to_string(), e.to_string())),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// `( name[.name...] = value, ... )`; values are string, number or word literals.
@@ -463,6 +578,7 @@ fn spec_of_options(table_options: &CreateTableOptions) -> Result<Option<Connecto
     };
     let mut spec = ConnectorSpec::default();
     let mut kind = None;
+    let mut any = false;
     for o in options {
         let SqlOption::KeyValue { key, value } = o else {
             return Err(SqlError::Unsupported(format!("table option {o}")));
@@ -475,6 +591,10 @@ fn spec_of_options(table_options: &CreateTableOptions) -> Result<Option<Connecto
             other => other.to_string(),
         };
         let k = key.value.to_lowercase();
+        if k == WATERMARK || k == EMIT_ON_WINDOW_CLOSE {
+            continue;
+        }
+        any = true;
         if k == KIND {
             kind = Some(value);
         } else if k == FORMAT {
@@ -498,6 +618,9 @@ fn spec_of_options(table_options: &CreateTableOptions) -> Result<Option<Connecto
         } else {
             spec.options.insert(k, value);
         }
+    }
+    if !any {
+        return Ok(None); // only a WATERMARK clause
     }
     match kind.as_deref() {
         Some("source") => spec.is_source = true,

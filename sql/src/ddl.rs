@@ -18,6 +18,8 @@ pub struct CreateTablePlan {
     pub user_pk: bool,
     /// Sources and connector tables (see [`crate::connector`]).
     pub connector: Option<strom_catalog::ConnectorDef>,
+    /// `WATERMARK FOR column AS expr`; the expression is checked by the server.
+    pub watermark: Option<strom_catalog::WatermarkDef>,
 }
 
 /// An identifier as PostgreSQL resolves it: unquoted names fold to lower case.
@@ -224,6 +226,34 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             (vec![columns.len() - 1], false)
         }
     };
+    let watermark = match crate::connector::watermark_spec(ct) {
+        None => None,
+        Some((column, expr)) => {
+            let i = columns
+                .iter()
+                .position(|c| c.name == column && !c.hidden)
+                .ok_or_else(|| {
+                    SqlError::InvalidDefinition(format!(
+                        "WATERMARK FOR \"{column}\": table \"{name}\" has no such column"
+                    ))
+                })?;
+            if !matches!(
+                columns[i].ty,
+                SqlType::Timestamp | SqlType::Timestamptz | SqlType::Date
+            ) {
+                return Err(SqlError::InvalidDefinition(format!(
+                    "WATERMARK FOR \"{column}\": the column is {}, and a watermark needs a timestamp, timestamptz or date column",
+                    columns[i].ty
+                )));
+            }
+            if user_pk {
+                return Err(SqlError::InvalidDefinition(format!(
+                    "table \"{name}\" has a WATERMARK and a PRIMARY KEY: a table with a watermark is append-only, so it cannot have a primary key"
+                )));
+            }
+            Some(strom_catalog::WatermarkDef { column: i, expr })
+        }
+    };
     Ok(CreateTablePlan {
         schema,
         name,
@@ -232,6 +262,7 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
         pk,
         user_pk,
         connector,
+        watermark,
     })
 }
 

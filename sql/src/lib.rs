@@ -6,6 +6,7 @@
 //! - [`types`]: sqlparser data types to [`strom_catalog::SqlType`].
 //! - [`ddl`]: `CREATE TABLE` to a [`strom_catalog::TableDef`].
 //! - [`connector`]: `CREATE SOURCE` / connector tables (RisingWave syntax).
+//! - [`windows`]: `TUMBLE(...)` and `HOP(...)` window table functions.
 //!
 //! Queries and DML are planned by DataFusion (`SessionState::statement_to_plan`) against
 //! table providers the server registers; this crate never touches storage.
@@ -17,5 +18,6 @@ pub mod literal;
 pub mod parser;
 pub mod rewrite;
 pub mod types;
+pub mod windows;
 
 pub use error::{Result, SqlError};

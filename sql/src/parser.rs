@@ -68,6 +68,8 @@ fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
             stmts.push(flush());
         } else if crate::connector::starts_alter_source(&parser) {
             stmts.push(crate::connector::parse_alter_source(&mut parser)?);
+        } else if starts_create_materialized_view(&parser) {
+            stmts.push(parse_create_materialized_view(&mut parser)?);
         } else if crate::connector::starts_create_sink(&parser) {
             stmts.push(crate::connector::parse_create_sink(&mut parser)?);
         } else if crate::connector::starts_drop_source(&parser) {
@@ -87,6 +89,83 @@ fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
     Ok(stmts)
 }
 
+fn starts_create_materialized_view(p: &Parser) -> bool {
+    let word = |n: usize| match &p.peek_nth_token_ref(n).token {
+        Token::Word(w) => Some(w.keyword),
+        _ => None,
+    };
+    let at = usize::from(word(0) == Some(Keyword::EXPLAIN));
+    word(at) == Some(Keyword::CREATE)
+        && word(at + 1) == Some(Keyword::MATERIALIZED)
+        && word(at + 2) == Some(Keyword::VIEW)
+}
+
+/// `CREATE MATERIALIZED VIEW ... [EMIT ON WINDOW CLOSE]` (RisingWave's syntax, unknown to
+/// sqlparser): the clause is cut off before sqlparser parses the rest, and recorded as the
+/// view option [`crate::connector::EMIT_ON_WINDOW_CLOSE`].
+fn parse_create_materialized_view(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
+    let mut tokens = Vec::new();
+    let mut depth = 0i32;
+    loop {
+        let t = p.peek_nth_token(tokens.len());
+        match &t.token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        tokens.push(t);
+    }
+    let n = tokens.len();
+    let is_word = |t: &sqlparser::tokenizer::TokenWithSpan, k: &str| {
+        matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(k))
+    };
+    let emit = n >= 4
+        && ["EMIT", "ON", "WINDOW", "CLOSE"]
+            .iter()
+            .zip(&tokens[n - 4..])
+            .all(|(k, t)| is_word(t, k));
+    if !emit {
+        return p.parse_statement();
+    }
+    tokens.truncate(n - 4);
+    let dialect = PostgreSqlDialect {};
+    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut stmt = sub.parse_statement()?;
+    if sub.peek_token_ref().token != Token::EOF {
+        return sub.expected("EMIT ON WINDOW CLOSE at the end", sub.peek_token());
+    }
+    for _ in 0..n {
+        p.next_token();
+    }
+    let view = match &mut stmt {
+        Statement::Explain { statement, .. } => statement.as_mut(),
+        other => other,
+    };
+    if let Statement::CreateView(cv) = view {
+        let option = sqlparser::ast::SqlOption::KeyValue {
+            key: sqlparser::ast::Ident::with_quote('"', crate::connector::EMIT_ON_WINDOW_CLOSE),
+            value: sqlparser::ast::Expr::Value(sqlparser::ast::ValueWithSpan::from(
+                sqlparser::ast::Value::SingleQuotedString("true".into()),
+            )),
+        };
+        match &mut cv.options {
+            sqlparser::ast::CreateTableOptions::With(o) => o.push(option),
+            other => *other = sqlparser::ast::CreateTableOptions::With(vec![option]),
+        }
+    }
+    Ok(stmt)
+}
+
+/// True when a `CREATE MATERIALIZED VIEW` ends with `EMIT ON WINDOW CLOSE`.
+pub fn emits_on_window_close(cv: &sqlparser::ast::CreateView) -> bool {
+    matches!(&cv.options, sqlparser::ast::CreateTableOptions::With(o) if o.iter().any(|o| matches!(
+        o,
+        sqlparser::ast::SqlOption::KeyValue { key, .. } if key.value == crate::connector::EMIT_ON_WINDOW_CLOSE
+    )))
+}
+
 fn strip_parser_prefix(msg: String) -> String {
     msg.strip_prefix("sql parser error: ")
         .map(str::to_string)
@@ -104,6 +183,24 @@ mod tests {
         assert_eq!(err.sqlstate(), "42601");
         assert!(err.to_string().contains("SELEC"), "{err}");
         assert!(parse("SELECT 1 SELECT 2").is_err());
+    }
+
+    #[test]
+    fn emit_on_window_close_ends_a_materialized_view() {
+        let stmts = parse(
+            "CREATE MATERIALIZED VIEW v AS SELECT a FROM (SELECT 1 AS a) x GROUP BY a EMIT ON WINDOW CLOSE; \
+             CREATE MATERIALIZED VIEW w AS SELECT 1",
+        )
+        .unwrap();
+        let eowc: Vec<bool> = stmts
+            .iter()
+            .map(|s| match s {
+                Statement::CreateView(cv) => emits_on_window_close(cv),
+                _ => panic!("{s}"),
+            })
+            .collect();
+        assert_eq!(eowc, vec![true, false]);
+        assert!(parse("CREATE MATERIALIZED VIEW v AS SELECT 1 EMIT ON WINDOW").is_err());
     }
 
     #[test]

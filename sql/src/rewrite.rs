@@ -33,6 +33,7 @@ pub fn rewrite_statement_with(
     stmt: &mut Statement,
     empty_catalog: &dyn Fn(&str) -> bool,
 ) -> crate::Result<()> {
+    crate::windows::rewrite_window_functions(stmt)?;
     let mut error = None;
     let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| match rewrite_expr(e, empty_catalog) {
         Ok(()) => ControlFlow::Continue(()),

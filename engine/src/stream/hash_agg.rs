@@ -44,6 +44,7 @@ use datafusion::common::{HashMap, ScalarValue};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::chunk::{Op, StreamChunk};
+use super::plan::AggWindow;
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
@@ -134,6 +135,17 @@ pub struct HashAgg {
     /// A group that exists even without rows (encoded and as values): the global
     /// aggregate's one group.
     always: Option<(Vec<u8>, Vec<ScalarValue>)>,
+    /// A windowed aggregate: the watermark-carrying key column and the open groups.
+    window: Option<Windowing>,
+}
+
+/// The open groups of a windowed aggregate, in the order of their watermarked key column:
+/// entries `encode(key column) ++ group key -> group key` under one bucket, so the groups
+/// the watermark has passed are the first entries of one ordered scan.
+#[derive(Debug)]
+struct Windowing {
+    cfg: AggWindow,
+    open: StateTable,
 }
 
 impl HashAgg {
@@ -144,8 +156,14 @@ impl HashAgg {
         group_keys: Vec<usize>,
         calls: Vec<AggCall>,
         output: SchemaRef,
+        window: Option<AggWindow>,
         state: &mut StateAlloc,
     ) -> Result<Self> {
+        if window.is_some_and(|w| w.key >= group_keys.len()) {
+            return Err(EngineError::Internal(
+                "windowed aggregate: the window column is not a group key".into(),
+            ));
+        }
         if output.fields().len() != group_keys.len() + calls.len() {
             return Err(EngineError::Internal(
                 "hash agg output schema does not match keys and calls".into(),
@@ -202,7 +220,13 @@ impl HashAgg {
                 _ => None,
             })
             .collect();
+        // Allocated last, so that a plain aggregate's tables keep their numbers.
+        let window = window.map(|cfg| Windowing {
+            cfg,
+            open: state.ordered_table(),
+        });
         Ok(HashAgg {
+            window,
             group_keys,
             calls,
             output,
@@ -231,6 +255,9 @@ impl HashAgg {
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         let mut out = vec![&mut self.main];
         out.extend(self.extremes.iter_mut().flatten());
+        if let Some(w) = &mut self.window {
+            out.push(&mut w.open);
+        }
         out
     }
 
@@ -452,6 +479,89 @@ impl HashAgg {
     /// The changes to the aggregate's output since the last flush; writes the groups'
     /// new state into the state tables.
     pub fn flush(&mut self) -> Result<StreamChunk> {
+        self.flush_with_watermarks(&[])
+    }
+
+    /// Like [`HashAgg::flush`], given the watermarks of the input columns. A windowed
+    /// aggregate then closes every group whose window column the watermark has passed:
+    /// its state is dropped (no row for it can arrive any more) and, with
+    /// `EMIT ON WINDOW CLOSE`, its final row is emitted now, the only time it is.
+    pub fn flush_with_watermarks(
+        &mut self,
+        input_watermarks: &[Option<ScalarValue>],
+    ) -> Result<StreamChunk> {
+        let mut out = self.flush_groups()?;
+        let Some(w) = &self.window else {
+            return StreamChunk::from_rows(&self.output, &out);
+        };
+        let (cfg, wm_col) = (w.cfg, self.group_keys[w.cfg.key]);
+        if cfg.emit_on_close {
+            out.clear();
+        }
+        let Some(Some(wm)) = input_watermarks.get(wm_col) else {
+            return StreamChunk::from_rows(&self.output, &out);
+        };
+        let mut bound = Vec::new();
+        keys::encode_key_datum(wm, &mut bound)?;
+        let mut closed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let open = &mut self.window.as_mut().expect("checked").open;
+        open.scan_ordered(&[], false, |suffix, prefix| {
+            if suffix >= bound.as_slice() {
+                return Ok(false);
+            }
+            closed.push((suffix.to_vec(), prefix.to_vec()));
+            Ok(true)
+        })?;
+        for (suffix, prefix) in closed {
+            let gi = self.touch(&prefix, &[])?;
+            let group = self.groups[gi].1.clone();
+            if cfg.emit_on_close && group.rows > 0 {
+                out.push((Op::Insert, self.output_row(&prefix, &group)?));
+            }
+            self.forget_group(&prefix)?;
+            let open = &mut self.window.as_mut().expect("checked").open;
+            open.delete(&[], &suffix)?;
+        }
+        self.touched.clear();
+        self.groups.clear();
+        StreamChunk::from_rows(&self.output, &out)
+    }
+
+    /// The watermarks of the output columns: a group key column keeps its input column's.
+    pub fn output_watermarks(&self, input: &[Option<ScalarValue>]) -> Vec<Option<ScalarValue>> {
+        let mut out: Vec<Option<ScalarValue>> = self
+            .group_keys
+            .iter()
+            .map(|&k| input.get(k).cloned().flatten())
+            .collect();
+        out.resize(self.output.fields().len(), None);
+        out
+    }
+
+    /// Drops every state entry of a group.
+    fn forget_group(&mut self, prefix: &[u8]) -> Result<()> {
+        self.main.delete(prefix, &[])?;
+        for (i, t) in self.extremes.iter_mut().enumerate() {
+            let Some(t) = t else { continue };
+            let suffixes: Vec<Vec<u8>> = if self.calls[i].kind == AggKind::General {
+                t.bucket(prefix)?.keys().cloned().collect()
+            } else {
+                let mut v = Vec::new();
+                t.scan_ordered(prefix, false, |s, _| {
+                    v.push(s.to_vec());
+                    Ok(true)
+                })?;
+                v
+            };
+            for s in suffixes {
+                t.delete(prefix, &s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the touched groups' state; returns the changes of their output rows.
+    fn flush_groups(&mut self) -> Result<Vec<(Op, Vec<ScalarValue>)>> {
         if let Some((prefix, key)) = self.always.clone() {
             if !self.touched.contains_key(&prefix) && self.main.get(&prefix, &[])?.is_none() {
                 // The one row of a global aggregate exists before any input does.
@@ -485,6 +595,19 @@ impl HashAgg {
             } else {
                 self.main.delete(&prefix, &[])?;
             }
+            if let Some(w) = &mut self.window {
+                // Keep the open-group index: a group enters it when it appears.
+                if exists != group.prev.is_some() {
+                    let mut suffix = Vec::new();
+                    keys::encode_key_datum(&group.key[w.cfg.key], &mut suffix)?;
+                    suffix.extend_from_slice(&prefix);
+                    if exists {
+                        w.open.put(&[], &suffix, prefix.clone())?;
+                    } else {
+                        w.open.delete(&[], &suffix)?;
+                    }
+                }
+            }
             match (group.prev, new_row) {
                 (None, Some(new)) => out.push((Op::Insert, new)),
                 (Some(old), None) => out.push((Op::Delete, old)),
@@ -497,7 +620,7 @@ impl HashAgg {
                 (None, None) => {}
             }
         }
-        StreamChunk::from_rows(&self.output, &out)
+        Ok(out)
     }
 }
 
@@ -735,7 +858,7 @@ mod tests {
                 DataType::Float64,
                 DataType::Float64,
                 DataType::Float64,
-            ]),
+            ]), None,
             alloc,
         )
         .unwrap()
@@ -849,7 +972,7 @@ mod tests {
                 DataType::Int64,
                 DataType::Float64,
                 DataType::Int64,
-            ]),
+            ]), None,
             &mut alloc,
         )
         .unwrap();
@@ -879,7 +1002,7 @@ mod tests {
                 },
                 call(AggKind::CountStar, None, DataType::Int64),
             ],
-            schema(&[DataType::Int64, DataType::Int64]),
+            schema(&[DataType::Int64, DataType::Int64]), None,
             &mut alloc,
         )
         .unwrap();

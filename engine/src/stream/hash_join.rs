@@ -119,6 +119,38 @@ fn corrupt(reason: String) -> EngineError {
 }
 
 impl HashJoin {
+    /// The watermarks of the output columns, given the inputs'. Only an inner join's key
+    /// columns carry one: a new row on either side can still join old rows of the other,
+    /// so an output key column is bounded only by both sides' key watermarks (the
+    /// smaller), which the equality makes equal.
+    pub fn output_watermarks(
+        &self,
+        left: &[Option<ScalarValue>],
+        right: &[Option<ScalarValue>],
+    ) -> Vec<Option<ScalarValue>> {
+        let width = self.output.fields().len();
+        let mut out = vec![None; width];
+        if self.join_type != JoinType::Inner {
+            return out;
+        }
+        for (&l, &r) in self.keys[0].iter().zip(&self.keys[1]) {
+            if let (Some(Some(a)), Some(Some(b))) = (left.get(l), right.get(r)) {
+                let min = if b.partial_cmp(a) == Some(std::cmp::Ordering::Less) {
+                    b.clone()
+                } else {
+                    a.clone()
+                };
+                if l < width {
+                    out[l] = Some(min.clone());
+                }
+                if left.len() + r < width {
+                    out[left.len() + r] = Some(min);
+                }
+            }
+        }
+        out
+    }
+
     /// Joins rows of schema `left` and `right` on `left_keys` = `right_keys` (none: a
     /// cross join). The output is `left ++ right` (all nullable), or `left` for semi and
     /// anti joins.

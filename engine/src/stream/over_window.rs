@@ -75,6 +75,11 @@ fn corrupt(reason: String) -> EngineError {
 }
 
 impl OverWindow {
+    /// How many columns the output has (the input's, then the window functions').
+    pub fn output_width(&self) -> usize {
+        self.output.fields().len()
+    }
+
     pub fn try_new(
         partition_by: Vec<Arc<dyn PhysicalExpr>>,
         order_by: Vec<PhysicalSortExpr>,

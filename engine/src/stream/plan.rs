@@ -55,6 +55,10 @@ pub enum NodeKind {
         calls: Vec<AggCall>,
         /// A group that exists even without input rows (GROUPING SETS with `()`).
         always_present: Option<Vec<ScalarValue>>,
+        /// Set by [`PlanNode::annotate_windows`] when a group key column carries a
+        /// watermark: groups it passes are dropped from state, or, with
+        /// `EMIT ON WINDOW CLOSE`, emitted once then.
+        window: Option<AggWindow>,
     },
     HashJoin {
         join_type: JoinType,
@@ -81,6 +85,16 @@ pub enum NodeKind {
     Values {
         rows: Vec<Vec<ScalarValue>>,
     },
+}
+
+/// How a windowed aggregate uses the watermark of one of its group key columns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AggWindow {
+    /// The position in the group key of the column with the watermark.
+    pub key: usize,
+    /// `EMIT ON WINDOW CLOSE`: a group's row is emitted once, when the watermark passes
+    /// it, instead of being updated continuously.
+    pub emit_on_close: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -126,8 +140,22 @@ impl PlanNode {
                         format!("{}({arg}){filter}", c.kind.name())
                     })
                     .collect();
+                let window = match &self.kind {
+                    NodeKind::HashAgg {
+                        window: Some(w), ..
+                    } => format!(
+                        " window={}{}",
+                        keys[w.key],
+                        if w.emit_on_close {
+                            " emit-on-window-close"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => String::new(),
+                };
                 format!(
-                    "HashAgg group=[{}] aggs=[{}]",
+                    "HashAgg group=[{}] aggs=[{}]{window}",
                     keys.join(", "),
                     aggs.join(", ")
                 )
@@ -215,6 +243,130 @@ impl PlanNode {
             }
         });
         n
+    }
+
+    /// Which output columns carry a watermark (see [`crate::watermark`]): a source's
+    /// watermark column, and what projections, filters, joins, unions (all branches) and
+    /// group keys pass on. `relation_watermark` gives a source relation's watermark
+    /// column; views read by views carry none.
+    pub fn watermark_columns(&self, relation_watermark: &dyn Fn(TableId) -> Option<usize>) -> Vec<bool> {
+        let width = self.schema.fields().len();
+        let inputs: Vec<Vec<bool>> = self
+            .inputs
+            .iter()
+            .map(|i| i.watermark_columns(relation_watermark))
+            .collect();
+        let mut out = vec![false; width];
+        match &self.kind {
+            NodeKind::Source {
+                relation, is_view, ..
+            } => {
+                if !is_view {
+                    if let Some(c) = relation_watermark(*relation) {
+                        if c < width {
+                            out[c] = true;
+                        }
+                    }
+                }
+            }
+            NodeKind::Filter { .. } => out = inputs[0].clone(),
+            NodeKind::Project { exprs, .. } => {
+                for (o, e) in out.iter_mut().zip(exprs) {
+                    *o = super::project_filter::monotone_in(e)
+                        .is_some_and(|c| inputs[0].get(c).copied().unwrap_or(false));
+                }
+            }
+            NodeKind::HashAgg { group_keys, .. } => {
+                for (o, &k) in out.iter_mut().zip(group_keys) {
+                    *o = inputs[0][k];
+                }
+            }
+            NodeKind::HashJoin {
+                join_type,
+                left_keys,
+                right_keys,
+                ..
+            } => {
+                // See `HashJoin::output_watermarks`: inner joins' watermarked key pairs.
+                if *join_type == super::hash_join::JoinType::Inner {
+                    let nl = inputs[0].len();
+                    for (&l, &r) in left_keys.iter().zip(right_keys) {
+                        if inputs[0][l] && inputs[1][r] {
+                            if l < width {
+                                out[l] = true;
+                            }
+                            if nl + r < width {
+                                out[nl + r] = true;
+                            }
+                        }
+                    }
+                }
+            }
+            NodeKind::UnionAll => {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = inputs.iter().all(|i| i.get(c).copied().unwrap_or(false));
+                }
+            }
+            NodeKind::OverWindow { .. } => {
+                for (o, i) in out.iter_mut().zip(&inputs[0]) {
+                    *o = *i;
+                }
+            }
+            NodeKind::Values { .. } => {}
+        }
+        out
+    }
+
+    /// Marks every aggregation with a watermarked group key column over an append-only
+    /// input as windowed (its state is cleaned as the watermark passes); with
+    /// `emit_on_window_close`, the outermost one emits on window close instead of
+    /// updating. Errors say why `EMIT ON WINDOW CLOSE` cannot apply.
+    pub fn annotate_windows(
+        &mut self,
+        relation_watermark: &dyn Fn(TableId) -> Option<usize>,
+        emit_on_window_close: bool,
+    ) -> std::result::Result<(), String> {
+        let mut emitted = !emit_on_window_close;
+        self.annotate(relation_watermark, &mut emitted)?;
+        if !emitted {
+            return Err("EMIT ON WINDOW CLOSE needs an aggregation (GROUP BY) over append-only input whose GROUP BY has a column with a watermark, such as window_start of TUMBLE or HOP over a table or source declared with WATERMARK FOR".into());
+        }
+        Ok(())
+    }
+
+    fn annotate(
+        &mut self,
+        relation_watermark: &dyn Fn(TableId) -> Option<usize>,
+        emitted: &mut bool,
+    ) -> std::result::Result<(), String> {
+        // Outermost first: the first windowed aggregate found emits on close.
+        if let NodeKind::HashAgg {
+            group_keys, window, ..
+        } = &mut self.kind
+        {
+            let input = &self.inputs[0];
+            let wm = input.watermark_columns(relation_watermark);
+            if input.append_only {
+                if let Some(key) = group_keys.iter().position(|&k| wm[k]) {
+                    *window = Some(AggWindow {
+                        key,
+                        emit_on_close: !*emitted,
+                    });
+                    if !*emitted {
+                        *emitted = true;
+                        // Emitted once, final: the output only grows.
+                        self.append_only = true;
+                    }
+                }
+            }
+        }
+        for i in &mut self.inputs {
+            i.annotate(relation_watermark, emitted)?;
+        }
+        if matches!(self.kind, NodeKind::Project { .. } | NodeKind::Filter { .. }) {
+            self.append_only = self.inputs[0].append_only;
+        }
+        Ok(())
     }
 
     fn visit(&self, f: &mut impl FnMut(&PlanNode)) {

@@ -112,8 +112,8 @@ impl Planner {
                     schema: nullable(&full_schema),
                     unique_key,
                     // A source's rows are only ever appended (CDC and upsert formats
-                    // need a table).
-                    append_only: def.is_source(),
+                    // need a table), and so are a table's with a watermark.
+                    append_only: def.is_source() || def.watermark.is_some(),
                 };
                 // `scan.filters` are ignored: the provider accepts them as Inexact, so
                 // DataFusion keeps the same predicates in a Filter above the scan.
@@ -552,6 +552,7 @@ impl Planner {
                 group_keys: (0..ng).collect(),
                 calls,
                 always_present,
+                window: None,
             },
             schema: out_schema(plan),
             unique_key: Some((0..ng).collect()),

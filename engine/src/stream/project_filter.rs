@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
+    UInt32Array,
 };
+use datafusion::common::ScalarValue;
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
@@ -24,6 +26,9 @@ pub struct ProjectFilter {
     filter: Option<Arc<dyn PhysicalExpr>>,
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     output: SchemaRef,
+    /// The input's schema, for carrying watermarks through (see
+    /// [`ProjectFilter::watermarks`]); without it none are carried.
+    input: Option<SchemaRef>,
 }
 
 impl ProjectFilter {
@@ -41,7 +46,49 @@ impl ProjectFilter {
             filter,
             exprs,
             output,
+            input: None,
         })
+    }
+
+    /// Sets the input schema, which carrying watermarks needs.
+    pub fn with_input(mut self, input: SchemaRef) -> Self {
+        self.input = Some(input);
+        self
+    }
+
+    /// The watermarks of the output columns, given those of the input columns
+    /// (`input` describes them). A filter keeps them; an output column gets one when its
+    /// expression never decreases as one watermarked input column grows (see
+    /// [`monotone_in`]): it is that expression evaluated at the input's watermark.
+    pub fn watermarks(&self, wms: &[Option<ScalarValue>]) -> Result<Vec<Option<ScalarValue>>> {
+        let mut out = Vec::with_capacity(self.exprs.len());
+        let Some(input) = &self.input else {
+            return Ok(vec![None; self.exprs.len()]);
+        };
+        if wms.iter().all(Option::is_none) {
+            return Ok(vec![None; self.exprs.len()]);
+        }
+        for e in &self.exprs {
+            let wm = match monotone_in(e) {
+                Some(c) if wms.get(c).is_some_and(Option::is_some) => {
+                    let columns: Vec<ArrayRef> = input
+                        .fields()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| match (&wms[i], i == c) {
+                            (Some(w), true) => w.to_array_of_size(1),
+                            _ => Ok(new_null_array(f.data_type(), 1)),
+                        })
+                        .collect::<std::result::Result<_, _>>()?;
+                    let batch = RecordBatch::try_new(Arc::clone(input), columns)?;
+                    let v = e.evaluate(&batch)?.into_array(1)?;
+                    Some(ScalarValue::try_from_array(&v, 0)?).filter(|v| !v.is_null())
+                }
+                _ => None,
+            };
+            out.push(wm);
+        }
+        Ok(out)
     }
 
     pub fn apply(&self, chunk: &StreamChunk) -> Result<StreamChunk> {
@@ -73,6 +120,57 @@ impl ProjectFilter {
             RecordBatch::try_new_with_options(Arc::clone(&self.output), columns, &options)?;
         drop_no_op_updates(ops, projected)
     }
+}
+
+/// The input column an expression never decreases in, when it reads exactly one column and
+/// is built only from what keeps order: the column itself, casts, adding or subtracting a
+/// constant, and `date_bin`/`date_trunc` (time bucketing). Watermarks pass through such
+/// expressions (`window_start = date_bin(size, ts)` gets `date_bin(size, watermark)`).
+pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
+    use datafusion::physical_expr::ScalarFunctionExpr;
+    let any: &dyn PhysicalExpr = e.as_ref();
+    if let Some(c) = any.downcast_ref::<Column>() {
+        return Some(c.index());
+    }
+    if let Some(c) = any.downcast_ref::<CastExpr>() {
+        return monotone_in(c.expr());
+    }
+    if let Some(b) = any.downcast_ref::<BinaryExpr>() {
+        let is_const = |x: &Arc<dyn PhysicalExpr>| x.downcast_ref::<Literal>().is_some();
+        return match b.op() {
+            Operator::Plus if is_const(b.left()) => monotone_in(b.right()),
+            Operator::Plus | Operator::Minus if is_const(b.right()) => monotone_in(b.left()),
+            _ => None,
+        };
+    }
+    if let Some(f) = any.downcast_ref::<ScalarFunctionExpr>() {
+        let args = f.args();
+        return match f.name() {
+            // date_bin(stride, source [, origin]), date_trunc(part, source)
+            "date_bin" | "date_trunc" if args.len() >= 2 => {
+                let others_const = args
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| i == 1 || a.downcast_ref::<Literal>().is_some());
+                if others_const {
+                    monotone_in(&args[1])
+                } else {
+                    None
+                }
+            }
+            // strom_window_start(ts, stride, offset)
+            crate::watermark::WINDOW_START
+                if args.len() == 3
+                    && args[1..].iter().all(|a| a.downcast_ref::<Literal>().is_some()) =>
+            {
+                monotone_in(&args[0])
+            }
+            _ => None,
+        };
+    }
+    None
 }
 
 /// The ops and source row indices that survive a per-row predicate, keeping update pairs

@@ -61,6 +61,36 @@ use crate::store::Snapshot;
 use crate::table;
 
 const EPOCH_KEY: &[u8] = b"\x00epoch";
+/// The watermarks of the relations as of the consumed change log: `[table u32][len u32][value]...`.
+const WATERMARKS_KEY: &[u8] = b"\x00runtime_watermarks";
+
+fn encode_watermarks(w: &HashMap<TableId, Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut sorted: Vec<_> = w.iter().collect();
+    sorted.sort_by_key(|(t, _)| **t);
+    for (t, v) in sorted {
+        out.extend_from_slice(&t.0.to_be_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn decode_watermarks(mut b: &[u8]) -> Result<HashMap<TableId, Vec<u8>>> {
+    let corrupt = || EngineError::Corrupt {
+        table: "runtime watermarks".into(),
+        reason: "truncated".into(),
+    };
+    let mut out = HashMap::new();
+    while !b.is_empty() {
+        let t = u32::from_be_bytes(b.get(..4).ok_or_else(corrupt)?.try_into().expect("4"));
+        let n = u32::from_be_bytes(b.get(4..8).ok_or_else(corrupt)?.try_into().expect("4")) as usize;
+        let v = b.get(8..8 + n).ok_or_else(corrupt)?.to_vec();
+        out.insert(TableId(t), v);
+        b = &b[8 + n..];
+    }
+    Ok(out)
+}
 
 fn backfill_key(view: TableId) -> Vec<u8> {
     let mut k = b"\x00backfill/".to_vec();
@@ -237,42 +267,53 @@ impl Exec {
         }
     }
 
+    /// Runs the dataflow for one epoch over the sources' chunks and watermarks (per
+    /// source, per column); returns the output chunks and the output columns' watermarks.
     fn run(
         &mut self,
         inputs: &mut [Option<Vec<StreamChunk>>],
+        watermarks: &[Vec<Option<ScalarValue>>],
         parallel_min_rows: usize,
-    ) -> Result<Vec<StreamChunk>> {
+    ) -> Result<(Vec<StreamChunk>, Vec<Option<ScalarValue>>)> {
         let min = parallel_min_rows;
         Ok(match self {
-            Exec::Source(i) => inputs[*i].take().unwrap_or_default(),
-            Exec::ProjectFilter(pf, input) => input
-                .run(inputs, min)?
-                .iter()
-                .map(|c| pf.apply(c))
-                .filter(|c| !matches!(c, Ok(c) if c.is_empty()))
-                .collect::<Result<_>>()?,
+            Exec::Source(i) => (
+                inputs[*i].take().unwrap_or_default(),
+                watermarks[*i].clone(),
+            ),
+            Exec::ProjectFilter(pf, input) => {
+                let (chunks, wms) = input.run(inputs, watermarks, min)?;
+                let out = chunks
+                    .iter()
+                    .map(|c| pf.apply(c))
+                    .filter(|c| !matches!(c, Ok(c) if c.is_empty()))
+                    .collect::<Result<_>>()?;
+                (out, pf.watermarks(&wms)?)
+            }
             Exec::Agg(workers, keys, input) => {
-                let chunks = input.run(inputs, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
-                run_workers(workers, parts, parallel, |agg, part| {
+                let out = run_workers(workers, parts, parallel, |agg, part| {
                     for c in &part {
                         agg.apply(c)?;
                     }
-                    let out = agg.flush()?;
+                    let out = agg.flush_with_watermarks(&wms)?;
                     Ok(if out.is_empty() { vec![] } else { vec![out] })
-                })?
+                })?;
+                let out_wms = workers[0].output_watermarks(&wms);
+                (out, out_wms)
             }
             Exec::Join(workers, keys, left, right) => {
-                let l = left.run(inputs, min)?;
-                let r = right.run(inputs, min)?;
+                let (l, lw) = left.run(inputs, watermarks, min)?;
+                let (r, rw) = right.run(inputs, watermarks, min)?;
                 let parallel = rows_in(&l) + rows_in(&r) >= min;
                 let n = workers.len();
                 let parts: Vec<(Vec<StreamChunk>, Vec<StreamChunk>)> = split(&l, &keys[0], n)?
                     .into_iter()
                     .zip(split(&r, &keys[1], n)?)
                     .collect();
-                run_workers(workers, parts, parallel, |join, (l, r)| {
+                let out = run_workers(workers, parts, parallel, |join, (l, r)| {
                     let mut out = Vec::new();
                     for c in &l {
                         out.push(join.apply(Side::Left, c)?);
@@ -282,30 +323,60 @@ impl Exec {
                     }
                     out.retain(|c| !c.is_empty());
                     Ok(out)
-                })?
+                })?;
+                let wms = workers[0].output_watermarks(&lw, &rw);
+                (out, wms)
             }
             Exec::Window(workers, keys, input) => {
-                let chunks = input.run(inputs, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
-                run_workers(workers, parts, parallel, |w, part| {
+                let out = run_workers(workers, parts, parallel, |w, part| {
                     for c in &part {
                         w.apply(c)?;
                     }
                     let out = w.flush()?;
                     Ok(if out.is_empty() { vec![] } else { vec![out] })
-                })?
+                })?;
+                let width = workers[0].output_width();
+                let mut out_wms = wms;
+                out_wms.resize(width, None);
+                (out, out_wms)
             }
             Exec::Union(schema, branches) => {
                 let mut out = Vec::new();
+                // A union's column watermark is the smallest of its branches' (alignment:
+                // a row can still come from the branch that is furthest behind).
+                let mut wms: Option<Vec<Option<ScalarValue>>> = None;
                 for b in branches {
-                    for c in b.run(inputs, min)? {
+                    let (chunks, bw) = b.run(inputs, watermarks, min)?;
+                    for c in chunks {
                         let data =
                             RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
                         out.push(StreamChunk::new(c.ops().to_vec(), data)?);
                     }
+                    wms = Some(match wms {
+                        None => bw,
+                        Some(acc) => acc
+                            .into_iter()
+                            .zip(bw)
+                            .map(|(a, b)| match (a, b) {
+                                (Some(a), Some(b)) => Some(
+                                    if b.partial_cmp(&a) == Some(std::cmp::Ordering::Less) {
+                                        b
+                                    } else {
+                                        a
+                                    },
+                                ),
+                                _ => None,
+                            })
+                            .collect(),
+                    });
                 }
-                out
+                let width = schema.fields().len();
+                let mut wms = wms.unwrap_or_default();
+                wms.resize(width, None);
+                (out, wms)
             }
         })
     }
@@ -384,6 +455,8 @@ pub struct Graph {
     consumed_seq: u64,
     last_sync: Instant,
     status: Arc<StdMutex<Vec<BackfillStatus>>>,
+    /// Each relation's watermark as of the consumed change log (encoded values).
+    watermarks: HashMap<TableId, Vec<u8>>,
 }
 
 pub struct StreamRuntime {
@@ -415,6 +488,10 @@ impl StreamRuntime {
             None => 0,
         };
         let consumed = changelog::consumed(db.store())?;
+        let watermarks = match db.store().get(WATERMARKS_KEY)? {
+            Some(b) => decode_watermarks(&b)?,
+            None => HashMap::new(),
+        };
         let budget = MemoryBudget::new(config.memory_budget);
         let status = Arc::new(StdMutex::new(Vec::new()));
         let graph = Graph {
@@ -426,6 +503,7 @@ impl StreamRuntime {
             consumed_seq: consumed,
             last_sync: Instant::now(),
             status: Arc::clone(&status),
+            watermarks,
         };
         let (progress, _) = watch::channel(Progress {
             epoch,
@@ -651,11 +729,17 @@ impl Graph {
         let (snapshot, entries) = self.db.cut_changes();
         let last_seq = entries.last().map(|e| e.seq);
         let mut table_changes: HashMap<TableId, Vec<&RowChange>> = HashMap::new();
+        let mut watermarks_moved = false;
         for e in &entries {
             for c in &e.changes {
                 table_changes.entry(c.table).or_default().push(c);
             }
+            for (t, v) in &e.watermarks {
+                self.watermarks.insert(*t, v.clone());
+                watermarks_moved = true;
+            }
         }
+        let watermarks = &self.watermarks;
         let mut outputs: HashMap<TableId, Changes> = HashMap::new();
         let mut batch = WriteBatch::default();
         let mut failed_now: Vec<TableId> = Vec::new();
@@ -682,6 +766,7 @@ impl Graph {
                     view,
                     &snapshot,
                     &table_changes,
+                    watermarks,
                     &outputs,
                     batch_rows,
                     parallel_min_rows,
@@ -739,6 +824,9 @@ impl Graph {
         }
         if let Some(seq) = last_seq {
             changelog::mark_consumed(&mut batch, seq);
+        }
+        if watermarks_moved {
+            batch.put(WATERMARKS_KEY, encode_watermarks(&self.watermarks));
         }
         self.epoch += 1;
         batch.put(EPOCH_KEY, self.epoch.to_be_bytes());
@@ -821,18 +909,21 @@ fn build(
                     Some(Arc::clone(predicate)),
                     cols,
                     Arc::clone(&node.schema),
-                )?,
+                )?
+                .with_input(Arc::clone(&node.schema)),
                 Box::new(input),
             )
         }
         NodeKind::Project { exprs, .. } => Exec::ProjectFilter(
-            ProjectFilter::try_new(None, exprs.clone(), Arc::clone(&node.schema))?,
+            ProjectFilter::try_new(None, exprs.clone(), Arc::clone(&node.schema))?
+                .with_input(Arc::clone(&node.inputs[0].schema)),
             Box::new(inputs.remove(0)),
         ),
         NodeKind::HashAgg {
             group_keys,
             calls,
             always_present,
+            window,
         } => {
             // A global aggregate has one group: one worker.
             let n = if group_keys.is_empty() { 1 } else { workers };
@@ -842,6 +933,7 @@ fn build(
                     group_keys.clone(),
                     calls.clone(),
                     Arc::clone(&node.schema),
+                    *window,
                     alloc,
                 )
             })?;
@@ -924,13 +1016,29 @@ fn step(
     view: &mut View,
     snapshot: &Snapshot,
     table_changes: &HashMap<TableId, Vec<&RowChange>>,
+    watermarks: &HashMap<TableId, Vec<u8>>,
     outputs: &HashMap<TableId, Changes>,
     batch_rows: usize,
     parallel_min_rows: usize,
 ) -> Result<Changes> {
     let mut inputs: Vec<Option<Vec<StreamChunk>>> = Vec::new();
+    let mut input_watermarks: Vec<Vec<Option<ScalarValue>>> = Vec::new();
     let mut rows_read = 0u64;
     for src in &mut view.sources {
+        // A source's watermark reaches the dataflow once its backfill is done (before,
+        // rows behind it may still come from the scan).
+        let mut wms = vec![None; src.schema.fields().len()];
+        if let (Some(def), Position::Done) = (&src.def, &src.position) {
+            if let (Some(wm), Some(bytes)) = (&def.watermark, watermarks.get(&def.id)) {
+                if wm.column < wms.len() {
+                    wms[wm.column] = Some(crate::watermark::decode(
+                        bytes,
+                        src.schema.field(wm.column).data_type(),
+                    )?);
+                }
+            }
+        }
+        input_watermarks.push(wms);
         let mut rows: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
         let Some(def) = src.def.clone() else {
             // Constant rows: all of them in the first epoch, then never again.
@@ -995,7 +1103,9 @@ fn step(
         });
     }
     view.rows_read += rows_read;
-    let out = view.root.run(&mut inputs, parallel_min_rows)?;
+    let (out, _) = view
+        .root
+        .run(&mut inputs, &input_watermarks, parallel_min_rows)?;
     let mut changes = Vec::new();
     for chunk in out {
         // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id

@@ -1,0 +1,331 @@
+//! Event-time watermarks of tables and sources (`WATERMARK FOR ts AS ts - INTERVAL '30'
+//! SECOND`).
+//!
+//! A relation's watermark is a value of its watermark column: no row with a smaller value
+//! will be used any more. It only grows. Each write transaction that adds rows to a
+//! relation with a watermark ([`crate::database::WriteTxn::commit`]):
+//!
+//! 1. sets rows whose event time is below the watermark *as it was before the transaction*
+//!    (or NULL) aside as late: they are not stored or handed to views, but kept in the late
+//!    rows store ([`late_key`], shown as `strom_catalog.late_rows`) with the reason and the
+//!    watermark;
+//! 2. raises the watermark to the largest value of the watermark expression over the
+//!    on-time rows (or to a value the writer computed itself, as the Kafka source does per
+//!    partition, see [`crate::database::WriteTxn::raise_watermark`]);
+//! 3. stores the new watermark under [`key`] and puts it in the transaction's change-log
+//!    entry, so the stream runtime sees it exactly when it sees the rows.
+//!
+//! Because late rows never reach a view, an operator may drop state the watermark has
+//! passed, and a window closed by it never changes again.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use strom_catalog::{TableDef, TableId};
+
+use crate::error::{EngineError, Result};
+use crate::keys::META_PREFIX;
+
+const TAG: &[u8] = b"watermark";
+const LATE_TAG: &[u8] = b"late";
+
+/// The key of a relation's current (writer-side) watermark.
+pub fn key(table: TableId) -> Vec<u8> {
+    let mut k = vec![META_PREFIX];
+    k.extend_from_slice(TAG);
+    k.extend_from_slice(&table.0.to_be_bytes());
+    k
+}
+
+/// The key range of every relation's late rows.
+pub fn late_range() -> (Vec<u8>, Vec<u8>) {
+    let mut lo = vec![META_PREFIX];
+    lo.extend_from_slice(LATE_TAG);
+    let hi = crate::keys::prefix_successor(&lo).expect("starts with 0x00");
+    (lo, hi)
+}
+
+/// The key range of one relation's late rows (dropped with it).
+pub fn late_table_range(table: TableId) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = late_range().0;
+    lo.extend_from_slice(&table.0.to_be_bytes());
+    let hi = crate::keys::prefix_successor(&lo).expect("starts with 0x00");
+    (lo, hi)
+}
+
+/// The key of one late row; `id` is unique in the database (a row id).
+pub fn late_key(table: TableId, id: i64) -> Vec<u8> {
+    let mut k = late_table_range(table).0;
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+/// A late row as kept: JSON `{"reason", "watermark", "event_time", "row"}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LateRow {
+    pub reason: String,
+    pub watermark: String,
+    pub event_time: String,
+    /// The row's visible columns as text (NULL: `None`), in column order.
+    pub row: Vec<Option<String>>,
+}
+
+/// The table id of a late row key.
+pub fn late_table_of(key: &[u8]) -> Option<TableId> {
+    let base = 1 + LATE_TAG.len();
+    key.get(base..base + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| TableId(u32::from_be_bytes(b)))
+}
+
+/// Evaluates a relation's watermark declaration over rows.
+#[derive(Debug)]
+pub struct Watermarker {
+    /// The expression's SQL text it was planned from (to notice a changed definition).
+    pub expr_sql: String,
+    column: usize,
+    expr: Arc<dyn PhysicalExpr>,
+    /// The relation's visible columns.
+    schema: SchemaRef,
+}
+
+/// What a batch of new rows does to a watermark.
+#[derive(Debug, Default)]
+pub struct Split {
+    /// Per row: why it is late, or `None` when it is on time.
+    pub late: Vec<Option<String>>,
+    /// The largest watermark expression value over the on-time rows.
+    pub max: Option<ScalarValue>,
+}
+
+impl Watermarker {
+    /// Plans the watermark of `def` (None: it has none).
+    pub fn new(def: &TableDef) -> Result<Option<Watermarker>> {
+        let Some(wm) = &def.watermark else {
+            return Ok(None);
+        };
+        let schema: SchemaRef = Arc::new(Schema::new(
+            def.visible_columns()
+                .map(|(_, c)| Field::new(&c.name, c.ty.to_arrow(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let expr = ctx.parse_sql_expr(&wm.expr, &df_schema)?;
+        let want = schema.field(wm.column).data_type().clone();
+        let expr = datafusion::logical_expr::Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(expr),
+            want,
+        ));
+        let expr = ctx.create_physical_expr(expr, &df_schema)?;
+        Ok(Some(Watermarker {
+            expr_sql: wm.expr.clone(),
+            column: wm.column,
+            expr,
+            schema,
+        }))
+    }
+
+    /// The watermark column's index.
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
+    /// Splits new rows (their visible columns) into late and on-time ones against the
+    /// watermark `current`, and computes the expression's maximum over the on-time ones.
+    pub fn split(&self, rows: &[&[ScalarValue]], current: Option<&ScalarValue>) -> Result<Split> {
+        if rows.is_empty() {
+            return Ok(Split::default());
+        }
+        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
+            .map(|c| {
+                let t = self.schema.field(c).data_type();
+                ScalarValue::iter_to_array(rows.iter().map(|r| {
+                    r.get(c)
+                        .cloned()
+                        .unwrap_or_else(|| ScalarValue::try_from(t).unwrap_or(ScalarValue::Null))
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let values = self.expr.evaluate(&batch)?.into_array(rows.len())?;
+        let mut out = Split {
+            late: Vec::with_capacity(rows.len()),
+            max: None,
+        };
+        for (i, row) in rows.iter().enumerate() {
+            let ts = &row[self.column];
+            let late = if ts.is_null() {
+                Some(format!(
+                    "no event time: \"{}\" is NULL",
+                    self.schema.field(self.column).name()
+                ))
+            } else {
+                match current {
+                    Some(w) if ts.partial_cmp(w) == Some(std::cmp::Ordering::Less) => Some(format!(
+                        "behind the watermark: \"{}\" = {} < {}",
+                        self.schema.field(self.column).name(),
+                        display(ts),
+                        display(w)
+                    )),
+                    _ => None,
+                }
+            };
+            if late.is_none() && values.is_valid(i) {
+                let v = ScalarValue::try_from_array(&values, i)?;
+                if out.max.as_ref().is_none_or(|m| v.partial_cmp(m) == Some(std::cmp::Ordering::Greater)) {
+                    out.max = Some(v);
+                }
+            }
+            out.late.push(late);
+        }
+        Ok(out)
+    }
+
+    /// The watermark expression over one row (None when it is NULL).
+    pub fn eval_one(&self, row: &[ScalarValue]) -> Result<Option<ScalarValue>> {
+        Ok(self.split(&[row], None)?.max)
+    }
+}
+
+/// Encodes a watermark value for storage.
+pub fn encode(v: &ScalarValue) -> Result<Vec<u8>> {
+    crate::row::encode_row(std::slice::from_ref(v))
+}
+
+/// Decodes a watermark stored by [`encode`] as a value of `column`'s type.
+pub fn decode(bytes: &[u8], ty: &datafusion::arrow::datatypes::DataType) -> Result<ScalarValue> {
+    crate::row::decode_row(bytes, std::slice::from_ref(ty))
+        .map_err(|reason| EngineError::Corrupt {
+            table: "watermark".into(),
+            reason,
+        })?
+        .pop()
+        .ok_or_else(|| EngineError::Corrupt {
+            table: "watermark".into(),
+            reason: "empty".into(),
+        })
+}
+
+/// The larger of two watermarks.
+pub fn max(a: Option<ScalarValue>, b: Option<ScalarValue>) -> Option<ScalarValue> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.partial_cmp(&a) == Some(std::cmp::Ordering::Greater) {
+            b
+        } else {
+            a
+        }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// The name of [`window_start_udf`].
+pub const WINDOW_START: &str = "strom_window_start";
+
+/// `strom_window_start(ts, stride_micros, offset_micros)`: the start of the window of
+/// length `stride` (aligned to 1970-01-01 00:00:00 UTC plus `offset`) that contains `ts`,
+/// of `ts`'s own type (`date_bin` would return nanoseconds). `TUMBLE` and `HOP` are
+/// rewritten into it; it never decreases as `ts` grows, so watermarks pass through it.
+pub fn window_start_udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(WindowStart {
+        signature: datafusion::logical_expr::Signature::any(
+            3,
+            datafusion::logical_expr::Volatility::Immutable,
+        ),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowStart {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for WindowStart {
+    fn name(&self) -> &str {
+        WINDOW_START
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        arg_types: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
+        use datafusion::arrow::datatypes::{DataType, TimeUnit};
+        match &arg_types[0] {
+            DataType::Timestamp(_, tz) => Ok(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+            other => Err(datafusion::error::DataFusionError::Plan(format!(
+                "window functions need a timestamp or timestamptz time column, not {other}"
+            ))),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, TimestampMicrosecondArray};
+        use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+        use datafusion::logical_expr::ColumnarValue;
+        let int = |v: &ColumnarValue| -> datafusion::error::Result<i64> {
+            match v {
+                ColumnarValue::Scalar(s) => match s.cast_to(&DataType::Int64)? {
+                    ScalarValue::Int64(Some(n)) => Ok(n),
+                    _ => Err(datafusion::error::DataFusionError::Plan(
+                        "window size and offset must not be NULL".into(),
+                    )),
+                },
+                _ => Err(datafusion::error::DataFusionError::Plan(
+                    "window size and offset must be constants".into(),
+                )),
+            }
+        };
+        let (stride, offset) = (int(&args.args[1])?, int(&args.args[2])?);
+        if stride <= 0 {
+            return Err(datafusion::error::DataFusionError::Plan(
+                "window size must be positive".into(),
+            ));
+        }
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let tz = match ts.data_type() {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            other => {
+                return Err(datafusion::error::DataFusionError::Plan(format!(
+                    "window functions need a timestamp column, not {other}"
+                )))
+            }
+        };
+        let ts = datafusion::arrow::compute::cast(
+            &ts,
+            &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        )?;
+        let out: TimestampMicrosecondArray = ts
+            .as_primitive::<TimestampMicrosecondType>()
+            .unary(|t| (t - offset).div_euclid(stride) * stride + offset);
+        let out: ArrayRef = Arc::new(out.with_timezone_opt(tz));
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
+}
+
+/// A watermark or event time as text (`2024-01-01T00:05:30+00:00`).
+pub fn display(v: &ScalarValue) -> String {
+    if v.is_null() {
+        return "NULL".into();
+    }
+    v.to_array()
+        .ok()
+        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(&a, 0).ok())
+        .unwrap_or_else(|| v.to_string())
+}
