@@ -691,7 +691,11 @@ impl Planner {
                 .map(|k| k.iter().map(|i| i + lw + le).collect()),
             _ => None,
         };
-        let append_only = false;
+        // An inner join of inputs that only gain rows only gains rows (and semi joins
+        // too); outer joins retract NULL-padded rows, anti joins retract matches.
+        let append_only = matches!(join_type, JoinType::Inner | JoinType::LeftSemi)
+            && left.append_only
+            && right.append_only;
         let join = PlanNode {
             kind: NodeKind::HashJoin {
                 join_type,
