@@ -18,6 +18,10 @@
 //!   because its event time was behind the watermark (or NULL), with the watermark at the
 //!   time, the reason and the row as JSON. Kept until the relation is dropped.
 //! - `strom_catalog.watermarks`: each such relation's current watermark.
+//! - `strom_catalog.view_state`: per materialized view and operator state table (numbered
+//!   in build order), how many keys and bytes of state it has committed in RocksDB (a
+//!   full scan: for diagnostics and tests of bounded state, not for dashboards polling
+//!   every second).
 
 use std::sync::Arc;
 
@@ -40,6 +44,7 @@ const TABLES: &[&str] = &[
     "source_errors",
     "source_offsets",
     "source_status",
+    "view_state",
     "watermarks",
 ];
 
@@ -102,12 +107,15 @@ impl StromCatalogSchema {
             Field::new("row", DataType::Utf8, false),
         ]));
         let mut cols: [Vec<String>; 6] = Default::default();
-        let ext = |e: strom_engine::EngineError| datafusion::error::DataFusionError::External(Box::new(e));
+        let ext = |e: strom_engine::EngineError| {
+            datafusion::error::DataFusionError::External(Box::new(e))
+        };
         for t in self.env.catalog.tables().filter(|t| t.watermark.is_some()) {
             let (lo, hi) = strom_engine::watermark::late_table_range(t.id);
             let names: Vec<&str> = t.visible_columns().map(|(_, c)| c.name.as_str()).collect();
             for (_, v) in self.env.snapshot.scan(&lo, &hi, usize::MAX).map_err(ext)? {
-                let Ok(late) = serde_json::from_slice::<strom_engine::watermark::LateRow>(&v) else {
+                let Ok(late) = serde_json::from_slice::<strom_engine::watermark::LateRow>(&v)
+                else {
                     continue;
                 };
                 let row: serde_json::Map<String, serde_json::Value> = names
@@ -116,7 +124,8 @@ impl StromCatalogSchema {
                     .map(|(n, v)| {
                         (
                             n.to_string(),
-                            v.clone().map_or(serde_json::Value::Null, serde_json::Value::String),
+                            v.clone()
+                                .map_or(serde_json::Value::Null, serde_json::Value::String),
                         )
                     })
                     .collect();
@@ -139,6 +148,50 @@ impl StromCatalogSchema {
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 
+    fn view_state(&self) -> DfResult<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("schema_name", DataType::Utf8, false),
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("state_table", DataType::Int32, false),
+            Field::new("state_keys", DataType::Int64, false),
+            Field::new("state_bytes", DataType::Int64, false),
+        ]));
+        let ext = |e: strom_engine::EngineError| {
+            datafusion::error::DataFusionError::External(Box::new(e))
+        };
+        let (mut sch, mut name, mut table, mut keys, mut bytes) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for t in self.env.catalog.tables().filter(|t| t.is_view()) {
+            let (lo, hi) = strom_engine::state::view_range(t.id.0);
+            let mut per: std::collections::BTreeMap<u16, (i64, i64)> = Default::default();
+            self.env
+                .snapshot
+                .for_each(&lo, &hi, |k, v| {
+                    // 0x03 | view u32 | table u16 | ...
+                    let index = k.get(5..7).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                    let e = per.entry(index).or_default();
+                    e.0 += 1;
+                    e.1 += (k.len() + v.len()) as i64;
+                })
+                .map_err(ext)?;
+            for (i, (k, b)) in per {
+                sch.push(self.schema_name(t));
+                name.push(t.name.clone());
+                table.push(i as i32);
+                keys.push(k);
+                bytes.push(b);
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(sch)),
+            Arc::new(StringArray::from(name)),
+            Arc::new(Int32Array::from(table)),
+            Arc::new(Int64Array::from(keys)),
+            Arc::new(Int64Array::from(bytes)),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
     fn watermarks(&self) -> DfResult<RecordBatch> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("schema_name", DataType::Utf8, false),
@@ -146,7 +199,9 @@ impl StromCatalogSchema {
             Field::new("column_name", DataType::Utf8, false),
             Field::new("watermark", DataType::Utf8, true),
         ]));
-        let ext = |e: strom_engine::EngineError| datafusion::error::DataFusionError::External(Box::new(e));
+        let ext = |e: strom_engine::EngineError| {
+            datafusion::error::DataFusionError::External(Box::new(e))
+        };
         let (mut sch, mut rel, mut col, mut wm) = (vec![], vec![], vec![], vec![]);
         for t in self.env.catalog.tables() {
             let Some(w) = &t.watermark else { continue };
@@ -307,6 +362,7 @@ impl SchemaProvider for StromCatalogSchema {
             "source_status" => self.source_status()?,
             "late_rows" => self.late_rows()?,
             "watermarks" => self.watermarks()?,
+            "view_state" => self.view_state()?,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

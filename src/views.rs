@@ -50,17 +50,29 @@ fn view_parts(
     }
 }
 
-/// Plans a view's query against `catalog`; `name` and `columns` name the result.
+/// What a view is made of: its name, column names (empty: the query's), query and
+/// whether it emits on window close.
+struct ViewSpec<'a> {
+    name: &'a str,
+    columns: &'a [String],
+    query: &'a Query,
+    emit_on_window_close: bool,
+}
+
+/// Plans a view's query against `catalog`.
 async fn plan_view(
     db: &Arc<Database>,
     catalog: &Arc<Catalog>,
     settings: &Settings,
     schema: strom_catalog::SchemaId,
-    name: &str,
-    columns: &[String],
-    query: &Query,
-    emit_on_window_close: bool,
+    spec: ViewSpec<'_>,
 ) -> Result<Planned> {
+    let ViewSpec {
+        name,
+        columns,
+        query,
+        emit_on_window_close,
+    } = spec;
     let mut stmt = Statement::Query(Box::new(query.clone()));
     query::prepare_statement(&mut stmt, catalog, settings)?;
     let env = QueryEnv::new(Arc::clone(catalog), db.snapshot(), settings.clone());
@@ -75,7 +87,12 @@ async fn plan_view(
     let optimized = ctx.state().optimize(&logical)?;
     let mut plan = planner::plan(&optimized)?;
     plan.annotate_windows(
-        &|id| catalog.table(id).and_then(|t| t.watermark.as_ref()).map(|w| w.column),
+        &|id| {
+            catalog
+                .table(id)
+                .and_then(|t| t.watermark.as_ref())
+                .map(|w| w.column)
+        },
         emit_on_window_close,
     )
     .map_err(|m| StromError::user("42P17", format!("materialized view \"{name}\": {m}")))?;
@@ -196,16 +213,20 @@ async fn plan_statement(
     stmt: &Statement,
 ) -> Result<Planned> {
     let (_, columns, query, _) = view_parts(stmt)?;
-    let eowc = matches!(stmt, Statement::CreateView(cv) if strom_sql::parser::emits_on_window_close(cv));
+    let eowc =
+        matches!(stmt, Statement::CreateView(cv) if strom_sql::parser::emits_on_window_close(cv));
+    let columns = column_names(columns);
     plan_view(
         db,
         catalog,
         settings,
         schema,
-        name,
-        &column_names(columns),
-        query,
-        eowc,
+        ViewSpec {
+            name,
+            columns: &columns,
+            query,
+            emit_on_window_close: eowc,
+        },
     )
     .await
 }
@@ -549,10 +570,12 @@ pub async fn deploy_all(db: &Arc<Database>, stream: &Arc<StreamRuntime>) -> Resu
             &catalog,
             &settings,
             def.schema,
-            &def.name,
-            &visible,
-            &query,
-            view.emit_on_window_close,
+            ViewSpec {
+                name: &def.name,
+                columns: &visible,
+                query: &query,
+                emit_on_window_close: view.emit_on_window_close,
+            },
         )
         .await
         .map_err(|e| {

@@ -335,7 +335,8 @@ impl WriteTxn<'_> {
                         .collect(),
                 };
                 let id = self.alloc_row_ids(1);
-                let json = serde_json::to_vec(&late).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let json =
+                    serde_json::to_vec(&late).map_err(|e| EngineError::Internal(e.to_string()))?;
                 self.batch.put(watermark::late_key(def.id, id), json);
             }
             if !late_appended.is_empty() {

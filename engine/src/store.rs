@@ -147,6 +147,24 @@ impl Snapshot {
             .collect()
     }
 
+    /// Visits every pair with `lower <= key < upper`, in key order, without collecting
+    /// them.
+    pub fn for_each(
+        &self,
+        lower: &[u8],
+        upper: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]),
+    ) -> Result<()> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        for item in self.snap.iterator_opt(IteratorMode::Start, ro) {
+            let (k, v) = item?;
+            visit(&k, &v);
+        }
+        Ok(())
+    }
+
     /// Up to `limit` pairs with `lower <= key < upper`, in key order.
     pub fn scan(&self, lower: &[u8], upper: &[u8], limit: usize) -> Result<KvPairs> {
         let mut ro = ReadOptions::default();

@@ -166,18 +166,24 @@ impl Watermarker {
                 ))
             } else {
                 match current {
-                    Some(w) if ts.partial_cmp(w) == Some(std::cmp::Ordering::Less) => Some(format!(
-                        "behind the watermark: \"{}\" = {} < {}",
-                        self.schema.field(self.column).name(),
-                        display(ts),
-                        display(w)
-                    )),
+                    Some(w) if ts.partial_cmp(w) == Some(std::cmp::Ordering::Less) => {
+                        Some(format!(
+                            "behind the watermark: \"{}\" = {} < {}",
+                            self.schema.field(self.column).name(),
+                            display(ts),
+                            display(w)
+                        ))
+                    }
                     _ => None,
                 }
             };
             if late.is_none() && values.is_valid(i) {
                 let v = ScalarValue::try_from_array(&values, i)?;
-                if out.max.as_ref().is_none_or(|m| v.partial_cmp(m) == Some(std::cmp::Ordering::Greater)) {
+                if out
+                    .max
+                    .as_ref()
+                    .is_none_or(|m| v.partial_cmp(m) == Some(std::cmp::Ordering::Greater))
+                {
                     out.max = Some(v);
                 }
             }
@@ -260,7 +266,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for WindowStart {
     ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
         use datafusion::arrow::datatypes::{DataType, TimeUnit};
         match &arg_types[0] {
-            DataType::Timestamp(_, tz) => Ok(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+            DataType::Timestamp(_, tz) => {
+                Ok(DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
+            }
             other => Err(datafusion::error::DataFusionError::Plan(format!(
                 "window functions need a timestamp or timestamptz time column, not {other}"
             ))),

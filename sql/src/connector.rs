@@ -474,7 +474,8 @@ fn parse_columns_with_watermark(
     };
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     // The watermark element: WATERMARK FOR column AS expr.
-    let mut wp = Parser::new(&dialect).with_tokens_with_locations(tokens[wm_start..wm_end].to_vec());
+    let mut wp =
+        Parser::new(&dialect).with_tokens_with_locations(tokens[wm_start..wm_end].to_vec());
     wp.next_token(); // WATERMARK
     wp.expect_keyword(Keyword::FOR)?;
     let column = crate::ddl::ident_name(&wp.parse_identifier()?);
@@ -508,13 +509,13 @@ pub fn watermark_spec(ct: &CreateTable) -> Option<(String, String)> {
         return None;
     };
     options.iter().find_map(|o| match o {
-        SqlOption::KeyValue { key, value } if key.value == WATERMARK => match value {
-            Expr::Value(v) => match &v.value {
-                Value::SingleQuotedString(s) => s
-                    .split_once('|')
-                    .map(|(c, e)| (c.to_string(), e.to_string())),
-                _ => None,
-            },
+        SqlOption::KeyValue {
+            key,
+            value: Expr::Value(v),
+        } if key.value == WATERMARK => match &v.value {
+            Value::SingleQuotedString(s) => s
+                .split_once('|')
+                .map(|(c, e)| (c.to_string(), e.to_string())),
             _ => None,
         },
         _ => None,

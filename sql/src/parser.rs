@@ -118,9 +118,7 @@ fn parse_create_materialized_view(p: &mut Parser) -> std::result::Result<Stateme
         tokens.push(t);
     }
     let n = tokens.len();
-    let is_word = |t: &sqlparser::tokenizer::TokenWithSpan, k: &str| {
-        matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(k))
-    };
+    let is_word = |t: &sqlparser::tokenizer::TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(k));
     let emit = n >= 4
         && ["EMIT", "ON", "WINDOW", "CLOSE"]
             .iter()

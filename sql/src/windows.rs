@@ -16,8 +16,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    DateTimeField, Expr, FunctionArg, FunctionArgExpr, Statement, TableAlias, TableFactor,
-    Value, VisitMut, VisitorMut,
+    DateTimeField, Expr, FunctionArg, FunctionArgExpr, Statement, TableAlias, TableFactor, Value,
+    VisitMut, VisitorMut,
 };
 
 use crate::error::{Result, SqlError};
@@ -115,7 +115,7 @@ pub fn interval_micros(e: &Expr) -> Option<i64> {
         return Some((n * unit as f64).round() as i64);
     }
     let words: Vec<&str> = text.split_whitespace().collect();
-    if words.is_empty() || words.len() % 2 != 0 {
+    if words.is_empty() || !words.len().is_multiple_of(2) {
         return None;
     }
     let mut total = 0i64;
@@ -148,11 +148,21 @@ fn window_subquery(
     }
     let relation = match arg_expr(func, &args[0])? {
         e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
-        other => return Err(bad(func, format!("the first argument must name a relation, not {other}"))),
+        other => {
+            return Err(bad(
+                func,
+                format!("the first argument must name a relation, not {other}"),
+            ))
+        }
     };
     let ts = match arg_expr(func, &args[1])? {
         e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
-        other => return Err(bad(func, format!("the second argument must be a column, not {other}"))),
+        other => {
+            return Err(bad(
+                func,
+                format!("the second argument must be a column, not {other}"),
+            ))
+        }
     };
     let interval = |i: usize, what: &str| -> Result<i64> {
         let e = arg_expr(func, &args[i])?;
@@ -167,17 +177,22 @@ fn window_subquery(
     };
     let (slide, size, offset) = if func == "tumble" {
         let size = interval(2, "size")?;
-        let offset = if args.len() == 4 { interval(3, "offset")? } else { 0 };
+        let offset = if args.len() == 4 {
+            interval(3, "offset")?
+        } else {
+            0
+        };
         (size, size, offset)
     } else {
         let slide = interval(2, "slide")?;
         let size = interval(3, "size")?;
-        let offset = if args.len() == 5 { interval(4, "offset")? } else { 0 };
+        let offset = if args.len() == 5 {
+            interval(4, "offset")?
+        } else {
+            0
+        };
         if size % slide != 0 {
-            return Err(bad(
-                func,
-                "the size must be a whole multiple of the slide",
-            ));
+            return Err(bad(func, "the size must be a whole multiple of the slide"));
         }
         (slide, size, offset)
     };
@@ -235,7 +250,10 @@ mod tests {
         assert!(hop.contains("- INTERVAL '120000000 microseconds'"), "{hop}");
         assert!(hop.ends_with("AS h"), "{hop}");
         let off = rw("SELECT * FROM TUMBLE(t, ts, INTERVAL '1' HOUR, INTERVAL '15' MINUTE)");
-        assert!(off.contains("strom_window_start(ts, 3600000000, 900000000)"), "{off}");
+        assert!(
+            off.contains("strom_window_start(ts, 3600000000, 900000000)"),
+            "{off}"
+        );
     }
 
     #[test]
@@ -243,9 +261,18 @@ mod tests {
         for (sql, want) in [
             ("SELECT * FROM TUMBLE(t, ts)", "expected TUMBLE"),
             ("SELECT * FROM TUMBLE(t, ts, 5)", "interval literal"),
-            ("SELECT * FROM HOP(t, ts, INTERVAL '2' MINUTE, INTERVAL '5' MINUTE)", "whole multiple"),
-            ("SELECT * FROM TUMBLE(t, ts, INTERVAL '0' MINUTE)", "positive"),
-            ("SELECT * FROM TUMBLE(1, ts, INTERVAL '1' MINUTE)", "name a relation"),
+            (
+                "SELECT * FROM HOP(t, ts, INTERVAL '2' MINUTE, INTERVAL '5' MINUTE)",
+                "whole multiple",
+            ),
+            (
+                "SELECT * FROM TUMBLE(t, ts, INTERVAL '0' MINUTE)",
+                "positive",
+            ),
+            (
+                "SELECT * FROM TUMBLE(1, ts, INTERVAL '1' MINUTE)",
+                "name a relation",
+            ),
         ] {
             let mut stmt = crate::parser::parse(sql).unwrap().remove(0);
             let err = rewrite_window_functions(&mut stmt).unwrap_err().to_string();

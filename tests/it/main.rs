@@ -5,6 +5,7 @@
 //! clients: tokio-postgres, a small hand-written extended-protocol client
 //! ([`pgclient`]), and the real `psql`.
 
+mod event_time;
 mod fidelity;
 mod kafka;
 mod kafka_txn;

@@ -161,7 +161,8 @@ fn hash_agg_matches_from_scratch_grouping() {
             },
         ];
         let (_dir, mut alloc) = temp_alloc();
-        let mut agg = HashAgg::try_new(&schema(3), vec![1], calls, schema(6), None, &mut alloc).unwrap();
+        let mut agg =
+            HashAgg::try_new(&schema(3), vec![1], calls, schema(6), None, &mut alloc).unwrap();
         let (mut rows, mut next_id, mut view) = (HashMap::new(), 0, HashMap::new());
         for _ in 0..60 {
             let changes = random_changes(&mut rng, &mut rows, &mut next_id, 3);

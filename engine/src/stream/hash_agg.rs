@@ -142,10 +142,16 @@ pub struct HashAgg {
 /// The open groups of a windowed aggregate, in the order of their watermarked key column:
 /// entries `encode(key column) ++ group key -> group key` under one bucket, so the groups
 /// the watermark has passed are the first entries of one ordered scan.
+///
+/// The workers of a parallel aggregate share their state tables, each using the vnodes of
+/// its groups; the index has one bucket, so a worker closes only the groups it owns
+/// (`worker`, of `workers`).
 #[derive(Debug)]
 struct Windowing {
     cfg: AggWindow,
     open: StateTable,
+    worker: usize,
+    workers: usize,
 }
 
 impl HashAgg {
@@ -224,6 +230,8 @@ impl HashAgg {
         let window = window.map(|cfg| Windowing {
             cfg,
             open: state.ordered_table(),
+            worker: 0,
+            workers: 1,
         });
         Ok(HashAgg {
             window,
@@ -246,6 +254,14 @@ impl HashAgg {
     pub fn set_always_present(&mut self, key: Vec<ScalarValue>) -> Result<()> {
         self.always = Some((keys::encode_key(&key)?, key));
         Ok(())
+    }
+
+    /// Tells a worker of a parallel aggregate which one it is (see [`Windowing`]).
+    pub fn set_worker(&mut self, worker: usize, workers: usize) {
+        if let Some(w) = &mut self.window {
+            w.worker = worker;
+            w.workers = workers;
+        }
     }
 
     fn is_always(&self, prefix: &[u8]) -> bool {
@@ -504,12 +520,15 @@ impl HashAgg {
         let mut bound = Vec::new();
         keys::encode_key_datum(wm, &mut bound)?;
         let mut closed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let open = &mut self.window.as_mut().expect("checked").open;
-        open.scan_ordered(&[], false, |suffix, prefix| {
+        let w = self.window.as_mut().expect("checked");
+        let (me, workers) = (w.worker, w.workers);
+        w.open.scan_ordered(&[], false, |suffix, prefix| {
             if suffix >= bound.as_slice() {
                 return Ok(false);
             }
-            closed.push((suffix.to_vec(), prefix.to_vec()));
+            if workers <= 1 || super::exchange::worker_of(prefix, workers) == me {
+                closed.push((suffix.to_vec(), prefix.to_vec()));
+            }
             Ok(true)
         })?;
         for (suffix, prefix) in closed {
@@ -858,7 +877,8 @@ mod tests {
                 DataType::Float64,
                 DataType::Float64,
                 DataType::Float64,
-            ]), None,
+            ]),
+            None,
             alloc,
         )
         .unwrap()
@@ -972,7 +992,8 @@ mod tests {
                 DataType::Int64,
                 DataType::Float64,
                 DataType::Int64,
-            ]), None,
+            ]),
+            None,
             &mut alloc,
         )
         .unwrap();
@@ -1002,7 +1023,8 @@ mod tests {
                 },
                 call(AggKind::CountStar, None, DataType::Int64),
             ],
-            schema(&[DataType::Int64, DataType::Int64]), None,
+            schema(&[DataType::Int64, DataType::Int64]),
+            None,
             &mut alloc,
         )
         .unwrap();
@@ -1020,5 +1042,80 @@ mod tests {
         assert!(agg
             .apply(&StreamChunk::from_pretty("I T F\n - 1 F1 10"))
             .is_err());
+    }
+
+    /// `SELECT w, count(*), max(v) GROUP BY w` over (w, v), windowed on `w`.
+    fn windowed(alloc: &mut StateAlloc, emit_on_close: bool) -> HashAgg {
+        HashAgg::try_new(
+            &input(&[DataType::Int64, DataType::Int64]),
+            vec![0],
+            vec![
+                call(AggKind::CountStar, None, DataType::Int64),
+                call(AggKind::Max, Some(1), DataType::Int64),
+            ],
+            schema(&[DataType::Int64, DataType::Int64, DataType::Int64]),
+            Some(AggWindow {
+                key: 0,
+                emit_on_close,
+            }),
+            alloc,
+        )
+        .unwrap()
+    }
+
+    fn wm(v: i64) -> Vec<Option<ScalarValue>> {
+        vec![Some(ScalarValue::Int64(Some(v))), None]
+    }
+
+    #[test]
+    fn emit_on_window_close_emits_each_group_once_final_and_drops_its_state() {
+        let (_dir, mut alloc) = temp_alloc();
+        let mut agg = windowed(&mut alloc, true);
+        agg.apply(&StreamChunk::from_pretty("I I\n + 1 5\n + 2 7"))
+            .unwrap();
+        assert!(agg.flush_with_watermarks(&wm(1)).unwrap().is_empty());
+        // Rows for window 1 arrive in the epoch that closes it: they count.
+        agg.apply(&StreamChunk::from_pretty("I I\n + 1 9\n + 3 1"))
+            .unwrap();
+        let out = agg.flush_with_watermarks(&wm(3)).unwrap();
+        assert_eq!(
+            out.to_pretty(),
+            StreamChunk::from_pretty("I I I\n + 1 2 9\n + 2 1 7").to_pretty()
+        );
+        // Nothing is left of the closed groups; the open one remains.
+        assert!(agg
+            .main
+            .get(
+                &keys::encode_key(&[ScalarValue::Int64(Some(1))]).unwrap(),
+                &[]
+            )
+            .unwrap()
+            .is_none());
+        assert!(agg.flush_with_watermarks(&wm(3)).unwrap().is_empty());
+        let out = agg.flush_with_watermarks(&wm(10)).unwrap();
+        assert_eq!(
+            out.to_pretty(),
+            StreamChunk::from_pretty("I I I\n + 3 1 1").to_pretty()
+        );
+    }
+
+    #[test]
+    fn a_windowed_aggregate_updates_continuously_and_drops_passed_groups() {
+        let (_dir, mut alloc) = temp_alloc();
+        let mut agg = windowed(&mut alloc, false);
+        agg.apply(&StreamChunk::from_pretty("I I\n + 1 5")).unwrap();
+        let out = agg.flush_with_watermarks(&wm(0)).unwrap();
+        assert_eq!(
+            out.to_pretty(),
+            StreamChunk::from_pretty("I I I\n + 1 1 5").to_pretty()
+        );
+        agg.apply(&StreamChunk::from_pretty("I I\n + 1 6")).unwrap();
+        let out = agg.flush_with_watermarks(&wm(2)).unwrap();
+        assert_eq!(
+            out.to_pretty(),
+            StreamChunk::from_pretty("I I I\n U- 1 1 5\n U+ 1 2 6").to_pretty()
+        );
+        let key = keys::encode_key(&[ScalarValue::Int64(Some(1))]).unwrap();
+        assert!(agg.main.get(&key, &[]).unwrap().is_none());
     }
 }

@@ -249,7 +249,10 @@ impl PlanNode {
     /// watermark column, and what projections, filters, joins, unions (all branches) and
     /// group keys pass on. `relation_watermark` gives a source relation's watermark
     /// column; views read by views carry none.
-    pub fn watermark_columns(&self, relation_watermark: &dyn Fn(TableId) -> Option<usize>) -> Vec<bool> {
+    pub fn watermark_columns(
+        &self,
+        relation_watermark: &dyn Fn(TableId) -> Option<usize>,
+    ) -> Vec<bool> {
         let width = self.schema.fields().len();
         let inputs: Vec<Vec<bool>> = self
             .inputs
@@ -363,7 +366,10 @@ impl PlanNode {
         for i in &mut self.inputs {
             i.annotate(relation_watermark, emitted)?;
         }
-        if matches!(self.kind, NodeKind::Project { .. } | NodeKind::Filter { .. }) {
+        if matches!(
+            self.kind,
+            NodeKind::Project { .. } | NodeKind::Filter { .. }
+        ) {
             self.append_only = self.inputs[0].append_only;
         }
         Ok(())

@@ -13,9 +13,9 @@ use datafusion::arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions,
     UInt32Array,
 };
-use datafusion::common::ScalarValue;
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::chunk::{Op, StreamChunk};
@@ -163,7 +163,9 @@ pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
             // strom_window_start(ts, stride, offset)
             crate::watermark::WINDOW_START
                 if args.len() == 3
-                    && args[1..].iter().all(|a| a.downcast_ref::<Literal>().is_some()) =>
+                    && args[1..]
+                        .iter()
+                        .all(|a| a.downcast_ref::<Literal>().is_some()) =>
             {
                 monotone_in(&args[0])
             }

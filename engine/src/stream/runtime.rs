@@ -84,7 +84,8 @@ fn decode_watermarks(mut b: &[u8]) -> Result<HashMap<TableId, Vec<u8>>> {
     let mut out = HashMap::new();
     while !b.is_empty() {
         let t = u32::from_be_bytes(b.get(..4).ok_or_else(corrupt)?.try_into().expect("4"));
-        let n = u32::from_be_bytes(b.get(4..8).ok_or_else(corrupt)?.try_into().expect("4")) as usize;
+        let n =
+            u32::from_be_bytes(b.get(4..8).ok_or_else(corrupt)?.try_into().expect("4")) as usize;
         let v = b.get(8..8 + n).ok_or_else(corrupt)?.to_vec();
         out.insert(TableId(t), v);
         b = &b[8 + n..];
@@ -361,13 +362,13 @@ impl Exec {
                             .into_iter()
                             .zip(bw)
                             .map(|(a, b)| match (a, b) {
-                                (Some(a), Some(b)) => Some(
-                                    if b.partial_cmp(&a) == Some(std::cmp::Ordering::Less) {
+                                (Some(a), Some(b)) => {
+                                    Some(if b.partial_cmp(&a) == Some(std::cmp::Ordering::Less) {
                                         b
                                     } else {
                                         a
-                                    },
-                                ),
+                                    })
+                                }
                                 _ => None,
                             })
                             .collect(),
@@ -940,6 +941,9 @@ fn build(
             if let Some(key) = always_present {
                 let w = exchange::worker_of(&keys::encode_key(key)?, n);
                 aggs[w].set_always_present(key.clone())?;
+            }
+            for (i, agg) in aggs.iter_mut().enumerate() {
+                agg.set_worker(i, n);
             }
             Exec::Agg(aggs, group_keys.clone(), Box::new(inputs.remove(0)))
         }

@@ -1,0 +1,231 @@
+//! Event time through the real server:
+//!
+//! - **Differential**: out-of-order events (some behind the watermark) inserted step by
+//!   step; after every step each `EMIT ON WINDOW CLOSE` view must equal the same aggregate
+//!   computed from scratch (a plain `SELECT` over the table, which holds exactly the on-time
+//!   rows) restricted to the windows that ended by the watermark, and the continuously
+//!   updated view must equal it over all windows. Late rows plus stored rows are every row
+//!   sent. Half way the server is killed with SIGKILL and restarted. `STROM_EVENT_SEED`
+//!   and `STROM_EVENT_STEPS` run other workloads.
+//! - **Bounded state**: an endless stream of windows through an EOWC view and a
+//!   continuously updated windowed view; the state in RocksDB
+//!   (`strom_catalog.view_state`) stays flat. `STROM_SOAK_EVENTS` (default 60,000) sets
+//!   the number of events; `docs/benchmarks.md` records a 10-million-event run.
+
+use std::time::Instant;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::server::TestServer;
+
+async fn rows(c: &Client, sql: &str) -> Vec<String> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let mut out: Vec<String> = msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn one(c: &Client, sql: &str) -> String {
+    rows(c, sql).await.pop().unwrap_or_default()
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
+    let seed: u64 = std::env::var("STROM_EVENT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_e7e7);
+    let steps: u64 = std::env::var("STROM_EVENT_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut server = TestServer::start();
+    let mut c = server.client().await;
+    c.batch_execute(
+        "SET TimeZone = 'UTC';
+         CREATE TABLE ev (point_id VARCHAR, ts TIMESTAMPTZ, value INT,
+                          WATERMARK FOR ts AS ts - INTERVAL '20' SECOND);",
+    )
+    .await
+    .unwrap();
+    // (view, its query, the reference over the table, whether it emits on close)
+    let tumble = "SELECT point_id, window_start, window_end, count(*) AS n, sum(value) AS s, min(value) AS lo, max(value) AS hi FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start, window_end";
+    let hop = "SELECT window_start, window_end, count(*) AS n, sum(value) AS s FROM HOP(ev, ts, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) GROUP BY window_start, window_end";
+    let live = "SELECT point_id, window_start, count(*) AS n, max(value) AS hi FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start";
+    let views = [
+        ("ev_tumble", tumble, true),
+        ("ev_hop", hop, true),
+        ("ev_live", live, false),
+    ];
+    for (name, q, eowc) in views {
+        let emit = if eowc { " EMIT ON WINDOW CLOSE" } else { "" };
+        c.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {q}{emit}"))
+            .await
+            .unwrap();
+    }
+    let mut rng = Rng(seed | 1);
+    let base = 1_704_067_200i64; // 2024-01-01 00:00:00 UTC
+    let mut sent = 0u64;
+    let mut closed_seen = 0usize;
+    for step in 0..steps {
+        if step == steps / 2 {
+            // Half way, kill the server: watermarks and open windows must survive.
+            drop(c);
+            server.kill();
+            server.spawn();
+            c = server.client().await;
+            c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        }
+        // Time moves 20 s a step; events scatter from 45 s before to 10 s after it, so
+        // some fall behind the watermark (20 s before the newest event).
+        let now = base + step as i64 * 20;
+        let values: Vec<String> = (0..40)
+            .map(|_| {
+                let t = now - 45 + rng.below(56) as i64;
+                let ts = if rng.below(50) == 0 {
+                    "NULL".to_string()
+                } else {
+                    format!("to_timestamp({t})")
+                };
+                format!("('p{}', {ts}, {})", rng.below(4), rng.below(100))
+            })
+            .collect();
+        c.batch_execute(&format!("INSERT INTO ev VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+        sent += 40;
+        let wm = one(
+            &c,
+            "SELECT watermark FROM strom_catalog.watermarks WHERE relation_name = 'ev'",
+        )
+        .await;
+        for (name, q, eowc) in views {
+            let got = rows(&c, &format!("SELECT * FROM {name}")).await;
+            let want = if eowc {
+                rows(
+                    &c,
+                    &format!("SELECT * FROM ({q}) r WHERE window_end <= TIMESTAMPTZ '{wm}'"),
+                )
+                .await
+            } else {
+                rows(&c, q).await
+            };
+            assert_eq!(
+                got, want,
+                "view {name} after step {step} (seed {seed}, watermark {wm})"
+            );
+            if eowc {
+                closed_seen = closed_seen.max(got.len());
+            }
+        }
+    }
+    let stored: u64 = one(&c, "SELECT count(*) FROM ev").await.parse().unwrap();
+    let late: u64 = one(
+        &c,
+        "SELECT count(*) FROM strom_catalog.late_rows WHERE relation_name = 'ev'",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert_eq!(stored + late, sent, "every row is stored or kept as late");
+    assert!(late > 0, "the workload produced late rows");
+    assert!(closed_seen > 5, "windows closed during the run");
+}
+
+async fn state_keys(c: &Client) -> (i64, i64) {
+    let r = one(
+        c,
+        "SELECT sum(state_keys), sum(state_bytes) FROM strom_catalog.view_state",
+    )
+    .await;
+    let mut it = r.split('|').map(|v| v.parse::<i64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_stays_bounded_over_an_endless_stream() {
+    let events: u64 = std::env::var("STROM_SOAK_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60_000);
+    const PER_WINDOW: u64 = 2_000; // 200 points x 10 readings per 1-minute window
+    let windows = events / PER_WINDOW;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(
+        "SET TimeZone = 'UTC';
+         CREATE TABLE soak (point_id VARCHAR, ts TIMESTAMPTZ, value DOUBLE PRECISION,
+                            WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE MATERIALIZED VIEW soak_eowc AS
+           SELECT point_id, window_start, avg(value) AS a, max(value) AS hi, count(*) AS n
+           FROM TUMBLE(soak, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start
+           EMIT ON WINDOW CLOSE;
+         CREATE MATERIALIZED VIEW soak_live AS
+           SELECT window_start, min(value) AS lo, count(*) AS n
+           FROM TUMBLE(soak, ts, INTERVAL '1' MINUTE) GROUP BY window_start;",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    for w in 0..windows {
+        // One window's events, in time order, in one statement.
+        c.batch_execute(&format!(
+            "INSERT INTO soak SELECT 'p' || (i % 200), to_timestamp({} + i * 0.03), i % 97 FROM generate_series(0, {}) AS g(i)",
+            1_704_067_200 + w * 60,
+            PER_WINDOW - 1
+        ))
+        .await
+        .unwrap();
+        if w % 5 == 4 {
+            samples.push((w + 1, state_keys(&c).await));
+        }
+    }
+    let elapsed = started.elapsed();
+    let n: i64 = one(&c, "SELECT count(*) FROM soak_eowc")
+        .await
+        .parse()
+        .unwrap();
+    // Every window but the last (still open) was emitted, 200 groups each.
+    assert_eq!(n as u64, (windows - 1) * 200);
+    eprintln!(
+        "bounded state: {} events in {:.1?} ({:.0} events/s); state keys/bytes after every 5 windows: {samples:?}",
+        windows * PER_WINDOW,
+        elapsed,
+        (windows * PER_WINDOW) as f64 / elapsed.as_secs_f64()
+    );
+    // Open windows only: the state after 10 windows is as large as it ever gets (2x
+    // leaves room for a window in flight), however many windows follow.
+    let reference = samples[1].1 .0.max(1);
+    for (w, (keys, _)) in &samples {
+        assert!(
+            *keys <= 2 * reference,
+            "state grew to {keys} keys after {w} windows (after 10: {reference})"
+        );
+    }
+}
