@@ -8,9 +8,9 @@
 //! that commits atomically with their state, so after a crash the source resumes at the
 //! committed offsets and every message reaches the views exactly once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -43,7 +43,61 @@ const OPTIONS: &[&str] = &[
     "properties.bootstrap.server",
     "scan.startup.mode",
     "source_rate_limit",
+    "watermark.idle_timeout",
 ];
+
+/// A duration option: `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, "s"),
+    };
+    let n: f64 = num.trim().parse().ok().filter(|n: &f64| *n >= 0.0)?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "sec" | "second" | "seconds" => n,
+        "m" | "min" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Per source, each partition's watermark (the largest watermark expression value of its
+/// rows so far) and when it last had a message. Shared by the source's readers.
+type PartitionWatermarks = HashMap<(String, i32), (Option<ScalarValue>, Instant)>;
+
+fn partition_watermarks() -> &'static Mutex<HashMap<strom_catalog::TableId, PartitionWatermarks>> {
+    static MAP: OnceLock<Mutex<HashMap<strom_catalog::TableId, PartitionWatermarks>>> =
+        OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
+/// The source's watermark after a poll: the smallest partition watermark among partitions
+/// that had a message within `idle_timeout` (all of them without one). A partition that
+/// stays quiet longer stops holding the watermark back, so one idle device or partition
+/// does not stall every window; when it speaks again its rows are judged against the
+/// watermark the others moved.
+fn source_watermark(
+    parts: &PartitionWatermarks,
+    idle_timeout: Option<Duration>,
+) -> Option<ScalarValue> {
+    let mut min: Option<ScalarValue> = None;
+    for (wm, seen) in parts.values() {
+        if idle_timeout.is_some_and(|t| seen.elapsed() > t) {
+            continue;
+        }
+        let Some(wm) = wm else { continue };
+        if min
+            .as_ref()
+            .is_none_or(|m| wm.partial_cmp(m) == Some(std::cmp::Ordering::Less))
+        {
+            min = Some(wm.clone());
+        }
+    }
+    min
+}
 
 fn opt<'a>(c: &'a ConnectorDef, name: &str) -> Option<&'a str> {
     c.options.get(name).map(String::as_str)
@@ -58,6 +112,16 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
             return Err(format!(
                 "option \"scan.startup.mode\": \"{other}\" is not earliest or latest"
             ))
+        }
+    }
+    if let Some(t) = opt(c, "watermark.idle_timeout") {
+        if def.watermark.is_none() {
+            return Err("option \"watermark.idle_timeout\" needs a WATERMARK FOR clause".into());
+        }
+        if parse_duration(t).is_none() {
+            return Err(format!(
+                "option \"watermark.idle_timeout\": \"{t}\" is not a duration (like 500ms, 30s, 5m)"
+            ));
         }
     }
     if let Some(r) = opt(c, "source_rate_limit") {
@@ -720,6 +784,32 @@ async fn write(
                 Ok(writes)
             })
             .collect();
+    // Per-partition watermarks (WATERMARK FOR): each on-time or late row raises its
+    // partition's; the source's is set from them at commit.
+    let watermarker = db.watermarker(def).map_err(|e| e.to_string())?;
+    if let Some(marker) = &watermarker {
+        let visible = def.visible_columns().count();
+        let mut map = partition_watermarks()
+            .lock()
+            .expect("invariant: watermark map lock is never poisoned");
+        let parts = map.entry(def.id).or_default();
+        let now = Instant::now();
+        for (m, writes) in msgs.iter().zip(&built) {
+            let part = parts
+                .entry((m.topic.to_string(), m.partition))
+                .or_insert((None, now));
+            part.1 = now;
+            for w in writes.iter().flatten() {
+                if let Write::Put(_, values) = w {
+                    let v = marker
+                        .eval_one(&values[..visible])
+                        .map_err(|e| e.to_string())?;
+                    part.0 = strom_engine::watermark::max(part.0.take(), v);
+                }
+            }
+        }
+    }
+    let idle_timeout = opt(c, "watermark.idle_timeout").and_then(parse_duration);
     let mut txn = db.begin_write().await;
     // Dropped while this poll was read: write nothing (DROP removed rows and offsets).
     if txn.catalog().table(def.id).is_none() {
@@ -780,6 +870,15 @@ async fn write(
     for ((topic, p), next) in next_offsets {
         errors::stage_offset(&mut txn, def.id, topic, p, next);
     }
+    if watermarker.is_some() {
+        let map = partition_watermarks()
+            .lock()
+            .expect("invariant: watermark map lock is never poisoned");
+        let wm = map
+            .get(&def.id)
+            .and_then(|parts| source_watermark(parts, idle_timeout));
+        txn.set_watermark(def.id, wm);
+    }
     txn.commit().map_err(|e| e.to_string())?;
     status.add(rows_ok, rejected);
     Ok(())
@@ -816,6 +915,29 @@ fn check_row(def: &TableDef, values: &[ScalarValue]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_and_idle_partitions_stop_holding_the_watermark_back() {
+        assert_eq!(parse_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("soon"), None);
+        let now = Instant::now();
+        let old = now - Duration::from_secs(120);
+        let v = |n: i64| Some(ScalarValue::Int64(Some(n)));
+        let mut parts = PartitionWatermarks::new();
+        parts.insert(("t".into(), 0), (v(100), now));
+        parts.insert(("t".into(), 1), (v(40), old));
+        parts.insert(("t".into(), 2), (None, now));
+        // Without a timeout the slowest partition holds the watermark back ...
+        assert_eq!(source_watermark(&parts, None), v(40));
+        // ... with one, a partition quiet for longer no longer does.
+        assert_eq!(
+            source_watermark(&parts, Some(Duration::from_secs(60))),
+            v(100)
+        );
+    }
 
     #[test]
     fn topic_names_split_by_the_utility_convention() {

@@ -144,7 +144,7 @@ impl Database {
             overlay: BTreeMap::new(),
             appended: Vec::new(),
             row_ids_used: 0,
-            raised: BTreeMap::new(),
+            managed: BTreeMap::new(),
         }
     }
 
@@ -200,8 +200,8 @@ pub struct WriteTxn<'a> {
     /// Rows of sources: handed to views, never stored.
     appended: Vec<RowChange>,
     row_ids_used: i64,
-    /// Watermarks the writer raised itself (see [`WriteTxn::raise_watermark`]).
-    raised: BTreeMap<TableId, ScalarValue>,
+    /// Watermarks the writer sets itself (see [`WriteTxn::set_watermark`]).
+    managed: BTreeMap<TableId, Option<ScalarValue>>,
 }
 
 impl WriteTxn<'_> {
@@ -269,13 +269,12 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
-    /// Raises a relation's watermark to at least `value` at commit, whatever the rows of
-    /// this transaction say (a Kafka source computes it per partition and raises it even
-    /// when idle partitions let it advance without new rows). Rows of this transaction are
-    /// still judged late against the watermark from before it.
-    pub fn raise_watermark(&mut self, table: TableId, value: ScalarValue) {
-        let v = watermark::max(self.raised.remove(&table), Some(value)).expect("some");
-        self.raised.insert(table, v);
+    /// Takes over a relation's watermark for this transaction: at commit it becomes the
+    /// larger of its current value and `value`, and the rows of the transaction do not
+    /// raise it themselves (a Kafka source computes it as the smallest of its active
+    /// partitions'). Rows are still judged late against the watermark from before.
+    pub fn set_watermark(&mut self, table: TableId, value: Option<ScalarValue>) {
+        self.managed.insert(table, value);
     }
 
     /// Sets late rows aside, and raises watermarks, for every relation with a watermark
@@ -295,8 +294,8 @@ impl WriteTxn<'_> {
             let appended: Vec<usize> = (0..self.appended.len())
                 .filter(|&i| self.appended[i].table == def.id && self.appended[i].new.is_some())
                 .collect();
-            let raised = self.raised.remove(&def.id);
-            if stored.is_empty() && appended.is_empty() && raised.is_none() {
+            let managed = self.managed.remove(&def.id);
+            if stored.is_empty() && appended.is_empty() && managed.is_none() {
                 continue;
             }
             let marker = self.db.watermarker(def)?.expect("has a watermark");
@@ -347,7 +346,10 @@ impl WriteTxn<'_> {
                     keep
                 });
             }
-            let new = watermark::max(watermark::max(current.clone(), raised), split.max);
+            let new = match managed {
+                Some(set) => watermark::max(current.clone(), set),
+                None => watermark::max(current.clone(), split.max),
+            };
             if let Some(new) = new {
                 if current.as_ref() != Some(&new) {
                     let bytes = watermark::encode(&new)?;

@@ -11,7 +11,7 @@
 //!    watermark;
 //! 2. raises the watermark to the largest value of the watermark expression over the
 //!    on-time rows (or to a value the writer computed itself, as the Kafka source does per
-//!    partition, see [`crate::database::WriteTxn::raise_watermark`]);
+//!    partition, see [`crate::database::WriteTxn::set_watermark`]);
 //! 3. stores the new watermark under [`key`] and puts it in the transaction's change-log
 //!    entry, so the stream runtime sees it exactly when it sees the rows.
 //!

@@ -924,3 +924,82 @@ async fn alter_source_rate_limit_pauses_and_resumes_and_show_lists() {
         assert!(msg.contains(needle), "{sql}: {msg}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_partition_watermarks_with_idle_timeout_close_windows() {
+    let topic = fresh_topic("SCADA_YC_RT_03");
+    create_topic(&topic, 2).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "SET TimeZone = 'UTC';
+         CREATE SOURCE tel (point_id VARCHAR, ts TIMESTAMPTZ, value DOUBLE PRECISION,
+                            WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+         WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{b}',
+               watermark.idle_timeout = '2s')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW tel_1m AS
+           SELECT window_start, count(*) AS n, sum(value) AS total
+           FROM TUMBLE(tel, ts, INTERVAL '1' MINUTE) GROUP BY window_start
+           EMIT ON WINDOW CLOSE;
+         CREATE MATERIALIZED VIEW tel_all AS SELECT count(*) AS n FROM tel;",
+        b = bootstrap()
+    ))
+    .await
+    .unwrap();
+    let bad = c
+        .batch_execute(&format!(
+            "CREATE SOURCE bad_idle (ts TIMESTAMPTZ, WATERMARK FOR ts AS ts)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{b}',
+                   watermark.idle_timeout = 'later')
+             FORMAT PLAIN ENCODE JSON",
+            b = bootstrap()
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{bad:?}")
+            .contains("\\\"watermark.idle_timeout\\\": \\\"later\\\" is not a duration"),
+        "{bad:?}"
+    );
+    let p = producer();
+    let ev = |ts: &str, v: i32| {
+        format!(r#"{{"point_id": "p", "ts": "2024-01-01T{ts}Z", "value": {v}}}"#)
+    };
+    let (a, b) = (ev("00:00:10", 1), ev("00:00:20", 2));
+    produce(&p, &topic, &[(0, None, Some(&a)), (1, None, Some(&b))]).await;
+    wait_for(&c, "SELECT n FROM tel_all", &["2"]).await;
+    // Partition 0 moves on to 00:01:30; partition 1 (last at 00:00:20) holds the
+    // watermark at 00:00:15, so the first minute stays open.
+    let m = ev("00:01:30", 4);
+    produce(&p, &topic, &[(0, None, Some(&m))]).await;
+    wait_for(&c, "SELECT n FROM tel_all", &["3"]).await;
+    wait_for(
+        &c,
+        "SELECT watermark FROM strom_catalog.watermarks WHERE relation_name = 'tel'",
+        &["2024-01-01T00:00:15Z"],
+    )
+    .await;
+    assert_eq!(rows(&c, "SELECT * FROM tel_1m").await.len(), 0);
+    // Once partition 1 has been quiet for the idle timeout, partition 0 alone moves the
+    // watermark (to 00:01:35) and the first minute closes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = ev("00:01:40", 8);
+    produce(&p, &topic, &[(0, None, Some(&m))]).await;
+    wait_for(
+        &c,
+        "SELECT window_start, n, total FROM tel_1m",
+        &["2024-01-01 00:00:00+00|2|3"],
+    )
+    .await;
+    // Partition 1 speaks again, behind the watermark: its row is kept as late.
+    let late = ev("00:00:50", 16);
+    produce(&p, &topic, &[(1, None, Some(&late))]).await;
+    wait_for(
+        &c,
+        "SELECT event_time, watermark FROM strom_catalog.late_rows WHERE relation_name = 'tel'",
+        &["2024-01-01T00:00:50Z|2024-01-01T00:01:35Z"],
+    )
+    .await;
+    wait_for(&c, "SELECT n FROM tel_all", &["4"]).await;
+}
