@@ -21,7 +21,11 @@ mod common;
 use common::connect;
 
 async fn one(c: &Client, sql: &str) -> String {
-    for m in c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+    for m in c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    {
         if let SimpleQueryMessage::Row(r) = m {
             return (0..r.len())
                 .map(|i| r.get(i).unwrap_or("NULL").to_string())

@@ -74,11 +74,30 @@ fn partition_watermarks() -> &'static Mutex<HashMap<strom_catalog::TableId, Part
     MAP.get_or_init(Default::default)
 }
 
-/// The source's watermark after a poll: the smallest partition watermark among partitions
-/// that had a message within `idle_timeout` (all of them without one). A partition that
-/// stays quiet longer stops holding the watermark back, so one idle device or partition
-/// does not stall every window; when it speaks again its rows are judged against the
-/// watermark the others moved.
+/// Registers every partition of the source, whichever reader owns it (a partition without
+/// rows yet holds the watermark back until the idle timeout says otherwise; registering
+/// all of them at listing keeps a fast reader from moving the watermark past a partition
+/// another reader has not read yet).
+fn register_partitions(def: &TableDef, partitions: &[(String, i32)]) {
+    if def.watermark.is_none() {
+        return;
+    }
+    let mut map = partition_watermarks()
+        .lock()
+        .expect("invariant: watermark map lock is never poisoned");
+    let parts = map.entry(def.id).or_default();
+    let now = Instant::now();
+    for p in partitions {
+        parts.entry(p.clone()).or_insert((None, now));
+    }
+}
+
+/// The source's watermark after a poll: the smallest partition watermark among the
+/// partitions that had a message (or were found) within `idle_timeout` (all of them
+/// without one); `None` while such a partition has no rows yet. A partition that stays
+/// quiet longer stops holding the watermark back, so one idle device or partition does not
+/// stall every window; when it speaks again its rows are judged against the watermark the
+/// others moved.
 fn source_watermark(
     parts: &PartitionWatermarks,
     idle_timeout: Option<Duration>,
@@ -88,7 +107,8 @@ fn source_watermark(
         if idle_timeout.is_some_and(|t| seen.elapsed() > t) {
             continue;
         }
-        let Some(wm) = wm else { continue };
+        // An active partition without rows yet: nothing is known about its times.
+        let Some(wm) = wm else { return None };
         if min
             .as_ref()
             .is_none_or(|m| wm.partial_cmp(m) == Some(std::cmp::Ordering::Less))
@@ -530,6 +550,7 @@ async fn assign_new(
         .await
         .map_err(|e| e.to_string())??
     };
+    register_partitions(def, &listing);
     let snapshot = db.snapshot();
     let mut tpl = TopicPartitionList::new();
     // `latest` partitions without a committed offset start at their current end, and
@@ -929,14 +950,16 @@ mod tests {
         let mut parts = PartitionWatermarks::new();
         parts.insert(("t".into(), 0), (v(100), now));
         parts.insert(("t".into(), 1), (v(40), old));
-        parts.insert(("t".into(), 2), (None, now));
         // Without a timeout the slowest partition holds the watermark back ...
         assert_eq!(source_watermark(&parts, None), v(40));
         // ... with one, a partition quiet for longer no longer does.
-        assert_eq!(
-            source_watermark(&parts, Some(Duration::from_secs(60))),
-            v(100)
-        );
+        let minute = Some(Duration::from_secs(60));
+        assert_eq!(source_watermark(&parts, minute), v(100));
+        // A partition without rows yet holds it until it is idle.
+        parts.insert(("t".into(), 2), (None, now));
+        assert_eq!(source_watermark(&parts, minute), None);
+        parts.insert(("t".into(), 2), (None, old));
+        assert_eq!(source_watermark(&parts, minute), v(100));
     }
 
     #[test]
