@@ -127,6 +127,7 @@ impl QueryEnv {
         crate::functions::register(&ctx, self);
         crate::jsonb::register(&ctx);
         ctx.register_udf(strom_engine::watermark::window_start_udf());
+        ctx.register_udf(strom_engine::clock::now_udf());
         ctx
     }
 

@@ -129,6 +129,23 @@ impl Settings {
                 };
             }
             "search_path" => self.set_search_path(value),
+            "strom_test_clock" => {
+                if !strom_engine::clock::manual_allowed() {
+                    return Err(StromError::user(
+                        "55000",
+                        "strom_test_clock can be set only when the server runs with STROM_TEST_CLOCK=1 (for tests)",
+                    ));
+                }
+                let t = chrono::DateTime::parse_from_rfc3339(&value.replace(' ', "T"))
+                    .or_else(|_| chrono::DateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%#z"))
+                    .map_err(|_| {
+                        StromError::user(
+                            "22007",
+                            format!("invalid timestamp for strom_test_clock: \"{value}\""),
+                        )
+                    })?;
+                strom_engine::clock::set_manual(t.timestamp_micros());
+            }
             "implicit_flush" | "rw_implicit_flush" => {
                 self.implicit_flush = match value.to_lowercase().as_str() {
                     "on" | "true" | "1" | "yes" | "default" => true,
@@ -323,7 +340,14 @@ impl Session {
                 Ok(Outcome::Command { tag, rows: None })
             }
             Statement::Set(set) => {
+                let clock = strom_engine::clock::now_micros();
                 self.apply_set(set)?;
+                if strom_engine::clock::now_micros() != clock
+                    && strom_engine::clock::manual_allowed()
+                {
+                    // The test clock moved: temporal filters catch up before SET returns.
+                    self.stream.flush_clock().await?;
+                }
                 Ok(Outcome::Command {
                     tag: "SET",
                     rows: None,

@@ -59,6 +59,34 @@ struct ViewSpec<'a> {
     emit_on_window_close: bool,
 }
 
+/// `now()` and `CURRENT_TIMESTAMP` in a view become `strom_now()`, which DataFusion does
+/// not fold into the planning time: comparisons with it are temporal filters (see the
+/// engine's `temporal_filter`).
+fn now_as_temporal(stmt: &mut Statement) {
+    let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| {
+        if let sqlparser::ast::Expr::Function(f) = e {
+            let name = f.name.to_string().to_lowercase();
+            let no_args = match &f.args {
+                sqlparser::ast::FunctionArguments::None => true,
+                sqlparser::ast::FunctionArguments::List(l) => l.args.is_empty(),
+                _ => false,
+            };
+            if no_args && (name == "now" || name == "current_timestamp") {
+                f.name = sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::new(
+                    strom_engine::stream::planner::NOW,
+                )]);
+                f.args =
+                    sqlparser::ast::FunctionArguments::List(sqlparser::ast::FunctionArgumentList {
+                        duplicate_treatment: None,
+                        args: vec![],
+                        clauses: vec![],
+                    });
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Plans a view's query against `catalog`.
 async fn plan_view(
     db: &Arc<Database>,
@@ -75,6 +103,7 @@ async fn plan_view(
     } = spec;
     let mut stmt = Statement::Query(Box::new(query.clone()));
     query::prepare_statement(&mut stmt, catalog, settings)?;
+    now_as_temporal(&mut stmt);
     let env = QueryEnv::new(Arc::clone(catalog), db.snapshot(), settings.clone());
     let ctx = env.context();
     let logical = query::plan(&ctx, &stmt).await?;

@@ -18,6 +18,7 @@
 //! Start reading at [`database::Database`].
 
 pub mod changelog;
+pub mod clock;
 pub mod database;
 pub mod error;
 pub mod keys;

@@ -7,8 +7,9 @@
 //!   updated view must equal it over all windows. Late rows plus stored rows are every row
 //!   sent. Half way the server is killed with SIGKILL and restarted. `STROM_EVENT_SEED`
 //!   and `STROM_EVENT_STEPS` run other workloads.
-//! - **Bounded state**: an endless stream of windows through an EOWC view and a
-//!   continuously updated windowed view; the state in RocksDB
+//! - **Bounded state**: an endless stream of windows through an EOWC view, a
+//!   continuously updated windowed view and a temporal filter (the last two minutes, with
+//!   the test clock following the stream); the state in RocksDB
 //!   (`strom_catalog.view_state`) stays flat. `STROM_SOAK_EVENTS` (default 60,000) sets
 //!   the number of events; `docs/benchmarks.md` records a 10-million-event run.
 
@@ -157,6 +158,27 @@ async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
     assert!(closed_seen > 5, "windows closed during the run");
 }
 
+/// `secs` since the epoch as `YYYY-MM-DD HH:MM:SS+00`.
+fn civil_time(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}+00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 async fn state_keys(c: &Client) -> (i64, i64) {
     let r = one(
         c,
@@ -175,7 +197,7 @@ async fn window_state_stays_bounded_over_an_endless_stream() {
         .unwrap_or(60_000);
     const PER_WINDOW: u64 = 2_000; // 200 points x 10 readings per 1-minute window
     let windows = events / PER_WINDOW;
-    let server = TestServer::start();
+    let server = TestServer::start_with_env(&[], &[("STROM_TEST_CLOCK", "1")]);
     let c = server.client().await;
     c.batch_execute(
         "SET TimeZone = 'UTC';
@@ -187,7 +209,9 @@ async fn window_state_stays_bounded_over_an_endless_stream() {
            EMIT ON WINDOW CLOSE;
          CREATE MATERIALIZED VIEW soak_live AS
            SELECT window_start, min(value) AS lo, count(*) AS n
-           FROM TUMBLE(soak, ts, INTERVAL '1' MINUTE) GROUP BY window_start;",
+           FROM TUMBLE(soak, ts, INTERVAL '1' MINUTE) GROUP BY window_start;
+         CREATE MATERIALIZED VIEW soak_recent AS
+           SELECT point_id, ts, value FROM soak WHERE ts > now() - INTERVAL '2' MINUTE;",
     )
     .await
     .unwrap();
@@ -202,11 +226,25 @@ async fn window_state_stays_bounded_over_an_endless_stream() {
         ))
         .await
         .unwrap();
+        // The wall clock follows the stream: the temporal filter keeps two minutes.
+        c.batch_execute(&format!(
+            "SET strom_test_clock = '{}'",
+            civil_time(1_704_067_200 + (w + 1) * 60)
+        ))
+        .await
+        .unwrap();
         if w % 5 == 4 {
             samples.push((w + 1, state_keys(&c).await));
         }
     }
     let elapsed = started.elapsed();
+    let recent: u64 = one(&c, "SELECT count(*) FROM soak_recent")
+        .await
+        .parse()
+        .unwrap();
+    // The clock is at the end of the last window: the last two windows are recent, but
+    // for their first row, exactly two minutes old (`>` is strict).
+    assert_eq!(recent, 2 * PER_WINDOW - 1);
     let n: i64 = one(&c, "SELECT count(*) FROM soak_eowc")
         .await
         .parse()

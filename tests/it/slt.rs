@@ -148,7 +148,8 @@ fn slt_files() -> Vec<PathBuf> {
 }
 
 async fn run_all(extended: bool) {
-    let server = TestServer::start();
+    // The test clock lets files drive temporal filters (`SET strom_test_clock = ...`).
+    let server = TestServer::start_with_env(&[], &[("STROM_TEST_CLOCK", "1")]);
     let port = server.port;
     let conn_str = server.conn_str();
     let files = slt_files();

@@ -80,6 +80,13 @@ pub enum NodeKind {
         route: Option<Vec<usize>>,
         text: String,
     },
+    /// `column > now() + lower` and/or `column < now() + upper` (see
+    /// [`super::temporal_filter`]).
+    TemporalFilter {
+        column: usize,
+        lower: Option<super::temporal_filter::Bound>,
+        upper: Option<super::temporal_filter::Bound>,
+    },
     /// Constant rows (`VALUES`, a query without `FROM`), emitted once when the view is
     /// created.
     Values {
@@ -189,6 +196,25 @@ impl PlanNode {
                 )
             }
             NodeKind::UnionAll => "UnionAll".to_string(),
+            NodeKind::TemporalFilter {
+                column,
+                lower,
+                upper,
+            } => {
+                let col = self.schema.field(*column).name();
+                let side = |b: &super::temporal_filter::Bound, op: &str, eq: &str| {
+                    let op = if b.inclusive { eq } else { op };
+                    format!("{col} {op} now() {:+}us", b.offset)
+                };
+                let mut parts = Vec::new();
+                if let Some(b) = lower {
+                    parts.push(side(b, ">", ">="));
+                }
+                if let Some(b) = upper {
+                    parts.push(side(b, "<", "<="));
+                }
+                format!("TemporalFilter {}", parts.join(" AND "))
+            }
             NodeKind::OverWindow { text, .. } => text.clone(),
             NodeKind::Values { rows } => format!("Values rows={}", rows.len()),
         }
@@ -272,7 +298,7 @@ impl PlanNode {
                     }
                 }
             }
-            NodeKind::Filter { .. } => out = inputs[0].clone(),
+            NodeKind::Filter { .. } | NodeKind::TemporalFilter { .. } => out = inputs[0].clone(),
             NodeKind::Project { exprs, .. } => {
                 for (o, e) in out.iter_mut().zip(exprs) {
                     *o = super::project_filter::monotone_in(e)
@@ -373,6 +399,13 @@ impl PlanNode {
             self.append_only = self.inputs[0].append_only;
         }
         Ok(())
+    }
+
+    /// Whether the dataflow has a temporal filter (it must run as time passes).
+    pub fn has_temporal_filter(&self) -> bool {
+        let mut found = false;
+        self.visit(&mut |n| found |= matches!(n.kind, NodeKind::TemporalFilter { .. }));
+        found
     }
 
     fn visit(&self, f: &mut impl FnMut(&PlanNode)) {

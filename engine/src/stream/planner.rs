@@ -38,8 +38,10 @@ use super::hash_agg::{AggCall, AggKind, GeneralAgg};
 use super::hash_join::JoinType;
 use super::over_window::Recompute;
 use super::plan::{column_refs, NodeKind, PlanNode};
+use super::temporal_filter::Bound;
 use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 
 fn unsupported(what: impl std::fmt::Display) -> EngineError {
     EngineError::Unsupported(format!("{what} is not supported in materialized views yet"))
@@ -83,6 +85,11 @@ impl Planner {
             ))
         })? {
             return Err(unsupported("a subquery in an expression"));
+        }
+        if e.exists(|x| Ok(is_now(x)))? {
+            return Err(unsupported(
+                "now() in a materialized view outside a temporal filter (a WHERE condition comparing a timestamp column with now() plus or minus a constant interval, like ts > now() - INTERVAL '1 hour')",
+            ));
         }
         Ok(create_physical_expr(
             e,
@@ -180,6 +187,74 @@ impl Planner {
                     schema: out_schema(plan),
                     unique_key,
                     append_only: input.append_only,
+                    inputs: vec![input],
+                })
+            }
+            LogicalPlan::Filter(f) if f.predicate.exists(|x| Ok(is_now(x)))? => {
+                // Temporal conjuncts become a TemporalFilter over a Filter of the rest.
+                let in_schema = f.input.schema();
+                let mut rest = Vec::new();
+                let mut temporal: Option<(usize, Option<Bound>, Option<Bound>)> = None;
+                for c in split_conjunction(&f.predicate) {
+                    if !c.exists(|x| Ok(is_now(x)))? {
+                        rest.push(c.clone());
+                        continue;
+                    }
+                    let Some((col, lower, upper)) = temporal_bounds(c, in_schema) else {
+                        return Err(unsupported(
+                            "now() in this condition: a temporal filter compares a timestamp column with now() plus or minus a constant interval, like ts > now() - INTERVAL '1 hour', joined to other conditions by AND; that",
+                        ));
+                    };
+                    temporal = Some(match temporal {
+                        None => (col, lower, upper),
+                        Some((c0, l0, u0)) if c0 == col => {
+                            let merge = |a: Option<Bound>, b: Option<Bound>| match (a, b) {
+                                (Some(_), Some(_)) => {
+                                    Err(unsupported("two temporal bounds on the same side"))
+                                }
+                                (a, b) => Ok(a.or(b)),
+                            };
+                            (col, merge(l0, lower)?, merge(u0, upper)?)
+                        }
+                        Some(_) => {
+                            return Err(unsupported("temporal filters on two different columns"))
+                        }
+                    });
+                }
+                let (column, lower, upper) = temporal.expect("the predicate mentions now()");
+                let mut input = self.node(&f.input)?;
+                if let Some(pred) = conjunction(rest) {
+                    let predicate = self.expr(&pred, in_schema)?;
+                    input = PlanNode {
+                        kind: NodeKind::Filter {
+                            predicate,
+                            text: pred.human_display().to_string(),
+                        },
+                        schema: Arc::clone(&input.schema),
+                        unique_key: input.unique_key.clone(),
+                        append_only: input.append_only,
+                        inputs: vec![input],
+                    };
+                }
+                if !super::temporal_filter::TemporalFilter::supports(
+                    input.schema.field(column).data_type(),
+                ) {
+                    return Err(unsupported(format!(
+                        "a temporal filter on column \"{}\" of type {}",
+                        input.schema.field(column).name(),
+                        input.schema.field(column).data_type()
+                    )));
+                }
+                Ok(PlanNode {
+                    kind: NodeKind::TemporalFilter {
+                        column,
+                        lower,
+                        upper,
+                    },
+                    schema: Arc::clone(&input.schema),
+                    unique_key: input.unique_key.clone(),
+                    // Rows leave as time passes.
+                    append_only: false,
                     inputs: vec![input],
                 })
             }
@@ -1048,5 +1123,107 @@ fn project_columns(input: PlanNode, columns: &[usize], schema: SchemaRef) -> Pla
         unique_key,
         append_only: input.append_only,
         inputs: vec![input],
+    }
+}
+
+/// The name the server gives `now()` in materialized views (a volatile function, so
+/// DataFusion does not fold it into a constant): see [`temporal_bounds`].
+pub const NOW: &str = "strom_now";
+
+fn is_now(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if f.name() == NOW)
+}
+
+/// `now() [+|- interval]` as an offset from now in microseconds.
+fn now_offset(e: &Expr) -> Option<i64> {
+    match e {
+        _ if is_now(e) => Some(0),
+        Expr::Cast(c) => now_offset(&c.expr),
+        Expr::TryCast(c) => now_offset(&c.expr),
+        Expr::Alias(a) => now_offset(&a.expr),
+        Expr::BinaryExpr(b) => {
+            let base = now_offset(&b.left)?;
+            let iv = interval_micros(&b.right)?;
+            match b.op {
+                datafusion::logical_expr::Operator::Plus => base.checked_add(iv),
+                datafusion::logical_expr::Operator::Minus => base.checked_sub(iv),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A constant interval without months (months have no fixed length), in microseconds.
+fn interval_micros(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Cast(c) => interval_micros(&c.expr),
+        Expr::Literal(v, _) => match v {
+            ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+                Some(v.days as i64 * 86_400_000_000 + v.nanoseconds / 1_000)
+            }
+            ScalarValue::IntervalDayTime(Some(v)) => {
+                Some(v.days as i64 * 86_400_000_000 + v.milliseconds as i64 * 1_000)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
+    match e {
+        Expr::Column(c) => schema.index_of_column(c).ok(),
+        Expr::Cast(c) => column_index(&c.expr, schema),
+        Expr::TryCast(c) => column_index(&c.expr, schema),
+        _ => None,
+    }
+}
+
+/// A temporal conjunct: `col > now() - interval` and the like (either side), or
+/// `col BETWEEN now() - a AND now() + b`: the column and its lower and upper bounds.
+fn temporal_bounds(e: &Expr, schema: &DFSchema) -> Option<(usize, Option<Bound>, Option<Bound>)> {
+    use datafusion::logical_expr::Operator;
+    match e {
+        Expr::BinaryExpr(b) => {
+            let (col, op, off) = match (
+                column_index(&b.left, schema),
+                now_offset(&b.right),
+                now_offset(&b.left),
+                column_index(&b.right, schema),
+            ) {
+                (Some(c), Some(o), _, _) => (c, b.op, o),
+                (_, _, Some(o), Some(c)) => (c, b.op.swap()?, o),
+                _ => return None,
+            };
+            let bound = |inclusive| Bound {
+                offset: off,
+                inclusive,
+            };
+            match op {
+                Operator::Gt => Some((col, Some(bound(false)), None)),
+                Operator::GtEq => Some((col, Some(bound(true)), None)),
+                Operator::Lt => Some((col, None, Some(bound(false)))),
+                Operator::LtEq => Some((col, None, Some(bound(true)))),
+                _ => None,
+            }
+        }
+        Expr::Between(b) if !b.negated => {
+            let col = column_index(&b.expr, schema)?;
+            let lo = now_offset(&b.low)?;
+            let hi = now_offset(&b.high)?;
+            Some((
+                col,
+                Some(Bound {
+                    offset: lo,
+                    inclusive: true,
+                }),
+                Some(Bound {
+                    offset: hi,
+                    inclusive: true,
+                }),
+            ))
+        }
+        _ => None,
     }
 }

@@ -52,6 +52,7 @@ use super::hash_join::{HashJoin, Side};
 use super::over_window::OverWindow;
 use super::plan::{column_refs, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
+use super::temporal_filter::TemporalFilter;
 use crate::changelog::{self, RowChange};
 use crate::database::Database;
 use crate::error::{EngineError, Result};
@@ -178,6 +179,8 @@ enum Exec {
     Union(SchemaRef, Vec<Exec>),
     /// Workers and the columns rows are routed by (none: one worker).
     Window(Vec<OverWindow>, Vec<usize>, Box<Exec>),
+    /// One instance: its state is ordered by time in one bucket.
+    Temporal(TemporalFilter, Box<Exec>),
 }
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
@@ -265,6 +268,11 @@ impl Exec {
                 v.extend(i.state_tables());
                 v
             }
+            Exec::Temporal(t, i) => {
+                let mut v = t.state_tables();
+                v.extend(i.state_tables());
+                v
+            }
         }
     }
 
@@ -274,6 +282,7 @@ impl Exec {
         &mut self,
         inputs: &mut [Option<Vec<StreamChunk>>],
         watermarks: &[Vec<Option<ScalarValue>>],
+        now: i64,
         parallel_min_rows: usize,
     ) -> Result<(Vec<StreamChunk>, Vec<Option<ScalarValue>>)> {
         let min = parallel_min_rows;
@@ -283,7 +292,7 @@ impl Exec {
                 watermarks[*i].clone(),
             ),
             Exec::ProjectFilter(pf, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
                 let out = chunks
                     .iter()
                     .map(|c| pf.apply(c))
@@ -292,7 +301,7 @@ impl Exec {
                 (out, pf.watermarks(&wms)?)
             }
             Exec::Agg(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |agg, part| {
@@ -306,8 +315,8 @@ impl Exec {
                 (out, out_wms)
             }
             Exec::Join(workers, keys, left, right) => {
-                let (l, lw) = left.run(inputs, watermarks, min)?;
-                let (r, rw) = right.run(inputs, watermarks, min)?;
+                let (l, lw) = left.run(inputs, watermarks, now, min)?;
+                let (r, rw) = right.run(inputs, watermarks, now, min)?;
                 let parallel = rows_in(&l) + rows_in(&r) >= min;
                 let n = workers.len();
                 let parts: Vec<(Vec<StreamChunk>, Vec<StreamChunk>)> = split(&l, &keys[0], n)?
@@ -329,7 +338,7 @@ impl Exec {
                 (out, wms)
             }
             Exec::Window(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |w, part| {
@@ -344,13 +353,18 @@ impl Exec {
                 out_wms.resize(width, None);
                 (out, out_wms)
             }
+            Exec::Temporal(tf, input) => {
+                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                tf.set_now(now);
+                (tf.run(&chunks)?.into_iter().collect(), wms)
+            }
             Exec::Union(schema, branches) => {
                 let mut out = Vec::new();
                 // A union's column watermark is the smallest of its branches' (alignment:
                 // a row can still come from the branch that is furthest behind).
                 let mut wms: Option<Vec<Option<ScalarValue>>> = None;
                 for b in branches {
-                    let (chunks, bw) = b.run(inputs, watermarks, min)?;
+                    let (chunks, bw) = b.run(inputs, watermarks, now, min)?;
                     for c in chunks {
                         let data =
                             RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
@@ -396,6 +410,8 @@ struct View {
     sources: Vec<Source>,
     failed: Option<String>,
     rows_read: u64,
+    /// Has a temporal filter: runs as time passes, not only when rows change.
+    temporal: bool,
 }
 
 impl View {
@@ -458,6 +474,8 @@ pub struct Graph {
     status: Arc<StdMutex<Vec<BackfillStatus>>>,
     /// Each relation's watermark as of the consumed change log (encoded values).
     watermarks: HashMap<TableId, Vec<u8>>,
+    /// The clock when the last epoch ran (temporal filters).
+    last_now: i64,
 }
 
 pub struct StreamRuntime {
@@ -505,6 +523,7 @@ impl StreamRuntime {
             last_sync: Instant::now(),
             status: Arc::clone(&status),
             watermarks,
+            last_now: crate::clock::now_micros(),
         };
         let (progress, _) = watch::channel(Progress {
             epoch,
@@ -597,6 +616,20 @@ impl StreamRuntime {
     }
 
     /// Returns once every change committed before the call is in every view.
+    /// After the test clock moved: waits for an epoch that ran at the new time, when some
+    /// view has a temporal filter.
+    pub async fn flush_clock(&self) -> Result<()> {
+        let temporal = {
+            let graph = self.graph.lock().await;
+            graph.views.iter().any(|v| v.failed.is_none() && v.temporal)
+        };
+        if !temporal {
+            return Ok(());
+        }
+        let epoch = self.progress().epoch;
+        self.wait_for(|p| p.epoch > epoch).await
+    }
+
     pub async fn flush(&self) -> Result<()> {
         let target = self.db.last_change_seq();
         self.wait_for(|p| p.consumed_seq >= target).await
@@ -666,6 +699,19 @@ impl Graph {
                 .views
                 .iter()
                 .any(|v| v.failed.is_none() && v.backfilling())
+            || (self.clock_moved() && self.views.iter().any(|v| v.failed.is_none() && v.temporal))
+    }
+
+    /// Whether the clock moved enough since the last epoch for temporal filters to run
+    /// again: 100 ms of the system clock, or any change of a test clock.
+    fn clock_moved(&self) -> bool {
+        let moved = (crate::clock::now_micros() - self.last_now).abs();
+        let tick = if crate::clock::manual_allowed() {
+            1
+        } else {
+            100_000
+        };
+        moved >= tick
     }
 
     /// Deploys a view: `def` is its catalog entry, `plan` its stream plan. Views must be
@@ -690,6 +736,7 @@ impl Graph {
             sources,
             failed: None,
             rows_read: 0,
+            temporal: plan.has_temporal_filter(),
         };
         let store = self.db.store();
         if !new {
@@ -741,6 +788,8 @@ impl Graph {
             }
         }
         let watermarks = &self.watermarks;
+        let now = crate::clock::now_micros();
+        self.last_now = now;
         let mut outputs: HashMap<TableId, Changes> = HashMap::new();
         let mut batch = WriteBatch::default();
         let mut failed_now: Vec<TableId> = Vec::new();
@@ -768,6 +817,7 @@ impl Graph {
                     &snapshot,
                     &table_changes,
                     watermarks,
+                    now,
                     &outputs,
                     batch_rows,
                     parallel_min_rows,
@@ -978,6 +1028,14 @@ fn build(
             )
         }
         NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+        NodeKind::TemporalFilter {
+            column,
+            lower,
+            upper,
+        } => Exec::Temporal(
+            TemporalFilter::try_new(Arc::clone(&node.schema), *column, *lower, *upper, alloc)?,
+            Box::new(inputs.remove(0)),
+        ),
         NodeKind::Values { rows } => {
             sources.push(Source {
                 def: None,
@@ -1021,6 +1079,7 @@ fn step(
     snapshot: &Snapshot,
     table_changes: &HashMap<TableId, Vec<&RowChange>>,
     watermarks: &HashMap<TableId, Vec<u8>>,
+    now: i64,
     outputs: &HashMap<TableId, Changes>,
     batch_rows: usize,
     parallel_min_rows: usize,
@@ -1109,7 +1168,7 @@ fn step(
     view.rows_read += rows_read;
     let (out, _) = view
         .root
-        .run(&mut inputs, &input_watermarks, parallel_min_rows)?;
+        .run(&mut inputs, &input_watermarks, now, parallel_min_rows)?;
     let mut changes = Vec::new();
     for chunk in out {
         // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id
