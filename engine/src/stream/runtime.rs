@@ -180,7 +180,7 @@ enum Exec {
     /// Workers and the columns rows are routed by (none: one worker).
     Window(Vec<OverWindow>, Vec<usize>, Box<Exec>),
     /// One instance: its state is ordered by time in one bucket.
-    Temporal(TemporalFilter, Box<Exec>),
+    Temporal(Box<TemporalFilter>, Box<Exec>),
 }
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
@@ -814,11 +814,13 @@ impl Graph {
                 ))),
                 None => step(
                     view,
-                    &snapshot,
-                    &table_changes,
-                    watermarks,
-                    now,
-                    &outputs,
+                    &EpochInput {
+                        snapshot: &snapshot,
+                        table_changes: &table_changes,
+                        watermarks,
+                        now,
+                        outputs: &outputs,
+                    },
                     batch_rows,
                     parallel_min_rows,
                 )
@@ -1033,7 +1035,13 @@ fn build(
             lower,
             upper,
         } => Exec::Temporal(
-            TemporalFilter::try_new(Arc::clone(&node.schema), *column, *lower, *upper, alloc)?,
+            Box::new(TemporalFilter::try_new(
+                Arc::clone(&node.schema),
+                *column,
+                *lower,
+                *upper,
+                alloc,
+            )?),
             Box::new(inputs.remove(0)),
         ),
         NodeKind::Values { rows } => {
@@ -1074,16 +1082,29 @@ fn build(
 }
 
 /// Runs one view for one epoch and returns its output changes.
+/// What an epoch hands every view: the cut's snapshot, the tables' changes and
+/// watermarks, the clock, and the outputs of the views run before.
+struct EpochInput<'a> {
+    snapshot: &'a Snapshot,
+    table_changes: &'a HashMap<TableId, Vec<&'a RowChange>>,
+    watermarks: &'a HashMap<TableId, Vec<u8>>,
+    now: i64,
+    outputs: &'a HashMap<TableId, Changes>,
+}
+
 fn step(
     view: &mut View,
-    snapshot: &Snapshot,
-    table_changes: &HashMap<TableId, Vec<&RowChange>>,
-    watermarks: &HashMap<TableId, Vec<u8>>,
-    now: i64,
-    outputs: &HashMap<TableId, Changes>,
+    epoch: &EpochInput<'_>,
     batch_rows: usize,
     parallel_min_rows: usize,
 ) -> Result<Changes> {
+    let EpochInput {
+        snapshot,
+        table_changes,
+        watermarks,
+        now,
+        outputs,
+    } = *epoch;
     let mut inputs: Vec<Option<Vec<StreamChunk>>> = Vec::new();
     let mut input_watermarks: Vec<Vec<Option<ScalarValue>>> = Vec::new();
     let mut rows_read = 0u64;

@@ -31,6 +31,9 @@ pub struct Bound {
     pub inclusive: bool,
 }
 
+/// A state entry: its key suffix, its count and its row.
+type Entry = (Vec<u8>, i64, Vec<ScalarValue>);
+
 #[derive(Debug)]
 pub struct TemporalFilter {
     column: usize,
@@ -185,7 +188,7 @@ impl TemporalFilter {
 
     /// The first entries of `pending` (which are now below the upper bound) or of
     /// `active` (which are now at or below the lower bound), in time order.
-    fn take_while(&mut self, pending: bool) -> Result<Vec<(Vec<u8>, i64, Vec<ScalarValue>)>> {
+    fn take_while(&mut self, pending: bool) -> Result<Vec<Entry>> {
         let mut found = Vec::new();
         let types = self.types.clone();
         let column = self.column;
