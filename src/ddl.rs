@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sqlparser::ast::{ObjectType, SchemaName, Statement};
-use strom_catalog::{SchemaId, TableDef, TableId};
+use strom_catalog::{ColumnDef, SchemaId, TableDef, TableId};
 use strom_engine::Database;
 use strom_sql::ddl::{bind_create_table, ident_name, object_name};
 
@@ -36,7 +36,7 @@ pub async fn execute(
                 }
                 return Err(strom_catalog::CatalogError::TableExists(plan.name).into());
             }
-            let def = TableDef {
+            let mut def = TableDef {
                 id: TableId(0),
                 schema,
                 name: plan.name,
@@ -69,6 +69,25 @@ pub async fn execute(
                     format!("{} \"{}\": {m}", def.kind_name(), def.name),
                 )
             })?;
+            if let Some(late) = &plan.late_table {
+                // The table late rows go to, made with the relation.
+                if catalog.table_by_name(schema, late).is_some() {
+                    return Err(StromError::user(
+                        "42P07",
+                        format!(
+                            "{} \"{}\": the late_data.table \"{late}\" already exists (it is created with the {})",
+                            def.kind_name(),
+                            def.name,
+                            def.kind_name()
+                        ),
+                    ));
+                }
+                let late_def = late_table_def(&def, schema, late);
+                let id = catalog.create_table(late_def)?;
+                if let Some(w) = &mut def.watermark {
+                    w.late_table = Some(id);
+                }
+            }
             catalog.create_table(def)?;
             txn.set_catalog(catalog);
             txn.commit()?;
@@ -251,4 +270,52 @@ fn check_defaults(db: &Arc<Database>, settings: &Settings, def: &TableDef) -> Re
         }
     }
     Ok(())
+}
+
+/// The table a relation's late rows go to (`late_data.table`): its visible columns, then
+/// why the row was late and the watermark it was behind; rows keyed by a hidden row id.
+fn late_table_def(def: &TableDef, schema: strom_catalog::SchemaId, name: &str) -> TableDef {
+    let wm = def.watermark.as_ref().expect("checked when bound");
+    let mut columns: Vec<ColumnDef> = def
+        .visible_columns()
+        .map(|(_, c)| ColumnDef {
+            name: c.name.clone(),
+            ty: c.ty.clone(),
+            nullable: true,
+            default: None,
+            hidden: false,
+        })
+        .collect();
+    columns.push(ColumnDef {
+        name: "_late_reason".into(),
+        ty: strom_catalog::SqlType::Varchar(None),
+        nullable: false,
+        default: None,
+        hidden: false,
+    });
+    columns.push(ColumnDef {
+        name: "_late_watermark".into(),
+        ty: def.columns[wm.column].ty.clone(),
+        nullable: true,
+        default: None,
+        hidden: false,
+    });
+    columns.push(ColumnDef {
+        name: strom_catalog::ROW_ID_COLUMN.into(),
+        ty: strom_catalog::SqlType::BigInt,
+        nullable: false,
+        default: None,
+        hidden: true,
+    });
+    TableDef {
+        id: TableId(0),
+        schema,
+        name: name.to_string(),
+        pk: vec![columns.len() - 1],
+        columns,
+        user_pk: false,
+        view: None,
+        connector: None,
+        watermark: None,
+    }
 }

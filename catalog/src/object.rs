@@ -109,6 +109,11 @@ pub struct WatermarkDef {
     pub column: usize,
     /// The expression's SQL text, over the table's columns.
     pub expr: String,
+    /// `late_data.table`: the table late rows are written to (its columns: the relation's
+    /// visible columns, then `_late_reason` and `_late_watermark`). Without it, or once it
+    /// is dropped, late rows are kept in `strom_catalog.late_rows`.
+    #[serde(default)]
+    pub late_table: Option<TableId>,
 }
 
 impl TableDef {

@@ -324,6 +324,25 @@ impl WriteTxn<'_> {
                 } else {
                     late_appended.insert(appended[i - stored.len()]);
                 }
+                // Into the relation's late_data.table, if it has one (and it still
+                // exists); else into the late rows store.
+                if let Some(late_def) = def
+                    .watermark
+                    .as_ref()
+                    .and_then(|w| w.late_table)
+                    .and_then(|id| catalog.table(id))
+                {
+                    let mut row: Vec<ScalarValue> = rows[i][..visible].to_vec();
+                    row.push(ScalarValue::Utf8(Some(reason.clone())));
+                    row.push(match &current {
+                        Some(w) => w.clone(),
+                        None => ScalarValue::try_from(&def.columns[marker.column()].ty.to_arrow())?,
+                    });
+                    row.push(ScalarValue::Int64(Some(self.alloc_row_ids(1))));
+                    let key = table::key_of(late_def, &row)?;
+                    self.put(key, &row)?;
+                    continue;
+                }
                 let late = watermark::LateRow {
                     reason: reason.clone(),
                     watermark: current.as_ref().map(watermark::display).unwrap_or_default(),

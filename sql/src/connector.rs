@@ -393,13 +393,15 @@ pub fn parse_create_connector(
             }
         }
     }
-    if !is_source && includes == 0 && !connector && !format && watermark.is_none() {
+    // A plain table may still have options (`late_data.table`).
+    let has_options = options.iter().any(|(k, _)| k != WATERMARK);
+    if !is_source && includes == 0 && !connector && !format && watermark.is_none() && !has_options {
         while p.index() > start {
             p.prev_token();
         }
         return Ok(None);
     }
-    if is_source || includes > 0 || connector || format {
+    if is_source || includes > 0 || connector || format || has_options {
         options.push((
             KIND.into(),
             if is_source { "source" } else { "table" }.into(),

@@ -20,7 +20,12 @@ pub struct CreateTablePlan {
     pub connector: Option<strom_catalog::ConnectorDef>,
     /// `WATERMARK FOR column AS expr`; the expression is checked by the server.
     pub watermark: Option<strom_catalog::WatermarkDef>,
+    /// `late_data.table = 'name'`: the table late rows go to (made by the server).
+    pub late_table: Option<String>,
 }
+
+/// The option naming the table late rows go to.
+pub const LATE_DATA_TABLE: &str = "late_data.table";
 
 /// An identifier as PostgreSQL resolves it: unquoted names fold to lower case.
 pub fn ident_name(ident: &Ident) -> String {
@@ -173,6 +178,25 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             hidden: false,
         });
     }
+    let mut spec = spec;
+    let late_table = spec
+        .as_mut()
+        .and_then(|s| s.options.remove(LATE_DATA_TABLE));
+    // A table whose only option was `late_data.table` has no connector.
+    if let Some(s) = &spec {
+        if !s.is_source && s.format.is_empty() && s.includes.is_empty() {
+            if let Some(k) = s.options.keys().find(|k| *k != "connector") {
+                if !s.options.contains_key("connector") {
+                    return Err(SqlError::InvalidDefinition(format!(
+                        "unknown option \"{k}\" for table \"{name}\" (a table without a connector takes only {LATE_DATA_TABLE})"
+                    )));
+                }
+            }
+            if s.options.is_empty() {
+                spec = None;
+            }
+        }
+    }
     let connector = spec.map(|s| strom_catalog::ConnectorDef {
         is_source: s.is_source,
         is_sink: s.is_sink,
@@ -251,9 +275,18 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
                     "table \"{name}\" has a WATERMARK and a PRIMARY KEY: a table with a watermark is append-only, so it cannot have a primary key"
                 )));
             }
-            Some(strom_catalog::WatermarkDef { column: i, expr })
+            Some(strom_catalog::WatermarkDef {
+                column: i,
+                expr,
+                late_table: None,
+            })
         }
     };
+    if late_table.is_some() && watermark.is_none() {
+        return Err(SqlError::InvalidDefinition(format!(
+            "option \"{LATE_DATA_TABLE}\" of \"{name}\" needs a WATERMARK FOR clause (rows are late only behind a watermark)"
+        )));
+    }
     Ok(CreateTablePlan {
         schema,
         name,
@@ -263,6 +296,7 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
         user_pk,
         connector,
         watermark,
+        late_table,
     })
 }
 
