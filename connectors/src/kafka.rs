@@ -61,12 +61,24 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "h" | "hour" | "hours" => n * 3600.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Per source, each partition's watermark (the largest watermark expression value of its
-/// rows so far) and when it last had a message. Shared by the source's readers.
-type PartitionWatermarks = HashMap<(String, i32), (Option<ScalarValue>, Instant)>;
+/// What a source knows of one partition for its watermark.
+#[derive(Debug, Clone)]
+struct PartitionState {
+    /// The largest watermark expression value of its committed rows.
+    watermark: Option<ScalarValue>,
+    /// When it last had a message (or was found).
+    last_message: Instant,
+    /// When its reader last polled.
+    polled: Option<Instant>,
+    /// Its reader polled and found nothing after its last message: it has no backlog.
+    caught_up: bool,
+}
+
+/// Per source, each partition's state. Shared by the source's readers.
+type PartitionWatermarks = HashMap<(String, i32), PartitionState>;
 
 fn partition_watermarks() -> &'static Mutex<HashMap<strom_catalog::TableId, PartitionWatermarks>> {
     static MAP: OnceLock<Mutex<HashMap<strom_catalog::TableId, PartitionWatermarks>>> =
@@ -74,10 +86,18 @@ fn partition_watermarks() -> &'static Mutex<HashMap<strom_catalog::TableId, Part
     MAP.get_or_init(Default::default)
 }
 
+/// Forgets a dropped source's partition watermarks.
+pub fn forget_watermarks(source: strom_catalog::TableId) {
+    partition_watermarks()
+        .lock()
+        .expect("invariant: watermark map lock is never poisoned")
+        .remove(&source);
+}
+
 /// Registers every partition of the source, whichever reader owns it (a partition without
-/// rows yet holds the watermark back until the idle timeout says otherwise; registering
-/// all of them at listing keeps a fast reader from moving the watermark past a partition
-/// another reader has not read yet).
+/// rows yet holds the watermark back until it is idle; registering all of them at listing
+/// keeps a fast reader from moving the watermark past a partition another reader has not
+/// read yet).
 fn register_partitions(def: &TableDef, partitions: &[(String, i32)]) {
     if def.watermark.is_none() {
         return;
@@ -88,32 +108,74 @@ fn register_partitions(def: &TableDef, partitions: &[(String, i32)]) {
     let parts = map.entry(def.id).or_default();
     let now = Instant::now();
     for p in partitions {
-        parts.entry(p.clone()).or_insert((None, now));
+        parts.entry(p.clone()).or_insert(PartitionState {
+            watermark: None,
+            last_message: now,
+            polled: None,
+            caught_up: false,
+        });
     }
 }
 
-/// The source's watermark after a poll: the smallest partition watermark among the
-/// partitions that had a message (or were found) within `idle_timeout` (all of them
-/// without one); `None` while such a partition has no rows yet. A partition that stays
-/// quiet longer stops holding the watermark back, so one idle device or partition does not
-/// stall every window; when it speaks again its rows are judged against the watermark the
-/// others moved.
+/// A reader polled `partitions` (its share) and got `got` messages from those listed:
+/// a partition without a message in a poll that returned nothing for it has no backlog.
+fn note_poll(def: &TableDef, partitions: &BTreeSet<(String, i32)>, empty: bool) {
+    if def.watermark.is_none() {
+        return;
+    }
+    let mut map = partition_watermarks()
+        .lock()
+        .expect("invariant: watermark map lock is never poisoned");
+    let Some(parts) = map.get_mut(&def.id) else {
+        return;
+    };
+    let now = Instant::now();
+    for p in partitions {
+        if let Some(state) = parts.get_mut(p) {
+            state.polled = Some(now);
+            if empty {
+                state.caught_up = true;
+            }
+        }
+    }
+}
+
+/// Whether a partition no longer holds the watermark back: no message for `idle_timeout`,
+/// and its reader is polling and found it empty since (a partition whose reader is stuck,
+/// throttled or behind is not idle: its backlog would become late).
+fn is_idle(state: &PartitionState, idle_timeout: Option<Duration>) -> bool {
+    let Some(t) = idle_timeout else {
+        return false;
+    };
+    state.caught_up
+        && state.last_message.elapsed() > t
+        && state.polled.is_some_and(|p| p.elapsed() <= t)
+}
+
+/// The source's watermark: the smallest partition watermark among the partitions that
+/// are not idle, with `batch` (this transaction's per-partition maxima) merged in; `None`
+/// while such a partition has no rows yet. An idle partition stops holding the watermark
+/// back, so one quiet device or partition does not stall every window; when it speaks
+/// again its rows are judged against the watermark the others moved.
 fn source_watermark(
     parts: &PartitionWatermarks,
+    batch: &HashMap<(String, i32), Option<ScalarValue>>,
     idle_timeout: Option<Duration>,
 ) -> Option<ScalarValue> {
     let mut min: Option<ScalarValue> = None;
-    for (wm, seen) in parts.values() {
-        if idle_timeout.is_some_and(|t| seen.elapsed() > t) {
+    for (key, state) in parts {
+        let in_batch = batch.get(key);
+        if in_batch.is_none() && is_idle(state, idle_timeout) {
             continue;
         }
+        let wm = strom_engine::watermark::max(state.watermark.clone(), in_batch.cloned().flatten());
         // An active partition without rows yet: nothing is known about its times.
-        let Some(wm) = wm else { return None };
+        let wm = wm?;
         if min
             .as_ref()
             .is_none_or(|m| wm.partial_cmp(m) == Some(std::cmp::Ordering::Less))
         {
-            min = Some(wm.clone());
+            min = Some(wm);
         }
     }
     min
@@ -364,6 +426,7 @@ async fn run_once(
                 }
             }
         }
+        note_poll(def, &assigned.set, msgs.is_empty());
         if msgs.is_empty() {
             continue;
         }
@@ -805,27 +868,23 @@ async fn write(
                 Ok(writes)
             })
             .collect();
-    // Per-partition watermarks (WATERMARK FOR): each on-time or late row raises its
-    // partition's; the source's is set from them at commit.
+    // Per-partition watermarks (WATERMARK FOR): this poll's maximum per partition. The
+    // shared map takes them only once the transaction committed, so no reader ever counts
+    // another's uncommitted rows.
     let watermarker = db.watermarker(def).map_err(|e| e.to_string())?;
+    let mut batch_marks: HashMap<(String, i32), Option<ScalarValue>> = HashMap::new();
     if let Some(marker) = &watermarker {
         let visible = def.visible_columns().count();
-        let mut map = partition_watermarks()
-            .lock()
-            .expect("invariant: watermark map lock is never poisoned");
-        let parts = map.entry(def.id).or_default();
-        let now = Instant::now();
         for (m, writes) in msgs.iter().zip(&built) {
-            let part = parts
+            let part = batch_marks
                 .entry((m.topic.to_string(), m.partition))
-                .or_insert((None, now));
-            part.1 = now;
+                .or_default();
             for w in writes.iter().flatten() {
                 if let Write::Put(_, values) = w {
                     let v = marker
                         .eval_one(&values[..visible])
                         .map_err(|e| e.to_string())?;
-                    part.0 = strom_engine::watermark::max(part.0.take(), v);
+                    *part = strom_engine::watermark::max(part.take(), v);
                 }
             }
         }
@@ -897,10 +956,28 @@ async fn write(
             .expect("invariant: watermark map lock is never poisoned");
         let wm = map
             .get(&def.id)
-            .and_then(|parts| source_watermark(parts, idle_timeout));
+            .and_then(|parts| source_watermark(parts, &batch_marks, idle_timeout));
         txn.set_watermark(def.id, wm);
     }
     txn.commit().map_err(|e| e.to_string())?;
+    if watermarker.is_some() {
+        let mut map = partition_watermarks()
+            .lock()
+            .expect("invariant: watermark map lock is never poisoned");
+        let parts = map.entry(def.id).or_default();
+        let now = Instant::now();
+        for (key, v) in batch_marks {
+            let state = parts.entry(key).or_insert(PartitionState {
+                watermark: None,
+                last_message: now,
+                polled: None,
+                caught_up: false,
+            });
+            state.watermark = strom_engine::watermark::max(state.watermark.take(), v);
+            state.last_message = now;
+            state.caught_up = false;
+        }
+    }
     status.add(rows_ok, rejected);
     Ok(())
 }
@@ -944,22 +1021,34 @@ mod tests {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("1e30"), None);
         let now = Instant::now();
         let old = now - Duration::from_secs(120);
         let v = |n: i64| Some(ScalarValue::Int64(Some(n)));
-        let mut parts = PartitionWatermarks::new();
-        parts.insert(("t".into(), 0), (v(100), now));
-        parts.insert(("t".into(), 1), (v(40), old));
-        // Without a timeout the slowest partition holds the watermark back ...
-        assert_eq!(source_watermark(&parts, None), v(40));
-        // ... with one, a partition quiet for longer no longer does.
+        let state = |wm, last, caught_up| PartitionState {
+            watermark: wm,
+            last_message: last,
+            polled: Some(now),
+            caught_up,
+        };
         let minute = Some(Duration::from_secs(60));
-        assert_eq!(source_watermark(&parts, minute), v(100));
+        let none = HashMap::new();
+        let mut parts = PartitionWatermarks::new();
+        parts.insert(("t".into(), 0), state(v(100), now, false));
+        parts.insert(("t".into(), 1), state(v(40), old, true));
+        // Without a timeout the slowest partition holds the watermark back ...
+        assert_eq!(source_watermark(&parts, &none, None), v(40));
+        // ... with one, a partition quiet for longer, and caught up, no longer does ...
+        assert_eq!(source_watermark(&parts, &none, minute), v(100));
+        // ... but one whose reader has not found it empty (a backlog) still does.
+        parts.insert(("t".into(), 1), state(v(40), old, false));
+        assert_eq!(source_watermark(&parts, &none, minute), v(40));
         // A partition without rows yet holds it until it is idle.
-        parts.insert(("t".into(), 2), (None, now));
-        assert_eq!(source_watermark(&parts, minute), None);
-        parts.insert(("t".into(), 2), (None, old));
-        assert_eq!(source_watermark(&parts, minute), v(100));
+        parts.insert(("t".into(), 1), state(None, now, false));
+        assert_eq!(source_watermark(&parts, &none, minute), None);
+        // This poll's rows count for their partition.
+        let batch = HashMap::from([(("t".into(), 1), v(70))]);
+        assert_eq!(source_watermark(&parts, &batch, minute), v(70));
     }
 
     #[test]

@@ -210,6 +210,10 @@ impl Connectors {
                 let task = tasks.remove(&id).expect("listed");
                 task.stop.store(true, Ordering::Relaxed);
                 stopped.insert(id, task.handles);
+                if !wanted.contains_key(&id) {
+                    // Dropped (or no longer read by any view): its partitions start over.
+                    kafka::forget_watermarks(id);
+                }
             }
         }
         for (id, def) in wanted {

@@ -281,7 +281,14 @@ impl WriteTxn<'_> {
     /// this transaction adds rows to (see [`crate::watermark`]). Returns the watermarks
     /// that moved, encoded, for the change-log entry.
     fn apply_watermarks(&mut self) -> Result<Vec<(TableId, Vec<u8>)>> {
-        let catalog = Arc::new(self.catalog().clone());
+        if !self.catalog().tables().any(|t| t.watermark.is_some()) {
+            return Ok(Vec::new());
+        }
+        // The catalog as it commits (a clone only when this transaction changed it).
+        let catalog: Arc<Catalog> = match &self.new_catalog {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::clone(&self.catalog),
+        };
         let mut moved = Vec::new();
         for def in catalog.tables().filter(|t| t.watermark.is_some()) {
             let lo = keys::table_prefix(def.id);

@@ -296,9 +296,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for WindowStart {
             }
         };
         let (stride, offset) = (int(&args.args[1])?, int(&args.args[2])?);
-        if stride <= 0 {
+        if stride <= 0 || offset < 0 || offset >= stride {
             return Err(datafusion::error::DataFusionError::Plan(
-                "window size must be positive".into(),
+                "window size must be positive and the offset between 0 and the size".into(),
             ));
         }
         let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
@@ -315,9 +315,14 @@ impl datafusion::logical_expr::ScalarUDFImpl for WindowStart {
             &ts,
             &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
         )?;
-        let out: TimestampMicrosecondArray = ts
-            .as_primitive::<TimestampMicrosecondType>()
-            .unary(|t| (t - offset).div_euclid(stride) * stride + offset);
+        // Saturating: a window start at the edge of the range stays ordered.
+        let out: TimestampMicrosecondArray =
+            ts.as_primitive::<TimestampMicrosecondType>().unary(|t| {
+                t.saturating_sub(offset)
+                    .div_euclid(stride)
+                    .saturating_mul(stride)
+                    .saturating_add(offset)
+            });
         let out: ArrayRef = Arc::new(out.with_timezone_opt(tz));
         Ok(if scalar {
             ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)

@@ -300,8 +300,9 @@ impl PlanNode {
             }
             NodeKind::Filter { .. } | NodeKind::TemporalFilter { .. } => out = inputs[0].clone(),
             NodeKind::Project { exprs, .. } => {
+                let input = &self.inputs[0].schema;
                 for (o, e) in out.iter_mut().zip(exprs) {
-                    *o = super::project_filter::monotone_in(e)
+                    *o = super::project_filter::monotone_in(e, input)
                         .is_some_and(|c| inputs[0].get(c).copied().unwrap_or(false));
                 }
             }
@@ -348,57 +349,69 @@ impl PlanNode {
 
     /// Marks every aggregation with a watermarked group key column over an append-only
     /// input as windowed (its state is cleaned as the watermark passes); with
-    /// `emit_on_window_close`, the outermost one emits on window close instead of
-    /// updating. Errors say why `EMIT ON WINDOW CLOSE` cannot apply.
+    /// `emit_on_window_close`, every such aggregation emits on window close instead of
+    /// updating, and the view's output must then be append-only (emitted once, final).
+    /// Errors say why `EMIT ON WINDOW CLOSE` cannot apply.
     pub fn annotate_windows(
         &mut self,
         relation_watermark: &dyn Fn(TableId) -> Option<usize>,
         emit_on_window_close: bool,
     ) -> std::result::Result<(), String> {
-        let mut emitted = !emit_on_window_close;
-        self.annotate(relation_watermark, &mut emitted)?;
-        if !emitted {
-            return Err("EMIT ON WINDOW CLOSE needs an aggregation (GROUP BY) over append-only input whose GROUP BY has a column with a watermark, such as window_start of TUMBLE or HOP over a table or source declared with WATERMARK FOR".into());
+        let mut emitting = 0;
+        self.annotate(relation_watermark, emit_on_window_close, &mut emitting);
+        if emit_on_window_close {
+            if emitting == 0 {
+                return Err("EMIT ON WINDOW CLOSE needs an aggregation (GROUP BY) over append-only input whose GROUP BY has a column with a watermark, such as window_start of TUMBLE or HOP over a table or source declared with WATERMARK FOR".into());
+            }
+            if !self.append_only {
+                return Err("EMIT ON WINDOW CLOSE needs every aggregation to close by a watermark and nothing after them to update rows (an aggregation without a watermarked GROUP BY column, an outer join, a window function), so that each row is emitted once, final".into());
+            }
         }
         Ok(())
     }
 
+    /// Bottom-up: an aggregation's input is annotated (and its append-only flag final)
+    /// before the aggregation is.
     fn annotate(
         &mut self,
         relation_watermark: &dyn Fn(TableId) -> Option<usize>,
-        emitted: &mut bool,
-    ) -> std::result::Result<(), String> {
-        // Outermost first: the first windowed aggregate found emits on close.
-        if let NodeKind::HashAgg {
-            group_keys, window, ..
-        } = &mut self.kind
-        {
-            let input = &self.inputs[0];
-            let wm = input.watermark_columns(relation_watermark);
-            if input.append_only {
-                if let Some(key) = group_keys.iter().position(|&k| wm[k]) {
-                    *window = Some(AggWindow {
-                        key,
-                        emit_on_close: !*emitted,
-                    });
-                    if !*emitted {
-                        *emitted = true;
-                        // Emitted once, final: the output only grows.
-                        self.append_only = true;
+        emit_on_close: bool,
+        emitting: &mut usize,
+    ) {
+        for i in &mut self.inputs {
+            i.annotate(relation_watermark, emit_on_close, emitting);
+        }
+        match &mut self.kind {
+            NodeKind::HashAgg {
+                group_keys, window, ..
+            } => {
+                let input = &self.inputs[0];
+                let wm = input.watermark_columns(relation_watermark);
+                if input.append_only {
+                    if let Some(key) = group_keys.iter().position(|&k| wm[k]) {
+                        *window = Some(AggWindow { key, emit_on_close });
+                        if emit_on_close {
+                            *emitting += 1;
+                            // Emitted once, final: the output only grows.
+                            self.append_only = true;
+                        }
                     }
                 }
             }
+            NodeKind::Project { .. } | NodeKind::Filter { .. } => {
+                self.append_only = self.inputs[0].append_only;
+            }
+            NodeKind::UnionAll => {
+                self.append_only = self.inputs.iter().all(|i| i.append_only);
+            }
+            NodeKind::HashJoin { join_type, .. } => {
+                self.append_only = matches!(
+                    join_type,
+                    super::hash_join::JoinType::Inner | super::hash_join::JoinType::LeftSemi
+                ) && self.inputs.iter().all(|i| i.append_only);
+            }
+            _ => {}
         }
-        for i in &mut self.inputs {
-            i.annotate(relation_watermark, emitted)?;
-        }
-        if matches!(
-            self.kind,
-            NodeKind::Project { .. } | NodeKind::Filter { .. }
-        ) {
-            self.append_only = self.inputs[0].append_only;
-        }
-        Ok(())
     }
 
     /// Whether the dataflow has a temporal filter (it must run as time passes).

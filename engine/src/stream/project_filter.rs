@@ -69,7 +69,7 @@ impl ProjectFilter {
             return Ok(vec![None; self.exprs.len()]);
         }
         for e in &self.exprs {
-            let wm = match monotone_in(e) {
+            let wm = match monotone_in(e, input) {
                 Some(c) if wms.get(c).is_some_and(Option::is_some) => {
                     let columns: Vec<ArrayRef> = input
                         .fields()
@@ -124,9 +124,13 @@ impl ProjectFilter {
 
 /// The input column an expression never decreases in, when it reads exactly one column and
 /// is built only from what keeps order: the column itself, casts, adding or subtracting a
-/// constant, and `date_bin`/`date_trunc` (time bucketing). Watermarks pass through such
+/// constant, casts between time types, and `date_bin`/`date_trunc` and window starts (time
+/// bucketing). Watermarks pass through such
 /// expressions (`window_start = date_bin(size, ts)` gets `date_bin(size, watermark)`).
-pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+pub fn monotone_in(
+    e: &Arc<dyn PhysicalExpr>,
+    input: &datafusion::arrow::datatypes::Schema,
+) -> Option<usize> {
     use datafusion::logical_expr::Operator;
     use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
     use datafusion::physical_expr::ScalarFunctionExpr;
@@ -135,13 +139,27 @@ pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
         return Some(c.index());
     }
     if let Some(c) = any.downcast_ref::<CastExpr>() {
-        return monotone_in(c.expr());
+        // Only casts between time types keep order (to text or to a time of day, say,
+        // would not).
+        use datafusion::arrow::datatypes::DataType;
+        let is_time = |t: &DataType| {
+            matches!(
+                t,
+                DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64
+            )
+        };
+        let from = c.expr().data_type(input).ok()?;
+        return if is_time(&from) && is_time(c.cast_type()) {
+            monotone_in(c.expr(), input)
+        } else {
+            None
+        };
     }
     if let Some(b) = any.downcast_ref::<BinaryExpr>() {
         let is_const = |x: &Arc<dyn PhysicalExpr>| x.downcast_ref::<Literal>().is_some();
         return match b.op() {
-            Operator::Plus if is_const(b.left()) => monotone_in(b.right()),
-            Operator::Plus | Operator::Minus if is_const(b.right()) => monotone_in(b.left()),
+            Operator::Plus if is_const(b.left()) => monotone_in(b.right(), input),
+            Operator::Plus | Operator::Minus if is_const(b.right()) => monotone_in(b.left(), input),
             _ => None,
         };
     }
@@ -155,7 +173,7 @@ pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
                     .enumerate()
                     .all(|(i, a)| i == 1 || a.downcast_ref::<Literal>().is_some());
                 if others_const {
-                    monotone_in(&args[1])
+                    monotone_in(&args[1], input)
                 } else {
                     None
                 }
@@ -167,7 +185,7 @@ pub fn monotone_in(e: &Arc<dyn PhysicalExpr>) -> Option<usize> {
                         .iter()
                         .all(|a| a.downcast_ref::<Literal>().is_some()) =>
             {
-                monotone_in(&args[0])
+                monotone_in(&args[0], input)
             }
             _ => None,
         };

@@ -879,6 +879,9 @@ impl Graph {
             changelog::mark_consumed(&mut batch, seq);
         }
         if watermarks_moved {
+            // Relations dropped since are forgotten.
+            let catalog = self.db.catalog();
+            self.watermarks.retain(|t, _| catalog.table(*t).is_some());
             batch.put(WATERMARKS_KEY, encode_watermarks(&self.watermarks));
         }
         self.epoch += 1;
@@ -1109,20 +1112,6 @@ fn step(
     let mut input_watermarks: Vec<Vec<Option<ScalarValue>>> = Vec::new();
     let mut rows_read = 0u64;
     for src in &mut view.sources {
-        // A source's watermark reaches the dataflow once its backfill is done (before,
-        // rows behind it may still come from the scan).
-        let mut wms = vec![None; src.schema.fields().len()];
-        if let (Some(def), Position::Done) = (&src.def, &src.position) {
-            if let (Some(wm), Some(bytes)) = (&def.watermark, watermarks.get(&def.id)) {
-                if wm.column < wms.len() {
-                    wms[wm.column] = Some(crate::watermark::decode(
-                        bytes,
-                        src.schema.field(wm.column).data_type(),
-                    )?);
-                }
-            }
-        }
-        input_watermarks.push(wms);
         let mut rows: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
         let Some(def) = src.def.clone() else {
             // Constant rows: all of them in the first epoch, then never again.
@@ -1135,6 +1124,7 @@ fn step(
             } else {
                 Some(vec![StreamChunk::from_rows(&src.schema, &rows)?])
             });
+            input_watermarks.push(vec![None; src.schema.fields().len()]);
             continue;
         };
         let visible = src.schema.fields().len();
@@ -1180,6 +1170,21 @@ fn step(
             }
             rows_read += scan(src, &def, snapshot, batch_rows, &mut rows)?;
         }
+        // A source's watermark reaches the dataflow once its backfill has delivered
+        // everything (before, rows behind it may still come from the scan); the epoch
+        // whose scan finishes already carries it.
+        let mut wms = vec![None; src.schema.fields().len()];
+        if src.position == Position::Done {
+            if let (Some(wm), Some(bytes)) = (&def.watermark, watermarks.get(&def.id)) {
+                if wm.column < wms.len() {
+                    wms[wm.column] = Some(crate::watermark::decode(
+                        bytes,
+                        src.schema.field(wm.column).data_type(),
+                    )?);
+                }
+            }
+        }
+        input_watermarks.push(wms);
         inputs.push(if rows.is_empty() {
             None
         } else {
