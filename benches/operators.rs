@@ -141,6 +141,7 @@ fn join_case(name: &str, rows: usize, dim_rows: i64) {
         &right,
         None,
         false,
+        [None, None],
         &mut alloc,
     )
     .unwrap();

@@ -4,7 +4,8 @@
 //!   step; after every step each `EMIT ON WINDOW CLOSE` view must equal the same aggregate
 //!   computed from scratch (a plain `SELECT` over the table, which holds exactly the on-time
 //!   rows) restricted to the windows that ended by the watermark, and the continuously
-//!   updated view must equal it over all windows. Late rows plus stored rows are every row
+//!   updated view (and an interval self-join, whose state is cleaned by the watermark)
+//!   must equal it over all windows. Late rows plus stored rows are every row
 //!   sent. Half way the server is killed with SIGKILL and restarted. `STROM_EVENT_SEED`
 //!   and `STROM_EVENT_STEPS` run other workloads.
 //! - **Bounded state**: an endless stream of windows through an EOWC view, a
@@ -78,10 +79,13 @@ async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
     let tumble = "SELECT point_id, window_start, window_end, count(*) AS n, sum(value) AS s, min(value) AS lo, max(value) AS hi FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start, window_end";
     let hop = "SELECT window_start, window_end, count(*) AS n, sum(value) AS s FROM HOP(ev, ts, INTERVAL '30' SECOND, INTERVAL '1' MINUTE) GROUP BY window_start, window_end";
     let live = "SELECT point_id, window_start, count(*) AS n, max(value) AS hi FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start";
+    // An interval self-join: its state is cleaned by the watermark as it goes.
+    let interval = "SELECT a.point_id, count(*) AS pairs, sum(b.value) AS s FROM ev a JOIN ev b ON a.point_id = b.point_id AND b.ts BETWEEN a.ts - INTERVAL '10' SECOND AND a.ts + INTERVAL '10' SECOND GROUP BY a.point_id";
     let views = [
         ("ev_tumble", tumble, true),
         ("ev_hop", hop, true),
         ("ev_live", live, false),
+        ("ev_interval", interval, false),
     ];
     for (name, q, eowc) in views {
         let emit = if eowc { " EMIT ON WINDOW CLOSE" } else { "" };

@@ -213,6 +213,7 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
                 &schema(3),
                 None,
                 false,
+                [None, None],
                 &mut alloc,
             )
             .unwrap();

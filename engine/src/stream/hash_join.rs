@@ -85,6 +85,9 @@ const COUNTS: [DataType; 2] = [DataType::Int64, DataType::Int64];
 
 #[derive(Debug)]
 pub struct HashJoin {
+    /// Per side: how its rows are dropped once the other side's watermark makes them
+    /// unmatchable (interval joins), with the index of its rows by time.
+    cleaning: [Option<Cleaning>; 2],
     join_type: JoinType,
     keys: [Vec<usize>; 2],
     types: [Vec<DataType>; 2],
@@ -95,6 +98,29 @@ pub struct HashJoin {
     /// NULL keys match each other (`IS NOT DISTINCT FROM`).
     null_equal: bool,
     state: [StateTable; 2],
+}
+
+/// An interval join's state cleaning for one side (S; the other side is O), from a
+/// condition `O.other_column <= S.column + offset` (or `<`): an S row with
+/// `column < watermark(O.other_column) - offset` can match no future O row (those have
+/// `other_column >= watermark`), so it is dropped. Only for inner joins of append-only
+/// inputs (the planner checks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JoinCleaning {
+    pub column: usize,
+    pub other_column: usize,
+    /// Microseconds.
+    pub offset: i64,
+}
+
+/// A side's cleaning and its time index: `encode(time) ++ key ++ row -> [time len][key
+/// len]`, in one bucket shared by the workers (each drops only rows it owns).
+#[derive(Debug)]
+struct Cleaning {
+    cfg: JoinCleaning,
+    index: StateTable,
+    worker: usize,
+    workers: usize,
 }
 
 fn idx(side: Side) -> usize {
@@ -163,6 +189,7 @@ impl HashJoin {
         right: &SchemaRef,
         condition: Option<Arc<dyn PhysicalExpr>>,
         null_equal: bool,
+        cleaning: [Option<JoinCleaning>; 2],
         state: &mut StateAlloc,
     ) -> Result<Self> {
         if left_keys.len() != right_keys.len() {
@@ -187,7 +214,18 @@ impl HashJoin {
         } else {
             Arc::clone(&pair)
         };
+        let tables = [state.table(), state.table()];
+        // Allocated after the row tables, so a join without cleaning keeps its numbers.
+        let cleaning = cleaning.map(|c| {
+            c.map(|cfg| Cleaning {
+                cfg,
+                index: state.ordered_table(),
+                worker: 0,
+                workers: 1,
+            })
+        });
         Ok(HashJoin {
+            cleaning,
             join_type,
             keys: [left_keys, right_keys],
             types: [types(left), types(right)],
@@ -195,7 +233,7 @@ impl HashJoin {
             pair,
             output,
             null_equal,
-            state: [state.table(), state.table()],
+            state: tables,
         })
     }
 
@@ -205,7 +243,93 @@ impl HashJoin {
     }
 
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
-        self.state.iter_mut().collect()
+        let mut out: Vec<&mut StateTable> = self.state.iter_mut().collect();
+        for c in self.cleaning.iter_mut().flatten() {
+            out.push(&mut c.index);
+        }
+        out
+    }
+
+    /// Tells a worker of a parallel join which one it is (see [`Cleaning`]).
+    pub fn set_worker(&mut self, worker: usize, workers: usize) {
+        for c in self.cleaning.iter_mut().flatten() {
+            c.worker = worker;
+            c.workers = workers;
+        }
+    }
+
+    /// The time-index suffix of a stored row of side `me`.
+    fn index_suffix(
+        &self,
+        me: usize,
+        row: &[ScalarValue],
+        prefix: &[u8],
+        suffix: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(c) = &self.cleaning[me] else {
+            return Ok(None);
+        };
+        let mut key = Vec::new();
+        keys::encode_key_datum(&row[c.cfg.column], &mut key)?;
+        let mut value = (key.len() as u32).to_be_bytes().to_vec();
+        value.extend_from_slice(&(prefix.len() as u32).to_be_bytes());
+        key.extend_from_slice(prefix);
+        key.extend_from_slice(suffix);
+        Ok(Some((key, value)))
+    }
+
+    /// Drops the rows each side can no longer match, given the watermarks of the left
+    /// and right input columns (interval joins; see [`JoinCleaning`]).
+    pub fn clean(
+        &mut self,
+        left: &[Option<ScalarValue>],
+        right: &[Option<ScalarValue>],
+    ) -> Result<()> {
+        for me in 0..2 {
+            let Some(c) = &self.cleaning[me] else {
+                continue;
+            };
+            let other_wms = if me == 0 { right } else { left };
+            let Some(Some(wm)) = other_wms.get(c.cfg.other_column) else {
+                continue;
+            };
+            let Some(bound) = shift_time(wm, -c.cfg.offset) else {
+                continue;
+            };
+            let mut encoded = Vec::new();
+            keys::encode_key_datum(&bound, &mut encoded)?;
+            let (worker, workers) = (c.worker, c.workers);
+            let mut gone: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+            let c = self.cleaning[me].as_mut().expect("checked");
+            c.index.scan_ordered(&[], false, |suffix, value| {
+                if suffix >= encoded.as_slice() {
+                    return Ok(false);
+                }
+                let len = |at: usize| {
+                    value
+                        .get(at..at + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0) as usize
+                };
+                let (tl, pl) = (len(0), len(4));
+                let prefix = suffix.get(tl..tl + pl).unwrap_or_default();
+                if workers <= 1 || super::exchange::worker_of(prefix, workers) == worker {
+                    gone.push((
+                        suffix.to_vec(),
+                        prefix.to_vec(),
+                        suffix.get(tl + pl..).unwrap_or_default().to_vec(),
+                    ));
+                }
+                Ok(true)
+            })?;
+            for (index_key, prefix, row_suffix) in gone {
+                self.state[me].delete(&prefix, &row_suffix)?;
+                let c = self.cleaning[me].as_mut().expect("checked");
+                c.index.delete(&[], &index_key)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the degrees of `side`'s rows are kept (to pad them, or to decide whether a
@@ -420,9 +544,39 @@ impl HashJoin {
             } else {
                 self.state[me].put(&prefix, &suffix, counts(new_count, my_degree)?)?;
             }
+            if (my_count == 0) != (new_count == 0) {
+                if let Some((key, value)) = self.index_suffix(me, &row, &prefix, &suffix)? {
+                    let c = self.cleaning[me].as_mut().expect("index_suffix checked");
+                    if new_count == 0 {
+                        c.index.delete(&[], &key)?;
+                    } else {
+                        c.index.put(&[], &key, value)?;
+                    }
+                }
+            }
         }
         StreamChunk::from_rows(&self.output, &out)
     }
+}
+
+/// A time value moved by `micros` (None: not a time, or out of range).
+fn shift_time(v: &ScalarValue, micros: i64) -> Option<ScalarValue> {
+    Some(match v {
+        ScalarValue::TimestampMicrosecond(Some(t), tz) => {
+            ScalarValue::TimestampMicrosecond(Some(t.checked_add(micros)?), tz.clone())
+        }
+        ScalarValue::TimestampMillisecond(Some(t), tz) => {
+            ScalarValue::TimestampMillisecond(Some(t.checked_add(micros / 1_000)?), tz.clone())
+        }
+        ScalarValue::TimestampSecond(Some(t), tz) => {
+            ScalarValue::TimestampSecond(Some(t.checked_add(micros / 1_000_000)?), tz.clone())
+        }
+        ScalarValue::TimestampNanosecond(Some(t), tz) => ScalarValue::TimestampNanosecond(
+            Some(t.checked_add(micros.checked_mul(1_000)?)?),
+            tz.clone(),
+        ),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -457,7 +611,18 @@ mod tests {
     fn join(t: JoinType) -> (tempfile::TempDir, HashJoin) {
         let (dir, mut alloc) = temp_alloc();
         let (l, r) = sides();
-        let j = HashJoin::try_new(t, vec![1], vec![0], &l, &r, None, false, &mut alloc).unwrap();
+        let j = HashJoin::try_new(
+            t,
+            vec![1],
+            vec![0],
+            &l,
+            &r,
+            None,
+            false,
+            [None, None],
+            &mut alloc,
+        )
+        .unwrap();
         (dir, j)
     }
 
@@ -575,6 +740,7 @@ mod tests {
             &r,
             Some(cond),
             false,
+            [None, None],
             &mut alloc,
         )
         .unwrap();
@@ -635,6 +801,7 @@ mod tests {
             &r,
             None,
             true,
+            [None, None],
             &mut alloc,
         )
         .unwrap();
@@ -651,6 +818,7 @@ mod tests {
             &r,
             None,
             false,
+            [None, None],
             &mut alloc,
         )
         .unwrap();

@@ -67,6 +67,8 @@ pub enum NodeKind {
         condition: Option<(Arc<dyn PhysicalExpr>, String)>,
         /// NULL keys match each other (`IS NOT DISTINCT FROM`).
         null_equal: bool,
+        /// Interval joins: per side, how its rows are dropped by the other's watermark.
+        cleaning: [Option<super::hash_join::JoinCleaning>; 2],
     },
     UnionAll,
     /// Window functions or a top-N, by partition recomputation (see
@@ -173,6 +175,7 @@ impl PlanNode {
                 right_keys,
                 condition,
                 null_equal,
+                ..
             } => {
                 let (l, r) = (&self.inputs[0].schema, &self.inputs[1].schema);
                 let eq = if *null_equal {
@@ -185,10 +188,23 @@ impl PlanNode {
                     .zip(right_keys)
                     .map(|(&a, &b)| format!("{} {eq} {}", l.field(a).name(), r.field(b).name()))
                     .collect();
-                let cond = condition
+                let mut cond = condition
                     .as_ref()
                     .map(|(_, t)| format!(" condition={t}"))
                     .unwrap_or_default();
+                if let NodeKind::HashJoin { cleaning, .. } = &self.kind {
+                    for (side, c) in ["left", "right"].iter().zip(cleaning) {
+                        if let Some(c) = c {
+                            let (mine, theirs) = if *side == "left" { (l, r) } else { (r, l) };
+                            cond.push_str(&format!(
+                                " clean-{side}={} < wm({}) - {}us",
+                                mine.field(c.column).name(),
+                                theirs.field(c.other_column).name(),
+                                c.offset
+                            ));
+                        }
+                    }
+                }
                 format!(
                     "HashJoin {} on=[{}]{cond}",
                     format!("{join_type:?}").to_lowercase(),

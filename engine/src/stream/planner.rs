@@ -771,6 +771,14 @@ impl Planner {
         let append_only = matches!(join_type, JoinType::Inner | JoinType::LeftSemi)
             && left.append_only
             && right.append_only;
+        // An interval join (`a.ts BETWEEN b.ts - x AND b.ts + y`) of inputs that only gain
+        // rows drops rows the other side's watermark makes unmatchable.
+        let cleaning = match (&j.filter, join_type) {
+            (Some(f), JoinType::Inner) if left.append_only && right.append_only => {
+                interval_cleaning(f, &joined_df, lw + le, lw, rw)
+            }
+            _ => [None, None],
+        };
         let join = PlanNode {
             kind: NodeKind::HashJoin {
                 join_type,
@@ -778,6 +786,7 @@ impl Planner {
                 right_keys,
                 condition,
                 null_equal,
+                cleaning,
             },
             schema: join_schema,
             unique_key,
@@ -1226,4 +1235,84 @@ fn temporal_bounds(e: &Expr, schema: &DFSchema) -> Option<(usize, Option<Bound>,
         }
         _ => None,
     }
+}
+
+/// A join-condition term: a column of the joined row, plus a constant interval.
+fn shifted_column(e: &Expr, schema: &DFSchema) -> Option<(usize, i64)> {
+    match e {
+        Expr::Column(c) => Some((schema.index_of_column(c).ok()?, 0)),
+        Expr::Cast(c) => shifted_column(&c.expr, schema),
+        Expr::BinaryExpr(b) => {
+            let (col, base) = shifted_column(&b.left, schema)?;
+            let iv = interval_micros(&b.right)?;
+            match b.op {
+                datafusion::logical_expr::Operator::Plus => Some((col, base.checked_add(iv)?)),
+                datafusion::logical_expr::Operator::Minus => Some((col, base.checked_sub(iv)?)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The state cleaning an interval condition allows (see `hash_join::JoinCleaning`): from
+/// each conjunct `a + ca <= b + cb` (or `<`, `>=`, `>`, `BETWEEN`) with `a` and `b` on
+/// different sides, rows of `b`'s side with `b < watermark(a) - (cb - ca)` can be dropped.
+/// `split` is where the right side's columns start in `schema`; `lw`/`rw` the sides'
+/// own widths (key columns computed for the join come after them and are not times).
+fn interval_cleaning(
+    filter: &Expr,
+    schema: &DFSchema,
+    split: usize,
+    lw: usize,
+    rw: usize,
+) -> [Option<super::hash_join::JoinCleaning>; 2] {
+    use datafusion::logical_expr::Operator;
+    let mut out = [None, None];
+    let side_of = |i: usize| -> Option<(usize, usize)> {
+        if i < lw {
+            Some((0, i))
+        } else if i >= split && i - split < rw {
+            Some((1, i - split))
+        } else {
+            None
+        }
+    };
+    // `lo <= hi`: rows of hi's side are cleaned by lo's watermark.
+    let mut le = |lo: &Expr, hi: &Expr| {
+        let (Some((a, ca)), Some((b, cb))) =
+            (shifted_column(lo, schema), shifted_column(hi, schema))
+        else {
+            return;
+        };
+        let (Some((sa, ia)), Some((sb, ib))) = (side_of(a), side_of(b)) else {
+            return;
+        };
+        if sa == sb || out[sb].is_some() {
+            return;
+        }
+        let Some(offset) = cb.checked_sub(ca) else {
+            return;
+        };
+        out[sb] = Some(super::hash_join::JoinCleaning {
+            column: ib,
+            other_column: ia,
+            offset,
+        });
+    };
+    for c in split_conjunction(filter) {
+        match c {
+            Expr::BinaryExpr(b) => match b.op {
+                Operator::Lt | Operator::LtEq => le(&b.left, &b.right),
+                Operator::Gt | Operator::GtEq => le(&b.right, &b.left),
+                _ => {}
+            },
+            Expr::Between(b) if !b.negated => {
+                le(&b.low, &b.expr);
+                le(&b.expr, &b.high);
+            }
+            _ => {}
+        }
+    }
+    out
 }

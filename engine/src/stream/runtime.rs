@@ -332,6 +332,8 @@ impl Exec {
                         out.push(join.apply(Side::Right, c)?);
                     }
                     out.retain(|c| !c.is_empty());
+                    // Interval joins drop rows the watermarks made unmatchable.
+                    join.clean(&lw, &rw)?;
                     Ok(out)
                 })?;
                 let wms = workers[0].output_watermarks(&lw, &rw);
@@ -1008,6 +1010,7 @@ fn build(
             right_keys,
             condition,
             null_equal,
+            cleaning,
         } => {
             let right = inputs.pop().expect("join has two inputs");
             let left = inputs.pop().expect("join has two inputs");
@@ -1022,9 +1025,14 @@ fn build(
                     &node.inputs[1].schema,
                     condition.as_ref().map(|(c, _)| Arc::clone(c)),
                     *null_equal,
+                    *cleaning,
                     alloc,
                 )
             })?;
+            let mut joins = joins;
+            for (i, j) in joins.iter_mut().enumerate() {
+                j.set_worker(i, n);
+            }
             Exec::Join(
                 joins,
                 [left_keys.clone(), right_keys.clone()],
