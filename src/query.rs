@@ -128,6 +128,9 @@ impl QueryEnv {
         crate::jsonb::register(&ctx);
         ctx.register_udf(strom_engine::watermark::window_start_udf());
         ctx.register_udf(strom_engine::clock::now_udf());
+        for f in strom_engine::stream::planner::session_udfs() {
+            ctx.register_udf(f);
+        }
         ctx
     }
 

@@ -113,6 +113,7 @@ async fn plan_view(
             "a materialized view cannot have parameters",
         ));
     }
+    let logical = strom_engine::stream::planner::lift_sessions(logical)?;
     let optimized = ctx.state().optimize(&logical)?;
     let mut plan = planner::plan(&optimized)?;
     plan.annotate_windows(

@@ -8,6 +8,7 @@
 //! - [`project_filter`]: filters and projections with DataFusion physical expressions.
 //! - [`exchange`]: routing rows to an operator's parallel workers by vnode.
 //! - [`plan`], [`planner`]: the stream plan and its derivation from DataFusion plans.
+//! - [`session`]: session windows (`SESSION(t, ts, gap, keys...)`).
 //! - [`temporal_filter`]: `ts > now() - INTERVAL ...` maintained as time passes.
 //! - [`runtime`]: epochs, barriers, backfill, recovery.
 //!
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod planner;
 pub mod project_filter;
 pub mod runtime;
+pub mod session;
 pub mod temporal_filter;
 
 #[cfg(test)]

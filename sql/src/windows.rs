@@ -3,6 +3,7 @@
 //! | written | becomes |
 //! |---|---|
 //! | `TUMBLE(t, ts, size [, offset])` | `(SELECT *, strom_window_start(ts, size, offset) AS window_start, strom_window_start(ts, size, offset) + size AS window_end FROM t) AS t` |
+//! | `SESSION(t, ts, gap [, key ...])` | `(SELECT *, strom_session_start(ts, gap, keys...) AS window_start, strom_session_end(...) AS window_end FROM t) AS t`, placeholders the engine turns into its session window operator (materialized views only) |
 //! | `HOP(t, ts, slide, size [, offset])` | one such branch per window a row falls in (`size / slide` of them, `window_start = strom_window_start(ts, slide, offset) - k * slide`), combined with `UNION ALL` |
 //!
 //! (`strom_window_start` is the engine's `watermark::window_start_udf`: sizes and offsets
@@ -50,7 +51,7 @@ impl VisitorMut for Windows {
             return ControlFlow::Continue(());
         };
         let func = name.to_string().to_lowercase();
-        if func != "tumble" && func != "hop" {
+        if func != "tumble" && func != "hop" && func != "session" {
             return ControlFlow::Continue(());
         }
         match window_subquery(&func, &args.args, alias.clone()) {
@@ -135,6 +136,9 @@ fn window_subquery(
     args: &[FunctionArg],
     alias: Option<TableAlias>,
 ) -> Result<TableFactor> {
+    if func == "session" {
+        return session_subquery(args, alias);
+    }
     let (min, max) = if func == "tumble" { (3, 4) } else { (4, 5) };
     if args.len() < min || args.len() > max {
         return Err(bad(
@@ -215,6 +219,73 @@ fn window_subquery(
         })
         .collect();
     let sql = format!("SELECT * FROM ({}) AS {name}", branches.join(" UNION ALL "));
+    let mut stmts = crate::parser::parse(&sql)?;
+    let Some(Statement::Query(q)) = stmts.pop() else {
+        return Err(bad(func, "internal error: rewrite did not parse"));
+    };
+    let sqlparser::ast::SetExpr::Select(select) = *q.body else {
+        return Err(bad(func, "internal error: rewrite is not a SELECT"));
+    };
+    let mut from = select.from.into_iter().next().expect("one FROM item");
+    if let (TableFactor::Derived { alias: a, .. }, Some(user)) = (&mut from.relation, alias) {
+        *a = Some(user);
+    }
+    Ok(from.relation)
+}
+
+/// `SESSION(relation, time_column, gap [, key ...])`: the session placeholders, which the
+/// engine lifts into its session window operator (`stream::planner::lift_sessions`).
+fn session_subquery(args: &[FunctionArg], alias: Option<TableAlias>) -> Result<TableFactor> {
+    let func = "session";
+    if args.len() < 3 {
+        return Err(bad(
+            func,
+            "expected SESSION(relation, time_column, gap [, key ...])",
+        ));
+    }
+    let relation = match arg_expr(func, &args[0])? {
+        e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
+        other => {
+            return Err(bad(
+                func,
+                format!("the first argument must name a relation, not {other}"),
+            ))
+        }
+    };
+    let mut columns = Vec::new();
+    for (i, a) in args.iter().enumerate().skip(1) {
+        if i == 2 {
+            continue;
+        }
+        match arg_expr(func, a)? {
+            e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => columns.push(e.to_string()),
+            other => {
+                return Err(bad(
+                    func,
+                    format!("the time column and the keys must be columns, not {other}"),
+                ))
+            }
+        }
+    }
+    let gap_expr = arg_expr(func, &args[2])?;
+    let gap = match interval_micros(gap_expr) {
+        Some(us) if us > 0 => us,
+        _ => {
+            return Err(bad(
+                func,
+                format!("the gap must be a positive interval literal (INTERVAL '10' MINUTE), not {gap_expr}"),
+            ))
+        }
+    };
+    let ts = &columns[0];
+    let keys: String = columns[1..].iter().map(|k| format!(", {k}")).collect();
+    let name = alias
+        .as_ref()
+        .map(|a| a.name.to_string())
+        .unwrap_or_else(|| relation.rsplit('.').next().unwrap_or(&relation).to_string());
+    let sql = format!(
+        "SELECT * FROM (SELECT *, strom_session_start({ts}, {gap}{keys}) AS window_start, strom_session_end({ts}, {gap}{keys}) AS window_end FROM {relation}) AS {name}"
+    );
     let mut stmts = crate::parser::parse(&sql)?;
     let Some(Statement::Query(q)) = stmts.pop() else {
         return Err(bad(func, "internal error: rewrite did not parse"));

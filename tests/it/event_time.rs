@@ -81,12 +81,24 @@ async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
     let live = "SELECT point_id, window_start, count(*) AS n, max(value) AS hi FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start";
     // An interval self-join: its state is cleaned by the watermark as it goes.
     let interval = "SELECT a.point_id, count(*) AS pairs, sum(b.value) AS s FROM ev a JOIN ev b ON a.point_id = b.point_id AND b.ts BETWEEN a.ts - INTERVAL '10' SECOND AND a.ts + INTERVAL '10' SECOND GROUP BY a.point_id";
+    let session = "SELECT point_id, window_start, window_end, count(*) AS n, sum(value) AS s FROM SESSION(ev, ts, INTERVAL '15' SECOND, point_id) GROUP BY point_id, window_start, window_end";
     let views = [
         ("ev_tumble", tumble, true),
         ("ev_hop", hop, true),
         ("ev_live", live, false),
         ("ev_interval", interval, false),
+        ("ev_session", session, true),
     ];
+    // Sessions from scratch (SESSION itself works only in views): gaps and islands.
+    let session_reference = |wm: &str| {
+        format!(
+            "SELECT point_id, min(ts) AS window_start, max(ts) + INTERVAL '15' SECOND AS window_end, count(*) AS n, sum(value) AS s
+             FROM (SELECT *, sum(new) OVER (PARTITION BY point_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS sid
+                   FROM (SELECT *, CASE WHEN ts - lag(ts) OVER (PARTITION BY point_id ORDER BY ts) < INTERVAL '15' SECOND THEN 0 ELSE 1 END AS new
+                         FROM ev WHERE ts IS NOT NULL) a) b
+             GROUP BY point_id, sid HAVING max(ts) + INTERVAL '15' SECOND <= TIMESTAMPTZ '{wm}'"
+        )
+    };
     for (name, q, eowc) in views {
         let emit = if eowc { " EMIT ON WINDOW CLOSE" } else { "" };
         c.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {q}{emit}"))
@@ -131,7 +143,9 @@ async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
         .await;
         for (name, q, eowc) in views {
             let got = rows(&c, &format!("SELECT * FROM {name}")).await;
-            let want = if eowc {
+            let want = if name == "ev_session" {
+                rows(&c, &session_reference(&wm)).await
+            } else if eowc {
                 rows(
                     &c,
                     &format!("SELECT * FROM ({q}) r WHERE window_end <= TIMESTAMPTZ '{wm}'"),

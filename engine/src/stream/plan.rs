@@ -89,6 +89,13 @@ pub enum NodeKind {
         lower: Option<super::temporal_filter::Bound>,
         upper: Option<super::temporal_filter::Bound>,
     },
+    /// `SESSION(...)`: the input's rows, held until their session closes, with
+    /// `window_start` and `window_end` appended (see [`super::session`]).
+    SessionWindow {
+        time: usize,
+        gap: i64,
+        keys: Vec<usize>,
+    },
     /// Constant rows (`VALUES`, a query without `FROM`), emitted once when the view is
     /// created.
     Values {
@@ -212,6 +219,18 @@ impl PlanNode {
                 )
             }
             NodeKind::UnionAll => "UnionAll".to_string(),
+            NodeKind::SessionWindow { time, gap, keys } => {
+                let input = &self.inputs[0].schema;
+                let keys: Vec<&str> = keys
+                    .iter()
+                    .map(|&k| input.field(k).name().as_str())
+                    .collect();
+                format!(
+                    "SessionWindow time={} gap={gap}us keys=[{}]",
+                    input.field(*time).name(),
+                    keys.join(", ")
+                )
+            }
             NodeKind::TemporalFilter {
                 column,
                 lower,
@@ -358,6 +377,13 @@ impl PlanNode {
                     *o = *i;
                 }
             }
+            NodeKind::SessionWindow { time, .. } => {
+                if inputs[0].get(*time).copied().unwrap_or(false) {
+                    out[*time] = true;
+                    out[width - 2] = true;
+                    out[width - 1] = true;
+                }
+            }
             NodeKind::Values { .. } => {}
         }
         out
@@ -375,6 +401,18 @@ impl PlanNode {
     ) -> std::result::Result<(), String> {
         let mut emitting = 0;
         self.annotate(relation_watermark, emit_on_window_close, &mut emitting);
+        let mut unclosed = None;
+        self.visit(&mut |n| {
+            if let NodeKind::SessionWindow { time, .. } = &n.kind {
+                let input = &n.inputs[0];
+                if !input.watermark_columns(relation_watermark)[*time] {
+                    unclosed = Some(input.schema.field(*time).name().clone());
+                }
+            }
+        });
+        if let Some(col) = unclosed {
+            return Err(format!("SESSION over \"{col}\" needs a watermark on it (WATERMARK FOR on the table or source): without one no session ever closes"));
+        }
         if emit_on_window_close {
             if emitting == 0 {
                 return Err("EMIT ON WINDOW CLOSE needs an aggregation (GROUP BY) over append-only input whose GROUP BY has a column with a watermark, such as window_start of TUMBLE or HOP over a table or source declared with WATERMARK FOR".into());
@@ -404,7 +442,9 @@ impl PlanNode {
                 let input = &self.inputs[0];
                 let wm = input.watermark_columns(relation_watermark);
                 if input.append_only {
-                    if let Some(key) = group_keys.iter().position(|&k| wm[k]) {
+                    // The last watermarked key: `window_end` when grouped by both ends
+                    // (for sessions it closes sooner than `window_start`).
+                    if let Some(key) = group_keys.iter().rposition(|&k| wm[k]) {
                         *window = Some(AggWindow { key, emit_on_close });
                         if emit_on_close {
                             *emitting += 1;

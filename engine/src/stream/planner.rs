@@ -283,6 +283,35 @@ impl Planner {
                 Some(fetch) => self.top_n(plan, s, 0, Some(fetch)),
             },
             LogicalPlan::Aggregate(a) => self.aggregate(plan, a),
+            LogicalPlan::Extension(ext) => {
+                let Some(s) = ext.node.as_any().downcast_ref::<SessionNode>() else {
+                    return Err(unsupported(format!("the plan node {}", ext.node.name())));
+                };
+                let input = self.node(&s.input)?;
+                if !input.append_only {
+                    return Err(unsupported(
+                        "SESSION over input that can update or delete rows (it needs append-only input: a table or source with a watermark)",
+                    ));
+                }
+                let in_schema = s.input.schema();
+                let time = in_schema.index_of_column(&s.time)?;
+                let keys = s
+                    .keys
+                    .iter()
+                    .map(|k| Ok(in_schema.index_of_column(k)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(PlanNode {
+                    kind: NodeKind::SessionWindow {
+                        time,
+                        gap: s.gap,
+                        keys,
+                    },
+                    schema: out_schema(plan),
+                    unique_key: None,
+                    append_only: true,
+                    inputs: vec![input],
+                })
+            }
             LogicalPlan::Join(j) => self.join(plan, j),
             LogicalPlan::Union(u) => {
                 let inputs = u
@@ -1315,4 +1344,231 @@ fn interval_cleaning(
         }
     }
     out
+}
+
+/// Names of the functions `SESSION(t, ts, gap, keys...)` is rewritten into (by
+/// `strom_sql::windows`): a projection with them is lifted into a [`SessionNode`] by
+/// [`lift_sessions`] before DataFusion optimizes the plan.
+pub const SESSION_START: &str = "strom_session_start";
+pub const SESSION_END: &str = "strom_session_end";
+
+/// The session-window function placeholders: their values depend on other rows, so they
+/// cannot be evaluated row by row; in a materialized view they become a session window
+/// operator, anywhere else they are an error.
+pub fn session_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    [SESSION_START, SESSION_END]
+        .into_iter()
+        .map(|name| {
+            datafusion::logical_expr::ScalarUDF::new_from_impl(SessionFn {
+                name,
+                signature: datafusion::logical_expr::Signature::variadic_any(
+                    datafusion::logical_expr::Volatility::Volatile,
+                ),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionFn {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for SessionFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> datafusion::error::Result<DataType> {
+        match args.first() {
+            Some(t @ DataType::Timestamp(_, _)) => Ok(t.clone()),
+            other => Err(datafusion::error::DataFusionError::Plan(format!(
+                "SESSION needs a timestamp or timestamptz time column, not {other:?}"
+            ))),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        Err(datafusion::error::DataFusionError::Plan(
+            "SESSION windows work only in materialized views".into(),
+        ))
+    }
+}
+
+/// `SESSION(...)` in a view's logical plan: `input`'s rows with `__session_start` and
+/// `__session_end` appended (see [`super::session`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionNode {
+    input: LogicalPlan,
+    time: datafusion::common::Column,
+    gap: i64,
+    keys: Vec<datafusion::common::Column>,
+    schema: datafusion::common::DFSchemaRef,
+}
+
+impl PartialOrd for SessionNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (self.gap, self.time.name(), self.keys.len()).partial_cmp(&(
+            other.gap,
+            other.time.name(),
+            other.keys.len(),
+        ))
+    }
+}
+
+impl datafusion::logical_expr::UserDefinedLogicalNodeCore for SessionNode {
+    fn name(&self) -> &str {
+        "SessionWindow"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &datafusion::common::DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
+        // A filter below would change which rows form sessions.
+        self.schema
+            .columns()
+            .into_iter()
+            .map(|c| c.flat_name())
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "SessionWindow time={} gap={}us", self.time, self.gap)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> datafusion::error::Result<Self> {
+        Ok(SessionNode {
+            input: inputs.remove(0),
+            ..self.clone()
+        })
+    }
+}
+
+fn session_call(e: &Expr) -> Option<&datafusion::logical_expr::expr::ScalarFunction> {
+    match e {
+        Expr::ScalarFunction(f) if f.name() == SESSION_START || f.name() == SESSION_END => Some(f),
+        _ => None,
+    }
+}
+
+/// Lifts projections that compute `strom_session_start/end(ts, gap, keys...)` into a
+/// [`SessionNode`] under a projection of its extra columns, so the optimizer can neither
+/// move the calls elsewhere nor evaluate them row by row.
+pub fn lift_sessions(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::Transformed;
+    let lifted = plan.transform_up(|node| {
+        let LogicalPlan::Projection(p) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let mut call: Option<datafusion::logical_expr::expr::ScalarFunction> = None;
+        for e in &p.expr {
+            e.apply(|x| {
+                if let Some(f) = session_call(x) {
+                    if call.is_none() {
+                        call = Some(f.clone());
+                    }
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+        }
+        let Some(call) = call else {
+            return Ok(Transformed::no(node));
+        };
+        let bad = |what: &str| datafusion::error::DataFusionError::Plan(format!("SESSION: {what}"));
+        let column = |e: &Expr| match e {
+            Expr::Column(c) => Ok(c.clone()),
+            Expr::Cast(c) => match c.expr.as_ref() {
+                Expr::Column(c) => Ok(c.clone()),
+                _ => Err(bad("the time column and the keys must be columns")),
+            },
+            _ => Err(bad("the time column and the keys must be columns")),
+        };
+        let time = column(call.args.first().ok_or_else(|| bad("no time column"))?)?;
+        let gap = match call.args.get(1) {
+            Some(Expr::Literal(v, _)) => match v.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(g)) if g > 0 => g,
+                _ => return Err(bad("the gap must be a positive interval")),
+            },
+            _ => return Err(bad("the gap must be a constant interval")),
+        };
+        let keys = call.args[2..]
+            .iter()
+            .map(column)
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let input = p.input.as_ref().clone();
+        let time_type = input
+            .schema()
+            .qualified_field_from_column(&time)?
+            .1
+            .data_type()
+            .clone();
+        let extra = DFSchema::from_unqualified_fields(
+            vec![
+                Field::new("__session_start", time_type.clone(), true),
+                Field::new("__session_end", time_type, true),
+            ]
+            .into(),
+            Default::default(),
+        )?;
+        let schema = Arc::new(input.schema().join(&extra)?);
+        let session = LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(SessionNode {
+                input,
+                time: time.clone(),
+                gap,
+                keys: keys.clone(),
+                schema,
+            }),
+        });
+        let same_call = |f: &datafusion::logical_expr::expr::ScalarFunction| f.args == call.args;
+        let exprs = p
+            .expr
+            .iter()
+            .map(|e| {
+                e.clone()
+                    .transform(|x| {
+                        let Some(f) = session_call(&x) else {
+                            return Ok(Transformed::no(x));
+                        };
+                        if !same_call(f) {
+                            return Err(bad("one SESSION per query level"));
+                        }
+                        let name = if f.name() == SESSION_START {
+                            "__session_start"
+                        } else {
+                            "__session_end"
+                        };
+                        Ok(Transformed::yes(Expr::Column(
+                            datafusion::common::Column::from_name(name),
+                        )))
+                    })
+                    .map(|t| t.data)
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let projection = datafusion::logical_expr::Projection::try_new(exprs, Arc::new(session))?;
+        Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+    })?;
+    Ok(lifted.data)
 }

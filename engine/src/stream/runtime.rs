@@ -52,6 +52,7 @@ use super::hash_join::{HashJoin, Side};
 use super::over_window::OverWindow;
 use super::plan::{column_refs, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
+use super::session::SessionWindow;
 use super::temporal_filter::TemporalFilter;
 use crate::changelog::{self, RowChange};
 use crate::database::Database;
@@ -181,6 +182,8 @@ enum Exec {
     Window(Vec<OverWindow>, Vec<usize>, Box<Exec>),
     /// One instance: its state is ordered by time in one bucket.
     Temporal(Box<TemporalFilter>, Box<Exec>),
+    /// One instance, like a temporal filter.
+    Session(Box<SessionWindow>, Box<Exec>),
 }
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
@@ -273,6 +276,11 @@ impl Exec {
                 v.extend(i.state_tables());
                 v
             }
+            Exec::Session(t, i) => {
+                let mut v = t.state_tables();
+                v.extend(i.state_tables());
+                v
+            }
         }
     }
 
@@ -354,6 +362,16 @@ impl Exec {
                 let mut out_wms = wms;
                 out_wms.resize(width, None);
                 (out, out_wms)
+            }
+            Exec::Session(sw, input) => {
+                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                for c in &chunks {
+                    sw.apply(c)?;
+                }
+                let wm = sw.time_watermark(&wms);
+                let (out, earliest) = sw.close(wm.as_ref())?;
+                let out_wms = sw.output_watermarks(&wms, earliest);
+                (out.into_iter().collect(), out_wms)
             }
             Exec::Temporal(tf, input) => {
                 let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
@@ -1041,6 +1059,17 @@ fn build(
             )
         }
         NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+        NodeKind::SessionWindow { time, gap, keys } => Exec::Session(
+            Box::new(SessionWindow::try_new(
+                &node.inputs[0].schema,
+                Arc::clone(&node.schema),
+                *time,
+                *gap,
+                keys.clone(),
+                alloc,
+            )?),
+            Box::new(inputs.remove(0)),
+        ),
         NodeKind::TemporalFilter {
             column,
             lower,
