@@ -82,7 +82,10 @@ async fn eowc_windows_equal_the_aggregate_from_scratch_over_on_time_rows() {
     // An interval self-join: its state is cleaned by the watermark as it goes.
     let interval = "SELECT a.point_id, count(*) AS pairs, sum(b.value) AS s FROM ev a JOIN ev b ON a.point_id = b.point_id AND b.ts BETWEEN a.ts - INTERVAL '10' SECOND AND a.ts + INTERVAL '10' SECOND GROUP BY a.point_id";
     let session = "SELECT point_id, window_start, window_end, count(*) AS n, sum(value) AS s FROM SESSION(ev, ts, INTERVAL '15' SECOND, point_id) GROUP BY point_id, window_start, window_end";
+    // Top-2 points per window, emitted once per window.
+    let top = "SELECT * FROM (SELECT point_id, window_start, window_end, n, row_number() OVER (PARTITION BY window_start ORDER BY n DESC, point_id) AS rn FROM (SELECT point_id, window_start, window_end, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY point_id, window_start, window_end) a) b WHERE rn <= 2";
     let views = [
+        ("ev_top", top, true),
         ("ev_tumble", tumble, true),
         ("ev_hop", hop, true),
         ("ev_live", live, false),

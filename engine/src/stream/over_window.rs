@@ -38,6 +38,7 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::WindowExpr;
 
 use super::chunk::{Op, StreamChunk};
+use super::plan::AggWindow;
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
@@ -65,6 +66,20 @@ pub struct OverWindow {
     /// first-touch order.
     touched: HashMap<Vec<u8>, usize>,
     before: Vec<(Vec<u8>, Vec<Vec<ScalarValue>>)>,
+    /// Partitioned by a watermarked column: the open partitions by that column.
+    window: Option<Windowing>,
+    /// Touched partitions' encoded window column (windowed only).
+    window_keys: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A windowed partitioning's open partitions: `encode(window column) ++ partition key ->
+/// partition key`, one bucket shared by the workers (each closes only its own).
+#[derive(Debug)]
+struct Windowing {
+    cfg: AggWindow,
+    open: StateTable,
+    worker: usize,
+    workers: usize,
 }
 
 fn corrupt(reason: String) -> EngineError {
@@ -86,6 +101,7 @@ impl OverWindow {
         kind: Recompute,
         input: SchemaRef,
         output: SchemaRef,
+        window: Option<AggWindow>,
         state: &mut StateAlloc,
     ) -> Result<Self> {
         let extra = match &kind {
@@ -115,11 +131,95 @@ impl OverWindow {
             rows,
             touched: HashMap::default(),
             before: Vec::new(),
+            // Allocated last, so an unwindowed operator keeps its table numbers.
+            window: window.map(|cfg| Windowing {
+                cfg,
+                open: state.ordered_table(),
+                worker: 0,
+                workers: 1,
+            }),
+            window_keys: HashMap::default(),
         })
     }
 
+    /// Tells a worker of a parallel operator which one it is (see [`Windowing`]).
+    pub fn set_worker(&mut self, worker: usize, workers: usize) {
+        if let Some(w) = &mut self.window {
+            w.worker = worker;
+            w.workers = workers;
+        }
+    }
+
+    /// The watermarks of the output columns: partition columns keep their input's.
+    pub fn output_watermarks(&self, input: &[Option<ScalarValue>]) -> Vec<Option<ScalarValue>> {
+        let mut out = vec![None; self.output.fields().len()];
+        for e in &self.partition_by {
+            if let Some(c) = e.downcast_ref::<datafusion::physical_expr::expressions::Column>() {
+                if c.index() < out.len() {
+                    out[c.index()] = input.get(c.index()).cloned().flatten();
+                }
+            }
+        }
+        out
+    }
+
+    /// Like [`OverWindow::flush`], then closes the partitions the watermark passed: their
+    /// state is dropped and, with `EMIT ON WINDOW CLOSE`, their final rows are emitted
+    /// (the only time they are).
+    pub fn flush_with_watermarks(
+        &mut self,
+        input_watermarks: &[Option<ScalarValue>],
+    ) -> Result<StreamChunk> {
+        let mut out = self.flush_changes()?;
+        let Some(w) = &self.window else {
+            return StreamChunk::from_rows(&self.output, &out);
+        };
+        let cfg = w.cfg;
+        if cfg.emit_on_close {
+            out.clear();
+        }
+        let wm = self.partition_by[cfg.key]
+            .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+            .and_then(|c| input_watermarks.get(c.index()).cloned().flatten());
+        let Some(wm) = wm else {
+            return StreamChunk::from_rows(&self.output, &out);
+        };
+        let mut bound = Vec::new();
+        keys::encode_key_datum(&wm, &mut bound)?;
+        let w = self.window.as_mut().expect("checked");
+        let (me, workers) = (w.worker, w.workers);
+        let mut closed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        w.open.scan_ordered(&[], false, |suffix, prefix| {
+            if suffix >= bound.as_slice() {
+                return Ok(false);
+            }
+            if workers <= 1 || super::exchange::worker_of(prefix, workers) == me {
+                closed.push((suffix.to_vec(), prefix.to_vec()));
+            }
+            Ok(true)
+        })?;
+        for (suffix, prefix) in closed {
+            if cfg.emit_on_close {
+                for row in self.compute(&prefix)? {
+                    out.push((Op::Insert, row));
+                }
+            }
+            let gone: Vec<Vec<u8>> = self.rows.bucket(&prefix)?.keys().cloned().collect();
+            for s in gone {
+                self.rows.delete(&prefix, &s)?;
+            }
+            let w = self.window.as_mut().expect("checked");
+            w.open.delete(&[], &suffix)?;
+        }
+        StreamChunk::from_rows(&self.output, &out)
+    }
+
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
-        vec![&mut self.rows]
+        let mut out = vec![&mut self.rows];
+        if let Some(w) = &mut self.window {
+            out.push(&mut w.open);
+        }
+        out
     }
 
     /// Folds a chunk into the stored partitions.
@@ -151,6 +251,11 @@ impl OverWindow {
                 let out = self.compute(&prefix)?;
                 self.touched.insert(prefix.clone(), self.before.len());
                 self.before.push((prefix.clone(), out));
+                if let Some(w) = &self.window {
+                    let mut k = Vec::new();
+                    keys::encode_array_datum(keys_cols[w.cfg.key].as_ref(), i, &mut k)?;
+                    self.window_keys.insert(prefix.clone(), k);
+                }
             }
             suffix.clear();
             for (c, s) in sort_cols.iter().zip(&self.order_by) {
@@ -174,13 +279,28 @@ impl OverWindow {
 
     /// The changes of every partition touched since the last flush.
     pub fn flush(&mut self) -> Result<StreamChunk> {
+        let out = self.flush_changes()?;
+        StreamChunk::from_rows(&self.output, &out)
+    }
+
+    fn flush_changes(&mut self) -> Result<Vec<(Op, Vec<ScalarValue>)>> {
         self.touched.clear();
         let mut out = Vec::new();
         for (prefix, before) in std::mem::take(&mut self.before) {
             let after = self.compute(&prefix)?;
+            if let (Some(w), Some(k)) = (&mut self.window, self.window_keys.remove(&prefix)) {
+                // Keep the open-partition index: in while the partition has rows.
+                let mut suffix = k;
+                suffix.extend_from_slice(&prefix);
+                if after.is_empty() {
+                    w.open.delete(&[], &suffix)?;
+                } else if before.is_empty() {
+                    w.open.put(&[], &suffix, prefix.clone())?;
+                }
+            }
             diff(before, after, &mut out)?;
         }
-        StreamChunk::from_rows(&self.output, &out)
+        Ok(out)
     }
 
     /// A partition's output rows, from its stored rows.
@@ -355,6 +475,7 @@ mod tests {
             },
             Arc::clone(&input),
             input,
+            None,
             alloc,
         )
         .unwrap()

@@ -81,6 +81,10 @@ pub enum NodeKind {
         /// are plain columns (otherwise one worker).
         route: Option<Vec<usize>>,
         text: String,
+        /// Set by [`PlanNode::annotate_windows`] when a `PARTITION BY` column carries a
+        /// watermark (`key`: its position in `partition_by`): closed partitions are
+        /// dropped from state, or with `EMIT ON WINDOW CLOSE` emitted once then.
+        window: Option<AggWindow>,
     },
     /// `column > now() + lower` and/or `column < now() + upper` (see
     /// [`super::temporal_filter`]).
@@ -250,7 +254,18 @@ impl PlanNode {
                 }
                 format!("TemporalFilter {}", parts.join(" AND "))
             }
-            NodeKind::OverWindow { text, .. } => text.clone(),
+            NodeKind::OverWindow { text, window, .. } => match window {
+                Some(w) => format!(
+                    "{text} window=partition{}{}",
+                    w.key,
+                    if w.emit_on_close {
+                        " emit-on-window-close"
+                    } else {
+                        ""
+                    }
+                ),
+                None => text.clone(),
+            },
             NodeKind::Values { rows } => format!("Values rows={}", rows.len()),
         }
     }
@@ -372,9 +387,17 @@ impl PlanNode {
                     *o = inputs.iter().all(|i| i.get(c).copied().unwrap_or(false));
                 }
             }
-            NodeKind::OverWindow { .. } => {
-                for (o, i) in out.iter_mut().zip(&inputs[0]) {
-                    *o = *i;
+            NodeKind::OverWindow { partition_by, .. } => {
+                // Only partition columns: a partition's other rows can be re-emitted (its
+                // window values change) long after the watermark passed their values.
+                for e in partition_by {
+                    if let Some(c) =
+                        e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                    {
+                        if c.index() < width {
+                            out[c.index()] = inputs[0].get(c.index()).copied().unwrap_or(false);
+                        }
+                    }
                 }
             }
             NodeKind::SessionWindow { time, .. } => {
@@ -449,6 +472,28 @@ impl PlanNode {
                         if emit_on_close {
                             *emitting += 1;
                             // Emitted once, final: the output only grows.
+                            self.append_only = true;
+                        }
+                    }
+                }
+            }
+            NodeKind::OverWindow {
+                partition_by,
+                recompute: super::over_window::Recompute::Window(_),
+                window,
+                ..
+            } => {
+                let input = &self.inputs[0];
+                let wm = input.watermark_columns(relation_watermark);
+                if input.append_only {
+                    let key = partition_by.iter().position(|e| {
+                        e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                            .is_some_and(|c| wm.get(c.index()).copied().unwrap_or(false))
+                    });
+                    if let Some(key) = key {
+                        *window = Some(AggWindow { key, emit_on_close });
+                        if emit_on_close {
+                            *emitting += 1;
                             self.append_only = true;
                         }
                     }

@@ -355,12 +355,10 @@ impl Exec {
                     for c in &part {
                         w.apply(c)?;
                     }
-                    let out = w.flush()?;
+                    let out = w.flush_with_watermarks(&wms)?;
                     Ok(if out.is_empty() { vec![] } else { vec![out] })
                 })?;
-                let width = workers[0].output_width();
-                let mut out_wms = wms;
-                out_wms.resize(width, None);
+                let out_wms = workers[0].output_watermarks(&wms);
                 (out, out_wms)
             }
             Exec::Session(sw, input) => {
@@ -1099,19 +1097,24 @@ fn build(
             order_by,
             recompute,
             route,
+            window,
             ..
         } => {
             let n = if route.is_some() { workers } else { 1 };
-            let ops = alloc.build_workers(n, |alloc| {
+            let mut ops = alloc.build_workers(n, |alloc| {
                 OverWindow::try_new(
                     partition_by.clone(),
                     order_by.clone(),
                     recompute.clone(),
                     Arc::clone(&node.inputs[0].schema),
                     Arc::clone(&node.schema),
+                    *window,
                     alloc,
                 )
             })?;
+            for (i, op) in ops.iter_mut().enumerate() {
+                op.set_worker(i, n);
+            }
             Exec::Window(
                 ops,
                 route.clone().unwrap_or_default(),
