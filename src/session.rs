@@ -340,11 +340,9 @@ impl Session {
                 Ok(Outcome::Command { tag, rows: None })
             }
             Statement::Set(set) => {
-                let clock = strom_engine::clock::now_micros();
+                let clock = strom_engine::clock::manual();
                 self.apply_set(set)?;
-                if strom_engine::clock::now_micros() != clock
-                    && strom_engine::clock::manual_allowed()
-                {
+                if strom_engine::clock::manual() != clock {
                     // The test clock moved: temporal filters catch up before SET returns.
                     self.stream.flush_clock().await?;
                 }

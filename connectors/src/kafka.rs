@@ -117,9 +117,15 @@ fn register_partitions(def: &TableDef, partitions: &[(String, i32)]) {
     }
 }
 
-/// A reader polled `partitions` (its share) and got `got` messages from those listed:
-/// a partition without a message in a poll that returned nothing for it has no backlog.
-fn note_poll(def: &TableDef, partitions: &BTreeSet<(String, i32)>, empty: bool) {
+/// A reader polled its `partitions` until the poll window ended (`timed_out`) or it had
+/// enough rows; `with_messages` had a message in it. A partition without a message in a
+/// poll that waited the whole window has nothing to read: no backlog.
+fn note_poll(
+    def: &TableDef,
+    partitions: &BTreeSet<(String, i32)>,
+    with_messages: &BTreeSet<(String, i32)>,
+    timed_out: bool,
+) {
     if def.watermark.is_none() {
         return;
     }
@@ -133,7 +139,7 @@ fn note_poll(def: &TableDef, partitions: &BTreeSet<(String, i32)>, empty: bool) 
     for p in partitions {
         if let Some(state) = parts.get_mut(p) {
             state.polled = Some(now);
-            if empty {
+            if timed_out && !with_messages.contains(p) {
                 state.caught_up = true;
             }
         }
@@ -426,7 +432,13 @@ async fn run_once(
                 }
             }
         }
-        note_poll(def, &assigned.set, msgs.is_empty());
+        if def.watermark.is_some() {
+            let with_messages: BTreeSet<(String, i32)> = msgs
+                .iter()
+                .map(|m| (m.topic.to_string(), m.partition))
+                .collect();
+            note_poll(def, &assigned.set, &with_messages, msgs.len() < max_rows);
+        }
         if msgs.is_empty() {
             continue;
         }

@@ -21,6 +21,14 @@ pub fn now_micros() -> i64 {
     }
 }
 
+/// The test clock's value, if it was set.
+pub fn manual() -> Option<i64> {
+    match MANUAL.load(Ordering::SeqCst) {
+        i64::MIN => None,
+        t => Some(t),
+    }
+}
+
 /// Whether this process may set the clock (`STROM_TEST_CLOCK=1`).
 pub fn manual_allowed() -> bool {
     std::env::var("STROM_TEST_CLOCK").is_ok_and(|v| v == "1")

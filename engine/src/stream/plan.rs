@@ -458,6 +458,26 @@ impl PlanNode {
         for i in &mut self.inputs {
             i.annotate(relation_watermark, emit_on_close, emitting);
         }
+        if let NodeKind::HashJoin { cleaning, .. } = &mut self.kind {
+            // Cleaning by a column without a watermark would never run: keep no index.
+            if cleaning.iter().any(Option::is_some) {
+                let wms = [
+                    self.inputs[0].watermark_columns(relation_watermark),
+                    self.inputs[1].watermark_columns(relation_watermark),
+                ];
+                for (side, c) in cleaning.iter_mut().enumerate() {
+                    if let Some(cfg) = c {
+                        if !wms[1 - side]
+                            .get(cfg.other_column)
+                            .copied()
+                            .unwrap_or(false)
+                        {
+                            *c = None;
+                        }
+                    }
+                }
+            }
+        }
         match &mut self.kind {
             NodeKind::HashAgg {
                 group_keys, window, ..

@@ -1174,15 +1174,35 @@ fn is_now(e: &Expr) -> bool {
     matches!(e, Expr::ScalarFunction(f) if f.name() == NOW)
 }
 
+/// A microsecond timestamp type (any time zone): casts between these change nothing but
+/// the zone, so a comparison through them is a comparison of instants.
+fn is_micros(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, _)
+    )
+}
+
+/// The expression under a cast that changes only the time zone of a microsecond
+/// timestamp (None for any other cast: to `date` or `time` it truncates).
+fn zone_cast_inner<'a>(e: &'a Expr, schema: &DFSchema) -> Option<&'a Expr> {
+    let (inner, to) = match e {
+        Expr::Cast(c) => (c.expr.as_ref(), c.field.data_type()),
+        Expr::TryCast(c) => (c.expr.as_ref(), c.field.data_type()),
+        _ => return None,
+    };
+    let from = inner.get_type(schema).ok()?;
+    (is_micros(&from) && is_micros(to)).then_some(inner)
+}
+
 /// `now() [+|- interval]` as an offset from now in microseconds.
-fn now_offset(e: &Expr) -> Option<i64> {
+fn now_offset(e: &Expr, schema: &DFSchema) -> Option<i64> {
     match e {
         _ if is_now(e) => Some(0),
-        Expr::Cast(c) => now_offset(&c.expr),
-        Expr::TryCast(c) => now_offset(&c.expr),
-        Expr::Alias(a) => now_offset(&a.expr),
+        Expr::Cast(_) | Expr::TryCast(_) => now_offset(zone_cast_inner(e, schema)?, schema),
+        Expr::Alias(a) => now_offset(&a.expr, schema),
         Expr::BinaryExpr(b) => {
-            let base = now_offset(&b.left)?;
+            let base = now_offset(&b.left, schema)?;
             let iv = interval_micros(&b.right)?;
             match b.op {
                 datafusion::logical_expr::Operator::Plus => base.checked_add(iv),
@@ -1214,8 +1234,7 @@ fn interval_micros(e: &Expr) -> Option<i64> {
 fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
     match e {
         Expr::Column(c) => schema.index_of_column(c).ok(),
-        Expr::Cast(c) => column_index(&c.expr, schema),
-        Expr::TryCast(c) => column_index(&c.expr, schema),
+        Expr::Cast(_) | Expr::TryCast(_) => column_index(zone_cast_inner(e, schema)?, schema),
         _ => None,
     }
 }
@@ -1228,8 +1247,8 @@ fn temporal_bounds(e: &Expr, schema: &DFSchema) -> Option<(usize, Option<Bound>,
         Expr::BinaryExpr(b) => {
             let (col, op, off) = match (
                 column_index(&b.left, schema),
-                now_offset(&b.right),
-                now_offset(&b.left),
+                now_offset(&b.right, schema),
+                now_offset(&b.left, schema),
                 column_index(&b.right, schema),
             ) {
                 (Some(c), Some(o), _, _) => (c, b.op, o),
@@ -1250,8 +1269,8 @@ fn temporal_bounds(e: &Expr, schema: &DFSchema) -> Option<(usize, Option<Bound>,
         }
         Expr::Between(b) if !b.negated => {
             let col = column_index(&b.expr, schema)?;
-            let lo = now_offset(&b.low)?;
-            let hi = now_offset(&b.high)?;
+            let lo = now_offset(&b.low, schema)?;
+            let hi = now_offset(&b.high, schema)?;
             Some((
                 col,
                 Some(Bound {
@@ -1271,8 +1290,12 @@ fn temporal_bounds(e: &Expr, schema: &DFSchema) -> Option<(usize, Option<Bound>,
 /// A join-condition term: a column of the joined row, plus a constant interval.
 fn shifted_column(e: &Expr, schema: &DFSchema) -> Option<(usize, i64)> {
     match e {
-        Expr::Column(c) => Some((schema.index_of_column(c).ok()?, 0)),
-        Expr::Cast(c) => shifted_column(&c.expr, schema),
+        // Only microsecond timestamps: their encodings compare as instants.
+        Expr::Column(c) => {
+            let i = schema.index_of_column(c).ok()?;
+            is_micros(schema.field(i).data_type()).then_some((i, 0))
+        }
+        Expr::Cast(_) | Expr::TryCast(_) => shifted_column(zone_cast_inner(e, schema)?, schema),
         Expr::BinaryExpr(b) => {
             let (col, base) = shifted_column(&b.left, schema)?;
             let iv = interval_micros(&b.right)?;
@@ -1388,7 +1411,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for SessionFn {
 
     fn return_type(&self, args: &[DataType]) -> datafusion::error::Result<DataType> {
         match args.first() {
-            Some(t @ DataType::Timestamp(_, _)) => Ok(t.clone()),
+            Some(t) if is_micros(t) => Ok(t.clone()),
             other => Err(datafusion::error::DataFusionError::Plan(format!(
                 "SESSION needs a timestamp or timestamptz time column, not {other:?}"
             ))),

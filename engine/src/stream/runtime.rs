@@ -63,6 +63,8 @@ use crate::store::Snapshot;
 use crate::table;
 
 const EPOCH_KEY: &[u8] = b"\x00epoch";
+/// The clock of the last epoch (temporal filters never see time go back).
+const CLOCK_KEY: &[u8] = b"\x00runtime_clock";
 /// The watermarks of the relations as of the consumed change log: `[table u32][len u32][value]...`.
 const WATERMARKS_KEY: &[u8] = b"\x00runtime_watermarks";
 
@@ -284,6 +286,32 @@ impl Exec {
         }
     }
 
+    /// The earliest clock time at which a temporal filter in the dataflow changes
+    /// something by time alone.
+    fn next_deadline(&mut self) -> Result<Option<i64>> {
+        let min = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            (None, b) => b,
+        };
+        Ok(match self {
+            Exec::Source(_) => None,
+            Exec::Temporal(tf, i) => min(tf.next_deadline()?, i.next_deadline()?),
+            Exec::ProjectFilter(_, i)
+            | Exec::Agg(_, _, i)
+            | Exec::Window(_, _, i)
+            | Exec::Session(_, i) => i.next_deadline()?,
+            Exec::Join(_, _, l, r) => min(l.next_deadline()?, r.next_deadline()?),
+            Exec::Union(_, branches) => {
+                let mut d = None;
+                for b in branches {
+                    d = min(d, b.next_deadline()?);
+                }
+                d
+            }
+        })
+    }
+
     /// Runs the dataflow for one epoch over the sources' chunks and watermarks (per
     /// source, per column); returns the output chunks and the output columns' watermarks.
     fn run(
@@ -430,6 +458,8 @@ struct View {
     rows_read: u64,
     /// Has a temporal filter: runs as time passes, not only when rows change.
     temporal: bool,
+    /// When time alone next changes its output (temporal filters; None: never).
+    deadline: Option<i64>,
 }
 
 impl View {
@@ -492,8 +522,11 @@ pub struct Graph {
     status: Arc<StdMutex<Vec<BackfillStatus>>>,
     /// Each relation's watermark as of the consumed change log (encoded values).
     watermarks: HashMap<TableId, Vec<u8>>,
-    /// The clock when the last epoch ran (temporal filters).
+    /// The clock when the last epoch ran (temporal filters); the clock the runtime uses
+    /// never goes back below it, also across restarts (`CLOCK_KEY`).
     last_now: i64,
+    /// An epoch was asked for at the current time (`flush_clock`).
+    force_epoch: bool,
 }
 
 pub struct StreamRuntime {
@@ -529,6 +562,15 @@ impl StreamRuntime {
             Some(b) => decode_watermarks(&b)?,
             None => HashMap::new(),
         };
+        let last_now = match db.store().get(CLOCK_KEY)? {
+            Some(b) => {
+                i64::from_be_bytes(b.as_slice().try_into().map_err(|_| EngineError::Corrupt {
+                    table: "runtime clock".into(),
+                    reason: "bad length".into(),
+                })?)
+            }
+            None => i64::MIN,
+        };
         let budget = MemoryBudget::new(config.memory_budget);
         let status = Arc::new(StdMutex::new(Vec::new()));
         let graph = Graph {
@@ -541,7 +583,8 @@ impl StreamRuntime {
             last_sync: Instant::now(),
             status: Arc::clone(&status),
             watermarks,
-            last_now: crate::clock::now_micros(),
+            last_now,
+            force_epoch: false,
         };
         let (progress, _) = watch::channel(Progress {
             epoch,
@@ -637,14 +680,15 @@ impl StreamRuntime {
     /// After the test clock moved: waits for an epoch that ran at the new time, when some
     /// view has a temporal filter.
     pub async fn flush_clock(&self) -> Result<()> {
-        let temporal = {
-            let graph = self.graph.lock().await;
-            graph.views.iter().any(|v| v.failed.is_none() && v.temporal)
+        let epoch = {
+            let mut graph = self.graph.lock().await;
+            if !graph.views.iter().any(|v| v.failed.is_none() && v.temporal) {
+                return Ok(());
+            }
+            // Under the lock no epoch runs: the next one starts after this.
+            graph.force_epoch = true;
+            self.progress().epoch
         };
-        if !temporal {
-            return Ok(());
-        }
-        let epoch = self.progress().epoch;
         self.wait_for(|p| p.epoch > epoch).await
     }
 
@@ -717,19 +761,31 @@ impl Graph {
                 .views
                 .iter()
                 .any(|v| v.failed.is_none() && v.backfilling())
-            || (self.clock_moved() && self.views.iter().any(|v| v.failed.is_none() && v.temporal))
+            || self.clock_due()
     }
 
-    /// Whether the clock moved enough since the last epoch for temporal filters to run
-    /// again: 100 ms of the system clock, or any change of a test clock.
-    fn clock_moved(&self) -> bool {
-        let moved = (crate::clock::now_micros() - self.last_now).abs();
-        let tick = if crate::clock::manual_allowed() {
-            1
+    /// The time temporal filters see: the wall clock, but never earlier than the last
+    /// epoch's (a clock stepped back would otherwise bring expired rows back, and their
+    /// deletes would not match). A test clock is taken as set.
+    fn clock(&self) -> i64 {
+        let now = crate::clock::now_micros();
+        if crate::clock::manual().is_some() {
+            now
         } else {
-            100_000
-        };
-        moved >= tick
+            now.max(self.last_now)
+        }
+    }
+
+    /// Whether a temporal filter is due (the clock reached the time it next changes
+    /// something), or an epoch at the current time was asked for (`flush_clock`).
+    fn clock_due(&self) -> bool {
+        if self.force_epoch {
+            return true;
+        }
+        let now = self.clock();
+        self.views
+            .iter()
+            .any(|v| v.failed.is_none() && v.deadline.is_some_and(|d| now >= d))
     }
 
     /// Deploys a view: `def` is its catalog entry, `plan` its stream plan. Views must be
@@ -755,6 +811,8 @@ impl Graph {
             failed: None,
             rows_read: 0,
             temporal: plan.has_temporal_filter(),
+            // Unknown until its first epoch: run one.
+            deadline: plan.has_temporal_filter().then_some(i64::MIN),
         };
         let store = self.db.store();
         if !new {
@@ -806,8 +864,9 @@ impl Graph {
             }
         }
         let watermarks = &self.watermarks;
-        let now = crate::clock::now_micros();
+        let now = self.clock();
         self.last_now = now;
+        self.force_epoch = false;
         let mut outputs: HashMap<TableId, Changes> = HashMap::new();
         let mut batch = WriteBatch::default();
         let mut failed_now: Vec<TableId> = Vec::new();
@@ -904,6 +963,12 @@ impl Graph {
         }
         self.epoch += 1;
         batch.put(EPOCH_KEY, self.epoch.to_be_bytes());
+        batch.put(CLOCK_KEY, now.to_be_bytes());
+        for view in &mut self.views {
+            if view.temporal && view.failed.is_none() {
+                view.deadline = view.root.next_deadline()?;
+            }
+        }
         self.db.store().write(batch)?;
         if self.last_sync.elapsed() >= self.config.checkpoint_interval {
             self.db.store().sync_wal()?;

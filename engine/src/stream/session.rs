@@ -10,7 +10,8 @@
 //! and the window gets each session whole, final. Input must be append-only.
 //!
 //! State, in ordered tables:
-//! - `rows`: under the key, `encode(ts) ++ encode(row)` -> count and row (time order);
+//! - `rows`: under the key, `encode(ts) ++ row value encoding` -> count and row (time
+//!   order; the time column is a microsecond timestamp, 9 bytes encoded);
 //! - `keys`: `encode(first ts of the key's held rows) ++ key` -> key, so closing reads
 //!   only keys whose earliest held row may have closed.
 //!
@@ -141,7 +142,7 @@ impl SessionWindow {
             let before = self.first_of(&key)?;
             let mut suffix = Vec::new();
             keys::encode_key_datum(&row[self.time], &mut suffix)?;
-            suffix.extend(keys::encode_key(&row)?);
+            suffix.extend(row::encode_row(&row)?);
             self.rows
                 .multiset_add(&key, &suffix, 1, || row::encode_row(&row))?;
             let after = self.first_of(&key)?;

@@ -118,10 +118,12 @@ impl TemporalFilter {
         })
     }
 
+    /// State key: the time (memcomparable), then the row's value encoding (any column
+    /// type; equal rows share an entry).
     fn suffix(&self, t: &ScalarValue, row: &[ScalarValue]) -> Result<Vec<u8>> {
         let mut s = Vec::new();
         keys::encode_key_datum(t, &mut s)?;
-        s.extend(keys::encode_key(row)?);
+        s.extend(row::encode_row(row)?);
         Ok(s)
     }
 
@@ -186,6 +188,45 @@ impl TemporalFilter {
         Ok(out)
     }
 
+    /// The earliest clock time at which `tick` would change something (a pending row
+    /// enters, a visible one expires); None when nothing is held.
+    pub fn next_deadline(&mut self) -> Result<Option<i64>> {
+        let mut deadline: Option<i64> = None;
+        let first_time = |table: &mut StateTable,
+                          types: &[datafusion::arrow::datatypes::DataType],
+                          column: usize|
+         -> Result<Option<i64>> {
+            let mut t = None;
+            table.scan_ordered(&[], false, |_, value| {
+                if let Ok(r) = row::decode_row(&value[8..], types) {
+                    t = micros(&r[column]);
+                }
+                Ok(false)
+            })?;
+            Ok(t)
+        };
+        let types = self.types.clone();
+        if let Some(b) = self.upper {
+            // Enters once `t < now + offset` (or `<=`).
+            if let Some(t) = first_time(&mut self.pending, &types, self.column)? {
+                let d = t
+                    .saturating_sub(b.offset)
+                    .saturating_add(i64::from(!b.inclusive));
+                deadline = Some(deadline.map_or(d, |x: i64| x.min(d)));
+            }
+        }
+        if let Some(b) = self.lower {
+            // Leaves once `t <= now + offset` (or `<`).
+            if let Some(t) = first_time(&mut self.active, &types, self.column)? {
+                let d = t
+                    .saturating_sub(b.offset)
+                    .saturating_add(i64::from(b.inclusive));
+                deadline = Some(deadline.map_or(d, |x: i64| x.min(d)));
+            }
+        }
+        Ok(deadline)
+    }
+
     /// The first entries of `pending` (which are now below the upper bound) or of
     /// `active` (which are now at or below the lower bound), in time order.
     fn take_while(&mut self, pending: bool) -> Result<Vec<Entry>> {
@@ -243,13 +284,13 @@ impl TemporalFilter {
         Ok(found)
     }
 
-    /// Runs one epoch: the chunks, then time passing; the output chunk.
+    /// Runs one epoch: time passing first (so every row is in the state its time says
+    /// at this epoch's clock), then the chunks; the output chunk.
     pub fn run(&mut self, chunks: &[StreamChunk]) -> Result<Option<StreamChunk>> {
-        let mut out = Vec::new();
+        let mut out = self.tick()?;
         for c in chunks {
             out.extend(self.apply(c)?);
         }
-        out.extend(self.tick()?);
         if out.is_empty() {
             return Ok(None);
         }
@@ -259,7 +300,11 @@ impl TemporalFilter {
     /// Whether a value of the filtered column is a type it understands.
     pub fn supports(t: &datafusion::arrow::datatypes::DataType) -> bool {
         use datafusion::arrow::datatypes::DataType;
-        matches!(t, DataType::Timestamp(_, _) | DataType::Date32)
+        matches!(
+            t,
+            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, _)
+                | DataType::Date32
+        )
     }
 }
 
