@@ -455,6 +455,8 @@ pub fn drop_in_txn(
         if def.watermark.is_some() {
             let (lo, hi) = strom_engine::watermark::late_table_range(id);
             txn.delete_raw(lo, Some(hi));
+            let (lo, hi) = strom_engine::watermark::ttl_range(id);
+            txn.delete_raw(lo, Some(hi));
             txn.delete_raw(strom_engine::watermark::key(id), None);
         }
         if def.is_sink() {

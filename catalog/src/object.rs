@@ -114,6 +114,10 @@ pub struct WatermarkDef {
     /// is dropped, late rows are kept in `strom_catalog.late_rows`.
     #[serde(default)]
     pub late_table: Option<TableId>,
+    /// `WITH TTL`: a table's stored rows expire once the watermark passes their time
+    /// (they are deleted from storage; views that already saw them keep their results).
+    #[serde(default)]
+    pub ttl: bool,
 }
 
 impl TableDef {

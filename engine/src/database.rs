@@ -376,6 +376,29 @@ impl WriteTxn<'_> {
                 Some(set) => watermark::max(current.clone(), set),
                 None => watermark::max(current.clone(), split.max),
             };
+            let ttl = def.watermark.as_ref().is_some_and(|w| w.ttl) && !def.is_source();
+            if ttl {
+                // Index the rows stored now by time, and expire those the new
+                // watermark passed (committed ones; this transaction's go next time).
+                let (lo, _) = watermark::ttl_range(def.id);
+                for (i, (key, _)) in stored.iter().enumerate() {
+                    if split.late[i].is_some() {
+                        continue;
+                    }
+                    let mut k = lo.clone();
+                    keys::encode_key_datum(&rows[i][marker.column()], &mut k)?;
+                    k.extend_from_slice(key);
+                    self.batch.put(k, key);
+                }
+                if let Some(w) = &new {
+                    let mut bound = lo.clone();
+                    keys::encode_key_datum(w, &mut bound)?;
+                    self.snapshot.for_each(&lo, &bound, |k, v| {
+                        self.batch.delete(v);
+                        self.batch.delete(k);
+                    })?;
+                }
+            }
             if let Some(new) = new {
                 if current.as_ref() != Some(&new) {
                     let bytes = watermark::encode(&new)?;

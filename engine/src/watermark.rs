@@ -32,6 +32,17 @@ use crate::keys::META_PREFIX;
 
 const TAG: &[u8] = b"watermark";
 const LATE_TAG: &[u8] = b"late";
+const TTL_TAG: &[u8] = b"ttl";
+
+/// The key range of a `WITH TTL` table's expiry index: `encode(time) ++ row key -> row
+/// key`, so the rows a new watermark expires are one range scan.
+pub fn ttl_range(table: TableId) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = vec![META_PREFIX];
+    lo.extend_from_slice(TTL_TAG);
+    lo.extend_from_slice(&table.0.to_be_bytes());
+    let hi = crate::keys::prefix_successor(&lo).expect("starts with 0x00");
+    (lo, hi)
+}
 
 /// The key of a relation's current (writer-side) watermark.
 pub fn key(table: TableId) -> Vec<u8> {

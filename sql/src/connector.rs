@@ -34,8 +34,11 @@ pub const ENCODE: &str = "strom.encode";
 pub const ENCODE_OPTION: &str = "strom.encode.";
 /// Prefix of `INCLUDE` clauses, numbered in order: value `kind|argument|alias`.
 pub const INCLUDE: &str = "strom.include.";
-/// `WATERMARK FOR column AS expr`: value `column|expr`.
+/// `WATERMARK FOR column AS expr`: value `column|expr`, with [`TTL_MARK`] appended for
+/// `... WITH TTL`.
 pub const WATERMARK: &str = "strom.watermark";
+/// Appended to a watermark's expression text when the clause ends `WITH TTL`.
+pub const TTL_MARK: &str = " |WITH TTL";
 /// `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE` (see [`crate::parser`]).
 pub const EMIT_ON_WINDOW_CLOSE: &str = "strom.emit_on_window_close";
 
@@ -339,9 +342,12 @@ pub fn parse_create_connector(
     let (if_not_exists, name, columns, constraints, watermark) = match head {
         Ok(h) => h,
         Err(e) if is_source => return Err(e),
-        Err(_) => {
+        Err(e) => {
             while p.index() > start {
                 p.prev_token();
+            }
+            if mentions_watermark(p) {
+                return Err(e);
             }
             return Ok(None);
         }
@@ -417,6 +423,25 @@ pub fn parse_create_connector(
     Ok(Some(Statement::CreateTable(ct)))
 }
 
+/// Whether the statement at the parser's position has `WATERMARK FOR` in it (its errors
+/// are ours to report: sqlparser would only say it does not know the clause).
+fn mentions_watermark(p: &Parser) -> bool {
+    let mut n = 0;
+    loop {
+        match &p.peek_nth_token_ref(n).token {
+            Token::EOF | Token::SemiColon => return false,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("WATERMARK") => {
+                if matches!(&p.peek_nth_token_ref(n + 1).token, Token::Word(f) if f.keyword == Keyword::FOR)
+                {
+                    return true;
+                }
+                n += 1;
+            }
+            _ => n += 1,
+        }
+    }
+}
+
 /// A table's column list, which may hold one `WATERMARK FOR column AS expr` element
 /// (RisingWave's syntax; sqlparser does not know it): the columns, the constraints and the
 /// watermark's column name and expression text.
@@ -483,6 +508,16 @@ fn parse_columns_with_watermark(
     let column = crate::ddl::ident_name(&wp.parse_identifier()?);
     wp.expect_keyword(Keyword::AS)?;
     let expr = wp.parse_expr()?;
+    let mut expr_text = expr.to_string();
+    // `WITH TTL`: stored rows behind the watermark expire (see `WatermarkDef::ttl`).
+    if wp.parse_keyword(Keyword::WITH) {
+        match &wp.next_token().token {
+            Token::Word(w) if w.value.eq_ignore_ascii_case("TTL") => {
+                expr_text.push_str(TTL_MARK);
+            }
+            _ => return wp.expected("TTL after WITH in the WATERMARK clause", wp.peek_token()),
+        }
+    }
     if wp.peek_token_ref().token != Token::EOF {
         return wp.expected("the end of the WATERMARK clause", wp.peek_token());
     }
@@ -501,7 +536,7 @@ fn parse_columns_with_watermark(
     for _ in 0..n {
         p.next_token();
     }
-    Ok((columns, constraints, Some((column, expr.to_string()))))
+    Ok((columns, constraints, Some((column, expr_text))))
 }
 
 /// The `WATERMARK FOR column AS expr` of a `CREATE TABLE`/`CREATE SOURCE` made by

@@ -253,6 +253,10 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
     let watermark = match crate::connector::watermark_spec(ct) {
         None => None,
         Some((column, expr)) => {
+            let (expr, ttl) = match expr.strip_suffix(crate::connector::TTL_MARK) {
+                Some(e) => (e.to_string(), true),
+                None => (expr, false),
+            };
             let i = columns
                 .iter()
                 .position(|c| c.name == column && !c.hidden)
@@ -279,6 +283,7 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
                 column: i,
                 expr,
                 late_table: None,
+                ttl,
             })
         }
     };
