@@ -158,6 +158,53 @@ fn is_idle(state: &PartitionState, idle_timeout: Option<Duration>) -> bool {
         && state.polled.is_some_and(|p| p.elapsed() <= t)
 }
 
+/// When every partition of a source has been idle (see [`is_idle`]) the whole source is:
+/// its watermark then follows the wall clock, `now - idle_timeout`, so the windows of a
+/// quiet source close, and a quiet source does not hold back the windows it is unioned or
+/// joined with. A row it sends later behind that watermark is late, judged at the source,
+/// so no closed window ever changes. Only for timestamp watermark columns.
+async fn advance_idle_source(
+    db: &Arc<Database>,
+    def: &TableDef,
+    idle_timeout: Option<Duration>,
+) -> Result<(), String> {
+    let (Some(t), Some(wm)) = (idle_timeout, &def.watermark) else {
+        return Ok(());
+    };
+    let all_idle = {
+        let map = partition_watermarks()
+            .lock()
+            .expect("invariant: watermark map lock is never poisoned");
+        map.get(&def.id).is_some_and(|parts| {
+            !parts.is_empty() && parts.values().all(|p| is_idle(p, idle_timeout))
+        })
+    };
+    if !all_idle {
+        return Ok(());
+    }
+    let now = strom_engine::clock::now_micros().saturating_sub(t.as_micros() as i64);
+    let value = match def.columns[wm.column].ty.to_arrow() {
+        arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz) => {
+            ScalarValue::TimestampMicrosecond(Some(now), tz)
+        }
+        _ => return Ok(()),
+    };
+    if db
+        .watermark(def)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|w| w.partial_cmp(&value) != Some(std::cmp::Ordering::Less))
+    {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().await;
+    if txn.catalog().table(def.id).is_none() {
+        return Ok(());
+    }
+    txn.set_watermark(def.id, Some(value));
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// The source's watermark: the smallest partition watermark among the partitions that
 /// are not idle, with `batch` (this transaction's per-partition maxima) merged in; `None`
 /// while such a partition has no rows yet. An idle partition stops holding the watermark
@@ -374,6 +421,8 @@ async fn run_once(
     let mut last_topic: Arc<str> = Arc::from("");
     let started = Instant::now();
     let mut sent: u64 = 0;
+    let idle_timeout = opt(c, "watermark.idle_timeout").and_then(parse_duration);
+    let mut last_idle_advance = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // New topics matching the pattern, and new partitions, join while running.
         if last_listing.elapsed() >= RELIST_INTERVAL {
@@ -440,6 +489,10 @@ async fn run_once(
             note_poll(def, &assigned.set, &with_messages, msgs.len() < max_rows);
         }
         if msgs.is_empty() {
+            if idle_timeout.is_some() && last_idle_advance.elapsed() >= Duration::from_secs(1) {
+                last_idle_advance = Instant::now();
+                advance_idle_source(db, def, idle_timeout).await?;
+            }
             continue;
         }
         sent += msgs.len() as u64;

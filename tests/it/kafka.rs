@@ -982,8 +982,13 @@ async fn per_partition_watermarks_with_idle_timeout_close_windows() {
     .await;
     assert_eq!(rows(&c, "SELECT * FROM tel_1m").await.len(), 0);
     // Once partition 1 has been quiet for the idle timeout, partition 0 alone moves the
-    // watermark (to 00:01:35) and the first minute closes.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // watermark (to 00:01:35) and the first minute closes. Partition 0 keeps talking
+    // meanwhile (else the whole source would be idle, see the next test).
+    for s in 31..36 {
+        let tick = ev(&format!("00:01:{s}"), 0);
+        produce(&p, &topic, &[(0, None, Some(&tick))]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let m = ev("00:01:40", 8);
     produce(&p, &topic, &[(0, None, Some(&m))]).await;
     wait_for(
@@ -995,11 +1000,47 @@ async fn per_partition_watermarks_with_idle_timeout_close_windows() {
     // Partition 1 speaks again, behind the watermark: its row goes to the late table.
     let late = ev("00:00:50", 16);
     produce(&p, &topic, &[(1, None, Some(&late))]).await;
+    // (The watermark it was behind is past 00:01:00, since that minute has closed.)
     wait_for(
         &c,
-        "SELECT ts, value, _late_watermark FROM tel_late",
-        &["2024-01-01 00:00:50+00|16|2024-01-01 00:01:35+00"],
+        "SELECT ts, value, _late_watermark >= TIMESTAMPTZ '2024-01-01 00:01:00+00' FROM tel_late",
+        &["2024-01-01 00:00:50+00|16|t"],
     )
     .await;
-    wait_for(&c, "SELECT n FROM tel_all", &["4"]).await;
+    wait_for(&c, "SELECT n FROM tel_all", &["9"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_source_lets_its_last_window_close() {
+    let topic = fresh_topic("quiet_meter");
+    create_topic(&topic, 1).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "SET TimeZone = 'UTC';
+         CREATE SOURCE quiet (meter VARCHAR, ts TIMESTAMPTZ, kw DOUBLE PRECISION,
+                              WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+         WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{b}',
+               watermark.idle_timeout = '1s')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW quiet_1m AS
+           SELECT window_start, count(*) AS n FROM TUMBLE(quiet, ts, INTERVAL '1' MINUTE)
+           GROUP BY window_start EMIT ON WINDOW CLOSE;",
+        b = bootstrap()
+    ))
+    .await
+    .unwrap();
+    // Two readings a minute apart, then silence: without idleness the second minute
+    // would stay open until the next reading; with it, the source's watermark follows
+    // the wall clock once every partition has been quiet for a second.
+    let p = producer();
+    let ev = |ts: &str| format!(r#"{{"meter": "m", "ts": "2024-01-01T{ts}Z", "kw": 1}}"#);
+    let (a, b) = (ev("00:00:30"), ev("00:01:30"));
+    produce(&p, &topic, &[(0, None, Some(&a)), (0, None, Some(&b))]).await;
+    wait_for(
+        &c,
+        "SELECT window_start, n FROM quiet_1m ORDER BY window_start",
+        &["2024-01-01 00:00:00+00|1", "2024-01-01 00:01:00+00|1"],
+    )
+    .await;
 }
