@@ -347,6 +347,11 @@ pub async fn create(
     for (k, v) in runtime::creation_writes(id, &planned.plan) {
         txn.put_raw(k, v);
     }
+    if def.is_sink() {
+        // The sink's identity (its Kafka transactional id and progress group), made with it.
+        let (k, v) = strom_connectors::sink::new_identity(id);
+        txn.put_raw(k, v);
+    }
     graph.deploy(Arc::clone(&def), &planned.plan, true)?;
     txn.set_catalog(catalog);
     if let Err(e) = txn.commit() {

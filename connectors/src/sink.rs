@@ -288,6 +288,13 @@ async fn run_once(
     let mut cfg = crate::librdkafka_config(c);
     cfg.set("enable.idempotence", "true")
         .set("message.timeout.ms", "30000");
+    if !c.options.contains_key("properties.transaction.timeout.ms") {
+        // Room for large batches (librdkafka's default is 60 s).
+        cfg.set("transaction.timeout.ms", "300000");
+    }
+    // librdkafka clients block while they are dropped (flush, thread joins): drop them
+    // off the async threads, whichever way this attempt ends.
+    let mut clients = BlockingDrop(None);
     let txn = if exactly_once(c)? {
         Some(Transactions::start(db, def, c, &mut cfg, &topic).await?)
     } else {
@@ -299,6 +306,8 @@ async fn run_once(
             .create()
             .map_err(|e| format!("cannot create a Kafka producer: {e}"))?,
     };
+    clients.0 = Some((txn, producer.clone()));
+    let txn = &clients.0.as_ref().expect("just set").0;
     while !stop.load(Ordering::Relaxed) {
         let entries = db
             .snapshot()
@@ -307,6 +316,15 @@ async fn run_once(
         if entries.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
+        }
+        // Deliver only what is durable: after a power loss the store comes back at its
+        // last synced epoch, and the broker must not hold epochs the store forgot.
+        {
+            let db = Arc::clone(db);
+            tokio::task::spawn_blocking(move || db.store().sync_wal())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
         let last = entries.last().expect("not empty").0.to_vec();
         if let Some(t) = &txn {
@@ -425,6 +443,17 @@ async fn send(
     Ok(sent)
 }
 
+/// Drops librdkafka clients on a blocking thread.
+struct BlockingDrop(Option<(Option<Transactions>, FutureProducer)>);
+
+impl Drop for BlockingDrop {
+    fn drop(&mut self) {
+        if let Some(clients) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(clients));
+        }
+    }
+}
+
 /// An exactly-once sink's transactional producer and progress group.
 struct Transactions {
     producer: FutureProducer,
@@ -470,12 +499,19 @@ impl Transactions {
             let committed = group
                 .committed_offsets(tpl, Duration::from_secs(30))
                 .map_err(|e| format!("cannot read the sink's committed progress: {e}"))?;
-            let next = committed
-                .find_partition(&topic, 0)
-                .and_then(|p| match p.offset() {
-                    Offset::Offset(n) if n > 0 => Some(n as u64),
-                    _ => None,
-                });
+            let next = match committed.find_partition(&topic, 0) {
+                Some(p) => {
+                    // An error here is not "nothing delivered": reading on would send
+                    // the broker's epochs again.
+                    p.error()
+                        .map_err(|e| format!("cannot read the sink's committed progress: {e}"))?;
+                    match p.offset() {
+                        Offset::Offset(n) if n > 0 => Some(n as u64),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
             Ok::<_, String>((producer, group, next))
         })
         .await
@@ -518,14 +554,15 @@ fn topic_of(c: &ConnectorDef) -> String {
     opt(c, "topic").unwrap_or_default().to_string()
 }
 
-/// The sink's identity token, made on first use.
-async fn identity(db: &Database, sink: TableId) -> Result<u64, String> {
-    let key = sink_log::identity_key(sink);
-    if let Some(v) = db.snapshot().get(&key).map_err(|e| e.to_string())? {
-        if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-            return Ok(u64::from_be_bytes(b));
-        }
-    }
+/// A new sink's identity entry (key and token), written in its `CREATE SINK` transaction.
+pub fn new_identity(sink: TableId) -> (Vec<u8>, Vec<u8>) {
+    (
+        sink_log::identity_key(sink),
+        random_token().to_be_bytes().to_vec(),
+    )
+}
+
+fn random_token() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -535,7 +572,20 @@ async fn identity(db: &Database, sink: TableId) -> Result<u64, String> {
             .unwrap_or_default(),
     );
     h.write_u32(std::process::id());
-    let token = h.finish();
+    h.finish()
+}
+
+/// The sink's identity token (made with the sink; made on first use for a sink created
+/// before that).
+async fn identity(db: &Database, sink: TableId) -> Result<u64, String> {
+    let key = sink_log::identity_key(sink);
+    if let Some(v) = db.snapshot().get(&key).map_err(|e| e.to_string())? {
+        // A fresh token would lose the sink's progress in the broker: refuse instead.
+        return <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| "the sink's identity token is corrupt".to_string());
+    }
+    let token = random_token();
     let mut txn = db.begin_write().await;
     txn.put_raw(key, token.to_be_bytes().to_vec());
     txn.commit().map_err(|e| e.to_string())?;

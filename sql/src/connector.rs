@@ -183,31 +183,29 @@ pub fn starts_create_sink(p: &Parser) -> bool {
 fn parse_query_before_with(
     p: &mut Parser,
 ) -> std::result::Result<Box<sqlparser::ast::Query>, ParserError> {
-    let mut tokens = Vec::new();
+    let tokens = statement_tokens(p);
     let mut depth = 0i32;
-    let mut end = None;
-    loop {
-        let t = p.peek_nth_token(tokens.len());
+    let mut cut = None;
+    for (i, t) in tokens.iter().enumerate() {
         match &t.token {
-            Token::EOF => break,
-            Token::SemiColon if depth == 0 => break,
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             Token::Word(w)
                 if depth == 0
                     && w.keyword == Keyword::WITH
-                    && p.peek_nth_token_ref(tokens.len() + 1).token == Token::LParen =>
+                    && tokens.get(i + 1).is_some_and(|n| n.token == Token::LParen) =>
             {
-                end = Some(tokens.len())
+                cut = Some(i)
             }
             _ => {}
         }
-        tokens.push(t);
     }
-    tokens.truncate(end.unwrap_or(tokens.len()));
-    let n = tokens.len();
+    let Some(n) = cut else {
+        // No options: let the caller say so.
+        return p.parse_query();
+    };
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
-    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens[..n].to_vec());
     let query = sub.parse_query()?;
     if sub.peek_token_ref().token != Token::EOF {
         return sub.expected("the end of the sink's query", sub.peek_token());
@@ -216,6 +214,31 @@ fn parse_query_before_with(
         p.next_token();
     }
     Ok(query)
+}
+
+/// The tokens of the statement at the parser's position, up to a `;` outside parentheses
+/// or the end, read in one pass (peeking the n-th token rescans from the position, which
+/// is quadratic over a long statement); the parser is left where it was.
+pub(crate) fn statement_tokens(p: &mut Parser) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    let mut tokens = Vec::new();
+    let mut depth = 0i32;
+    let mut consumed = 0;
+    loop {
+        let t = p.next_token();
+        consumed += 1;
+        match &t.token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        tokens.push(t);
+    }
+    for _ in 0..consumed {
+        p.prev_token();
+    }
+    tokens
 }
 
 /// `CREATE SINK [IF NOT EXISTS] name FROM relation | AS query WITH (...) FORMAT f ENCODE e

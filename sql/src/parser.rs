@@ -104,19 +104,7 @@ fn starts_create_materialized_view(p: &Parser) -> bool {
 /// sqlparser): the clause is cut off before sqlparser parses the rest, and recorded as the
 /// view option [`crate::connector::EMIT_ON_WINDOW_CLOSE`].
 fn parse_create_materialized_view(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
-    let mut tokens = Vec::new();
-    let mut depth = 0i32;
-    loop {
-        let t = p.peek_nth_token(tokens.len());
-        match &t.token {
-            Token::EOF => break,
-            Token::SemiColon if depth == 0 => break,
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            _ => {}
-        }
-        tokens.push(t);
-    }
+    let mut tokens = crate::connector::statement_tokens(p);
     let n = tokens.len();
     let is_word = |t: &sqlparser::tokenizer::TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(k));
     let emit = n >= 4
