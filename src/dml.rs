@@ -264,6 +264,10 @@ async fn insert(
     if let Some(OnConflictAction::DoUpdate(up)) = on_conflict.as_ref().map(|c| &c.action) {
         written += apply_do_update(txn, &def, &types, up, &conflicts, &ins_alias(ins)).await?;
     }
+    if def.watermark.is_some() {
+        // Rows behind the watermark are kept as late, not stored: the tag counts the rest.
+        written -= txn.judge_watermarks()?;
+    }
     Ok(written)
 }
 

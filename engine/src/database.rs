@@ -145,6 +145,7 @@ impl Database {
             appended: Vec::new(),
             row_ids_used: 0,
             managed: BTreeMap::new(),
+            judged: None,
         }
     }
 
@@ -202,6 +203,9 @@ pub struct WriteTxn<'a> {
     row_ids_used: i64,
     /// Watermarks the writer sets itself (see [`WriteTxn::set_watermark`]).
     managed: BTreeMap<TableId, Option<ScalarValue>>,
+    /// Late rows already set aside by [`WriteTxn::judge_watermarks`]: the watermarks
+    /// that moved, for the change-log entry.
+    judged: Option<Vec<(TableId, Vec<u8>)>>,
 }
 
 impl WriteTxn<'_> {
@@ -277,13 +281,23 @@ impl WriteTxn<'_> {
         self.managed.insert(table, value);
     }
 
+    /// Sets this transaction's late rows aside now (it happens at commit otherwise) and
+    /// returns how many there were, so a statement can report only the rows it stored.
+    /// Rows written after this are not judged: call it after the statement's last write.
+    pub fn judge_watermarks(&mut self) -> Result<usize> {
+        let (moved, late) = self.apply_watermarks()?;
+        self.judged = Some(moved);
+        Ok(late)
+    }
+
     /// Sets late rows aside, and raises watermarks, for every relation with a watermark
     /// this transaction adds rows to (see [`crate::watermark`]). Returns the watermarks
-    /// that moved, encoded, for the change-log entry.
-    fn apply_watermarks(&mut self) -> Result<Vec<(TableId, Vec<u8>)>> {
+    /// that moved, encoded, for the change-log entry, and how many rows were late.
+    fn apply_watermarks(&mut self) -> Result<(Vec<(TableId, Vec<u8>)>, usize)> {
         if !self.catalog().tables().any(|t| t.watermark.is_some()) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
+        let mut late_count = 0;
         // The catalog as it commits (a clone only when this transaction changed it).
         let catalog: Arc<Catalog> = match &self.new_catalog {
             Some(c) => Arc::new(c.clone()),
@@ -324,6 +338,7 @@ impl WriteTxn<'_> {
             let mut late_appended = HashSet::new();
             for (i, reason) in split.late.iter().enumerate() {
                 let Some(reason) = reason else { continue };
+                late_count += 1;
                 if i < stored.len() {
                     let key = stored[i].0.clone();
                     self.batch.delete(&key);
@@ -407,7 +422,7 @@ impl WriteTxn<'_> {
                 }
             }
         }
-        Ok(moved)
+        Ok((moved, late_count))
     }
 
     /// Stages a raw write outside the table space (stream runtime bookkeeping).
@@ -476,7 +491,10 @@ impl WriteTxn<'_> {
     /// of the change entry handed to the stream runtime, if the statement changed rows that
     /// views read (wait for it with the runtime's flush).
     pub fn commit(mut self) -> Result<Option<u64>> {
-        let watermarks = self.apply_watermarks()?;
+        let watermarks = match self.judged.take() {
+            Some(moved) => moved,
+            None => self.apply_watermarks()?.0,
+        };
         let changes = self.row_changes()?;
         let next = self
             .db
