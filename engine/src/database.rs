@@ -205,8 +205,11 @@ pub struct WriteTxn<'a> {
     managed: BTreeMap<TableId, Option<ScalarValue>>,
     /// Late rows already set aside by [`WriteTxn::judge_watermarks`]: the watermarks
     /// that moved, for the change-log entry.
-    judged: Option<Vec<(TableId, Vec<u8>)>>,
+    judged: Option<MovedWatermarks>,
 }
+
+/// Watermarks a transaction moved: relation and new value, encoded.
+type MovedWatermarks = Vec<(TableId, Vec<u8>)>;
 
 impl WriteTxn<'_> {
     /// The snapshot this transaction started from (all earlier commits, none of its writes).
@@ -293,7 +296,7 @@ impl WriteTxn<'_> {
     /// Sets late rows aside, and raises watermarks, for every relation with a watermark
     /// this transaction adds rows to (see [`crate::watermark`]). Returns the watermarks
     /// that moved, encoded, for the change-log entry, and how many rows were late.
-    fn apply_watermarks(&mut self) -> Result<(Vec<(TableId, Vec<u8>)>, usize)> {
+    fn apply_watermarks(&mut self) -> Result<(MovedWatermarks, usize)> {
         if !self.catalog().tables().any(|t| t.watermark.is_some()) {
             return Ok((Vec::new(), 0));
         }
