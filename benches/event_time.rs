@@ -11,14 +11,12 @@
 //!   windowed view; events/s, and the operator state (`strom_catalog.view_state`) after
 //!   10 windows and at the end.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 mod common;
-use common::connect;
+use common::{connect, BenchServer};
 
 async fn one(c: &Client, sql: &str) -> String {
     for m in c
@@ -89,21 +87,8 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("STROM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn strom");
-    let c = connect(port).await;
+    let server = BenchServer::start();
+    let c = connect(server.port).await;
 
     let (p50, p99) = close_latency(&c, 200).await;
     println!("window-close latency over 200 windows: p50 {p50:.1?}, p99 {p99:.1?}");
@@ -153,6 +138,4 @@ async fn main() {
         one(&c, state).await,
         one(&c, "SELECT count(*) FROM soak_eowc").await
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

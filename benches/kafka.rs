@@ -9,8 +9,6 @@
 //! the change log and the view's epochs, end to end. The same is done for a connector
 //! table (rows stored).
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -20,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::Client;
 
 mod common;
-use common::connect;
+use common::{connect, BenchServer};
 
 async fn count(c: &Client, view: &str) -> i64 {
     c.query_one(&format!("SELECT n FROM {view}"), &[])
@@ -96,21 +94,8 @@ async fn main() {
         produce.as_secs_f64()
     );
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("STROM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn strom");
-    let c = connect(port).await;
+    let server = BenchServer::start();
+    let c = connect(server.port).await;
     for (kind, relation) in [("SOURCE", "src_readings"), ("TABLE", "tbl_readings")] {
         let view = format!("{relation}_total");
         let t = Instant::now();
@@ -132,6 +117,4 @@ async fn main() {
             bytes as f64 / 1e6 / d
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }

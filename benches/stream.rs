@@ -9,14 +9,12 @@
 //!   visible in the view (the statement returns only then), p50/p99, idle and with a
 //!   concurrent bulk writer.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 mod common;
-use common::connect;
+use common::{connect, BenchServer};
 
 async fn timed(c: &Client, sql: &str) -> Duration {
     let t = Instant::now();
@@ -52,21 +50,8 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("STROM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn strom");
-    let c = connect(port).await;
+    let server = BenchServer::start();
+    let c = connect(server.port).await;
     c.batch_execute(
         "CREATE TABLE plain (id BIGINT PRIMARY KEY, g INT, v DOUBLE PRECISION);
          CREATE TABLE grouped (id BIGINT PRIMARY KEY, g INT, v DOUBLE PRECISION);
@@ -126,7 +111,7 @@ async fn main() {
     // the statement ahead of a single-row insert bounds how long it waits to commit).
     let mut base = 10_000_000i64;
     for batch in [10_000i64, 1_000] {
-        let writer = connect(port).await;
+        let writer = connect(server.port).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
         let start = base;
@@ -155,6 +140,4 @@ async fn main() {
             "freshness under load ({bg_rate:.0} rows/s in {batch}-row statements into a group-by view meanwhile): p50 {p50:?} p99 {p99:?}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -1,9 +1,50 @@
 //! Shared by the benchmarks that drive a release `strom` server over the PostgreSQL
 //! protocol.
 
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
+
+/// A release `strom` server on a free port with a fresh data directory; killed when
+/// dropped.
+pub struct BenchServer {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchServer {
+    pub fn start() -> BenchServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn strom");
+        BenchServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Connects to the server on `port`, waiting up to 10 s for it to start.
 pub async fn connect(port: u16) -> Client {

@@ -10,6 +10,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// `i64::MIN`: not set (the system clock).
 static MANUAL: AtomicI64 = AtomicI64::new(i64::MIN);
 
+/// A time value (any timestamp unit, or a date) in microseconds since the epoch.
+pub fn micros_of(v: &datafusion::common::ScalarValue) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match v {
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Some(*t),
+        ScalarValue::TimestampMillisecond(Some(t), _) => t.checked_mul(1_000),
+        ScalarValue::TimestampSecond(Some(t), _) => t.checked_mul(1_000_000),
+        ScalarValue::TimestampNanosecond(Some(t), _) => Some(t.div_euclid(1_000)),
+        ScalarValue::Date32(Some(d)) => Some(*d as i64 * 86_400_000_000),
+        _ => None,
+    }
+}
+
 /// Now, in microseconds since the epoch.
 pub fn now_micros() -> i64 {
     match MANUAL.load(Ordering::SeqCst) {

@@ -67,6 +67,33 @@ impl VisitorMut for Windows {
     }
 }
 
+/// The relation a window function reads (its first argument).
+fn relation_arg(func: &str, a: &FunctionArg) -> Result<String> {
+    match arg_expr(func, a)? {
+        e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => Ok(e.to_string()),
+        other => Err(bad(
+            func,
+            format!("the first argument must name a relation, not {other}"),
+        )),
+    }
+}
+
+/// The FROM item of `sql` (`SELECT * FROM (...) AS name`), with the user's alias if any.
+fn derived_table(func: &str, sql: &str, alias: Option<TableAlias>) -> Result<TableFactor> {
+    let mut stmts = crate::parser::parse(sql)?;
+    let Some(Statement::Query(q)) = stmts.pop() else {
+        return Err(bad(func, "internal error: rewrite did not parse"));
+    };
+    let sqlparser::ast::SetExpr::Select(select) = *q.body else {
+        return Err(bad(func, "internal error: rewrite is not a SELECT"));
+    };
+    let mut from = select.from.into_iter().next().expect("one FROM item");
+    if let (TableFactor::Derived { alias: a, .. }, Some(user)) = (&mut from.relation, alias) {
+        *a = Some(user);
+    }
+    Ok(from.relation)
+}
+
 fn bad(func: &str, what: impl std::fmt::Display) -> SqlError {
     SqlError::InvalidDefinition(format!("{}: {what}", func.to_uppercase()))
 }
@@ -150,15 +177,7 @@ fn window_subquery(
             },
         ));
     }
-    let relation = match arg_expr(func, &args[0])? {
-        e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
-        other => {
-            return Err(bad(
-                func,
-                format!("the first argument must name a relation, not {other}"),
-            ))
-        }
-    };
+    let relation = relation_arg(func, &args[0])?;
     let ts = match arg_expr(func, &args[1])? {
         e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
         other => {
@@ -219,18 +238,7 @@ fn window_subquery(
         })
         .collect();
     let sql = format!("SELECT * FROM ({}) AS {name}", branches.join(" UNION ALL "));
-    let mut stmts = crate::parser::parse(&sql)?;
-    let Some(Statement::Query(q)) = stmts.pop() else {
-        return Err(bad(func, "internal error: rewrite did not parse"));
-    };
-    let sqlparser::ast::SetExpr::Select(select) = *q.body else {
-        return Err(bad(func, "internal error: rewrite is not a SELECT"));
-    };
-    let mut from = select.from.into_iter().next().expect("one FROM item");
-    if let (TableFactor::Derived { alias: a, .. }, Some(user)) = (&mut from.relation, alias) {
-        *a = Some(user);
-    }
-    Ok(from.relation)
+    derived_table(func, &sql, alias)
 }
 
 /// `SESSION(relation, time_column, gap [, key ...])`: the session placeholders, which the
@@ -243,15 +251,7 @@ fn session_subquery(args: &[FunctionArg], alias: Option<TableAlias>) -> Result<T
             "expected SESSION(relation, time_column, gap [, key ...])",
         ));
     }
-    let relation = match arg_expr(func, &args[0])? {
-        e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => e.to_string(),
-        other => {
-            return Err(bad(
-                func,
-                format!("the first argument must name a relation, not {other}"),
-            ))
-        }
-    };
+    let relation = relation_arg(func, &args[0])?;
     let mut columns = Vec::new();
     for (i, a) in args.iter().enumerate().skip(1) {
         if i == 2 {
@@ -286,18 +286,7 @@ fn session_subquery(args: &[FunctionArg], alias: Option<TableAlias>) -> Result<T
     let sql = format!(
         "SELECT * FROM (SELECT *, strom_session_start({ts}, {gap}{keys}) AS window_start, strom_session_end({ts}, {gap}{keys}) AS window_end FROM {relation}) AS {name}"
     );
-    let mut stmts = crate::parser::parse(&sql)?;
-    let Some(Statement::Query(q)) = stmts.pop() else {
-        return Err(bad(func, "internal error: rewrite did not parse"));
-    };
-    let sqlparser::ast::SetExpr::Select(select) = *q.body else {
-        return Err(bad(func, "internal error: rewrite is not a SELECT"));
-    };
-    let mut from = select.from.into_iter().next().expect("one FROM item");
-    if let (TableFactor::Derived { alias: a, .. }, Some(user)) = (&mut from.relation, alias) {
-        *a = Some(user);
-    }
-    Ok(from.relation)
+    derived_table(func, &sql, alias)
 }
 
 #[cfg(test)]

@@ -519,18 +519,8 @@ impl HashAgg {
         };
         let mut bound = Vec::new();
         keys::encode_key_datum(wm, &mut bound)?;
-        let mut closed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let w = self.window.as_mut().expect("checked");
-        let (me, workers) = (w.worker, w.workers);
-        w.open.scan_ordered(&[], false, |suffix, prefix| {
-            if suffix >= bound.as_slice() {
-                return Ok(false);
-            }
-            if workers <= 1 || super::exchange::worker_of(prefix, workers) == me {
-                closed.push((suffix.to_vec(), prefix.to_vec()));
-            }
-            Ok(true)
-        })?;
+        let closed = super::exchange::owned_below(&mut w.open, &bound, w.worker, w.workers)?;
         for (suffix, prefix) in closed {
             let gi = self.touch(&prefix, &[])?;
             let group = self.groups[gi].1.clone();

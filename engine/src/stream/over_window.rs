@@ -187,17 +187,7 @@ impl OverWindow {
         let mut bound = Vec::new();
         keys::encode_key_datum(&wm, &mut bound)?;
         let w = self.window.as_mut().expect("checked");
-        let (me, workers) = (w.worker, w.workers);
-        let mut closed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        w.open.scan_ordered(&[], false, |suffix, prefix| {
-            if suffix >= bound.as_slice() {
-                return Ok(false);
-            }
-            if workers <= 1 || super::exchange::worker_of(prefix, workers) == me {
-                closed.push((suffix.to_vec(), prefix.to_vec()));
-            }
-            Ok(true)
-        })?;
+        let closed = super::exchange::owned_below(&mut w.open, &bound, w.worker, w.workers)?;
         for (suffix, prefix) in closed {
             if cfg.emit_on_close {
                 for row in self.compute(&prefix)? {

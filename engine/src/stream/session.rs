@@ -40,15 +40,7 @@ pub struct SessionWindow {
     firsts: StateTable,
 }
 
-fn micros(v: &ScalarValue) -> Option<i64> {
-    match v {
-        ScalarValue::TimestampMicrosecond(Some(t), _) => Some(*t),
-        ScalarValue::TimestampMillisecond(Some(t), _) => Some(t * 1_000),
-        ScalarValue::TimestampSecond(Some(t), _) => Some(t * 1_000_000),
-        ScalarValue::TimestampNanosecond(Some(t), _) => Some(t.div_euclid(1_000)),
-        _ => None,
-    }
-}
+use crate::clock::micros_of as micros;
 
 /// A time of the same type as `like`, `micros` after the epoch.
 fn time_like(like: &ScalarValue, micros: i64) -> ScalarValue {

@@ -46,16 +46,7 @@ pub struct TemporalFilter {
     now: i64,
 }
 
-fn micros(v: &ScalarValue) -> Option<i64> {
-    match v {
-        ScalarValue::TimestampMicrosecond(Some(t), _) => Some(*t),
-        ScalarValue::TimestampMillisecond(Some(t), _) => Some(t * 1_000),
-        ScalarValue::TimestampSecond(Some(t), _) => Some(t * 1_000_000),
-        ScalarValue::TimestampNanosecond(Some(t), _) => Some(t.div_euclid(1_000)),
-        ScalarValue::Date32(Some(d)) => Some(*d as i64 * 86_400_000_000),
-        _ => None,
-    }
-}
+use crate::clock::micros_of as micros;
 
 impl TemporalFilter {
     pub fn try_new(
