@@ -57,6 +57,8 @@ struct ViewSpec<'a> {
     columns: &'a [String],
     query: &'a Query,
     emit_on_window_close: bool,
+    /// Processing-time joins recorded with a stored view (its query has lost the clause).
+    lookups: &'a [String],
 }
 
 /// `now()` and `CURRENT_TIMESTAMP` in a view become `strom_now()`, which DataFusion does
@@ -100,8 +102,11 @@ async fn plan_view(
         columns,
         query,
         emit_on_window_close,
+        lookups,
     } = spec;
     let mut stmt = Statement::Query(Box::new(query.clone()));
+    let mut lookups = lookups.to_vec();
+    lookups.extend(strom_sql::windows::take_proctime(&mut stmt));
     query::prepare_statement(&mut stmt, catalog, settings)?;
     now_as_temporal(&mut stmt);
     let env = QueryEnv::new(Arc::clone(catalog), db.snapshot(), settings.clone());
@@ -115,7 +120,7 @@ async fn plan_view(
     }
     let logical = strom_engine::stream::planner::lift_sessions(logical)?;
     let optimized = ctx.state().optimize(&logical)?;
-    let mut plan = planner::plan(&optimized)?;
+    let mut plan = planner::plan_with_lookups(&optimized, &lookups)?;
     plan.annotate_windows(
         &|id| {
             catalog
@@ -178,7 +183,12 @@ async fn plan_view(
         None => ((0..visible).collect(), false),
     };
     let mut depends_on: Vec<TableId> = Vec::new();
-    for (id, _) in plan.sources() {
+    for id in plan
+        .sources()
+        .into_iter()
+        .map(|(id, _)| id)
+        .chain(plan.lookups())
+    {
         if !depends_on.contains(&id) {
             depends_on.push(id);
         }
@@ -198,6 +208,7 @@ async fn plan_view(
                 query: prepared.to_string(),
                 depends_on,
                 emit_on_window_close,
+                lookups,
             }),
             connector: None,
             watermark: None,
@@ -256,6 +267,7 @@ async fn plan_statement(
             columns: &columns,
             query,
             emit_on_window_close: eowc,
+            lookups: &[],
         },
     )
     .await
@@ -612,6 +624,7 @@ pub async fn deploy_all(db: &Arc<Database>, stream: &Arc<StreamRuntime>) -> Resu
                 columns: &visible,
                 query: &query,
                 emit_on_window_close: view.emit_on_window_close,
+                lookups: &view.lookups,
             },
         )
         .await

@@ -26,6 +26,10 @@ pub struct ViewDef {
     /// when the watermark passes it.
     #[serde(default)]
     pub emit_on_window_close: bool,
+    /// Relations the query joins by processing time (`FOR SYSTEM_TIME AS OF
+    /// PROCTIME()`), by their alias in `query` (which no longer carries the clause).
+    #[serde(default)]
+    pub lookups: Vec<String>,
 }
 
 /// A table or source fed by an external system (`CREATE SOURCE`, `CREATE TABLE ... WITH

@@ -5,6 +5,7 @@
 //!   and a compact text form for tests.
 //! - [`hash_agg`]: grouped and global aggregation with retraction.
 //! - [`hash_join`]: inner/left/right/full equi-joins with retraction.
+//! - [`lookup_join`]: processing-time temporal joins (`FOR SYSTEM_TIME AS OF PROCTIME()`).
 //! - [`project_filter`]: filters and projections with DataFusion physical expressions.
 //! - [`exchange`]: routing rows to an operator's parallel workers by vnode.
 //! - [`plan`], [`planner`]: the stream plan and its derivation from DataFusion plans.
@@ -20,6 +21,7 @@ pub mod chunk;
 pub mod exchange;
 pub mod hash_agg;
 pub mod hash_join;
+pub mod lookup_join;
 pub mod over_window;
 pub mod plan;
 pub mod planner;

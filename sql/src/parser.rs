@@ -41,9 +41,16 @@ fn flush() -> Statement {
     }
 }
 
+/// The hint `FOR SYSTEM_TIME AS OF PROCTIME()` becomes (`name WITH (strom_proctime)`, which
+/// sqlparser reads as table hints in every dialect); see [`crate::windows::take_proctime`].
+pub const PROCTIME_HINT: &str = "strom_proctime";
+
 fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
     let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| ParserError::TokenizerError(e.to_string()))?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(proctime_as_hint(tokens));
     let mut stmts = Vec::new();
     let mut expecting_delimiter = false;
     loop {
@@ -87,6 +94,80 @@ fn parse_all(sql: &str) -> std::result::Result<Vec<Statement>, ParserError> {
         expecting_delimiter = true;
     }
     Ok(stmts)
+}
+
+/// Rewrites `FOR SYSTEM_TIME AS OF PROCTIME()` (a processing-time temporal join, Flink's
+/// and RisingWave's syntax, which sqlparser reads only in other dialects) into the table
+/// hint `WITH (strom_proctime)`.
+fn proctime_as_hint(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<sqlparser::tokenizer::TokenWithSpan> {
+    use sqlparser::tokenizer::TokenWithSpan;
+    let words = ["FOR", "SYSTEM_TIME", "AS", "OF", "PROCTIME"];
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        // The next non-whitespace tokens from i.
+        let mut j = i;
+        let mut matched = Vec::new();
+        while matched.len() < words.len() + 2 && j < tokens.len() {
+            if !matches!(tokens[j].token, Token::Whitespace(_)) {
+                matched.push(j);
+            }
+            j += 1;
+        }
+        let is_hint = matched.len() == words.len() + 2
+            && words.iter().enumerate().all(|(k, w)| {
+                matches!(&tokens[matched[k]].token, Token::Word(x) if x.value.eq_ignore_ascii_case(w))
+            })
+            && tokens[matched[5]].token == Token::LParen
+            && tokens[matched[6]].token == Token::RParen;
+        if is_hint {
+            let span = tokens[matched[0]].span;
+            let word = |w: &str| TokenWithSpan {
+                token: Token::make_word(w, None),
+                span,
+            };
+            // sqlparser reads hints after the alias: `t AS m WITH (...)`.
+            let next_word = |from: usize| {
+                (from..tokens.len()).find(|&k| !matches!(tokens[k].token, Token::Whitespace(_)))
+            };
+            let mut after = matched[6] + 1;
+            if let Some(k) = next_word(after) {
+                match &tokens[k].token {
+                    Token::Word(w) if w.keyword == Keyword::AS => {
+                        if let Some(k2) = next_word(k + 1) {
+                            out.push(tokens[k].clone());
+                            out.push(tokens[k2].clone());
+                            after = k2 + 1;
+                        }
+                    }
+                    Token::Word(w)
+                        if w.keyword == Keyword::NoKeyword || w.quote_style.is_some() =>
+                    {
+                        out.push(tokens[k].clone());
+                        after = k + 1;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(word("WITH"));
+            out.push(TokenWithSpan {
+                token: Token::LParen,
+                span,
+            });
+            out.push(word(PROCTIME_HINT));
+            out.push(TokenWithSpan {
+                token: Token::RParen,
+                span,
+            });
+            i = after;
+        } else {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+    }
+    out
 }
 
 fn starts_create_materialized_view(p: &Parser) -> bool {

@@ -33,6 +33,18 @@ pub fn rewrite_statement_with(
     stmt: &mut Statement,
     empty_catalog: &dyn Fn(&str) -> bool,
 ) -> crate::Result<()> {
+    // A view definition keeps its processing-time hints for the view planner (which
+    // takes them itself); any other statement reads the relations as they are now.
+    let view_definition = match stmt {
+        Statement::CreateView(_) => true,
+        Statement::Explain { statement, .. } => {
+            matches!(statement.as_ref(), Statement::CreateView(_))
+        }
+        _ => false,
+    };
+    if !view_definition {
+        crate::windows::take_proctime(stmt);
+    }
     crate::windows::rewrite_window_functions(stmt)?;
     let mut error = None;
     let _ = sqlparser::ast::visit_expressions_mut(stmt, |e| match rewrite_expr(e, empty_catalog) {

@@ -24,6 +24,50 @@ use sqlparser::ast::{
 use crate::error::{Result, SqlError};
 
 /// Rewrites every `TUMBLE(...)` and `HOP(...)` in FROM clauses.
+/// Takes the processing-time hints out of a statement (`t FOR SYSTEM_TIME AS OF
+/// PROCTIME() AS m`, read as `t WITH (strom_proctime) AS m`) and returns the names the
+/// hinted relations are known by in the query (their alias, else their name, which is
+/// then also made their alias). A materialized view plans joins with them as lookups; a
+/// plain query reads them as they are now.
+pub fn take_proctime(stmt: &mut Statement) -> Vec<String> {
+    struct Hints(Vec<String>);
+    impl VisitorMut for Hints {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                alias,
+                with_hints,
+                ..
+            } = tf
+            {
+                let hinted = with_hints.iter().any(|h| {
+                    matches!(h, Expr::Identifier(i) if i.value.eq_ignore_ascii_case(crate::parser::PROCTIME_HINT))
+                });
+                if hinted {
+                    with_hints.clear();
+                    let a = alias.get_or_insert_with(|| TableAlias {
+                        explicit: true,
+                        name: name
+                            .0
+                            .last()
+                            .and_then(|p| p.as_ident())
+                            .cloned()
+                            .unwrap_or_else(|| sqlparser::ast::Ident::new("dim")),
+                        columns: vec![],
+                        at: None,
+                    });
+                    self.0.push(crate::ddl::ident_name(&a.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut h = Hints(Vec::new());
+    let _ = stmt.visit(&mut h);
+    h.0
+}
+
 pub fn rewrite_window_functions(stmt: &mut Statement) -> Result<()> {
     let mut v = Windows { error: None };
     let _ = stmt.visit(&mut v);

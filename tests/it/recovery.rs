@@ -110,3 +110,38 @@ async fn second_server_on_same_data_dir_fails_cleanly() {
         1
     );
 }
+
+/// A processing-time temporal join keeps being one after a restart (its stored query no
+/// longer carries `FOR SYSTEM_TIME AS OF PROCTIME()`; the view records it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_joins_stay_temporal_across_restart() {
+    let mut server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE TABLE dim (k INT PRIMARY KEY, name VARCHAR);
+         CREATE TABLE facts (k INT, seq INT);
+         INSERT INTO dim VALUES (1, 'before');
+         CREATE MATERIALIZED VIEW enriched AS SELECT f.seq, d.name FROM facts f JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() AS d ON f.k = d.k;
+         INSERT INTO facts VALUES (1, 1);",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    server.kill();
+    server.spawn();
+    let c = server.client().await;
+    c.batch_execute("UPDATE dim SET name = 'after' WHERE k = 1; INSERT INTO facts VALUES (1, 2);")
+        .await
+        .unwrap();
+    let rows: Vec<(i32, String)> = c
+        .query("SELECT seq, name FROM enriched ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, "before".to_string()), (2, "after".to_string())]
+    );
+}

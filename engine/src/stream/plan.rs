@@ -71,6 +71,17 @@ pub enum NodeKind {
         cleaning: [Option<super::hash_join::JoinCleaning>; 2],
     },
     UnionAll,
+    /// A processing-time temporal join: each input row looks up the dimension's row by
+    /// its primary key at the epoch's snapshot (see [`super::lookup_join`]).
+    LookupJoin {
+        left_outer: bool,
+        /// Input columns giving the dimension's primary key, in key order.
+        left_keys: Vec<usize>,
+        dim: TableId,
+        dim_name: String,
+        /// Stored columns of the dimension in the output.
+        dim_columns: Vec<usize>,
+    },
     /// Window functions or a top-N, by partition recomputation (see
     /// [`super::over_window`]).
     OverWindow {
@@ -223,6 +234,23 @@ impl PlanNode {
                 )
             }
             NodeKind::UnionAll => "UnionAll".to_string(),
+            NodeKind::LookupJoin {
+                left_outer,
+                left_keys,
+                dim_name,
+                ..
+            } => {
+                let input = &self.inputs[0].schema;
+                let keys: Vec<&str> = left_keys
+                    .iter()
+                    .map(|&k| input.field(k).name().as_str())
+                    .collect();
+                format!(
+                    "LookupJoin {} dim={dim_name} key=[{}] (processing time)",
+                    if *left_outer { "left" } else { "inner" },
+                    keys.join(", ")
+                )
+            }
             NodeKind::SessionWindow { time, gap, keys } => {
                 let input = &self.inputs[0].schema;
                 let keys: Vec<&str> = keys
@@ -304,6 +332,18 @@ impl PlanNode {
             } = &n.kind
             {
                 out.push((*relation, *is_view));
+            }
+        });
+        out
+    }
+
+    /// The dimensions the dataflow looks rows up in (temporal joins): the view depends on
+    /// them, but does not follow their changes.
+    pub fn lookups(&self) -> Vec<TableId> {
+        let mut out = Vec::new();
+        self.visit(&mut |n| {
+            if let NodeKind::LookupJoin { dim, .. } = &n.kind {
+                out.push(*dim);
             }
         });
         out
@@ -405,6 +445,11 @@ impl PlanNode {
                     out[*time] = true;
                     out[width - 2] = true;
                     out[width - 1] = true;
+                }
+            }
+            NodeKind::LookupJoin { .. } => {
+                for (o, i) in out.iter_mut().zip(&inputs[0]) {
+                    *o = *i;
                 }
             }
             NodeKind::Values { .. } => {}
@@ -519,7 +564,7 @@ impl PlanNode {
                     }
                 }
             }
-            NodeKind::Project { .. } | NodeKind::Filter { .. } => {
+            NodeKind::Project { .. } | NodeKind::Filter { .. } | NodeKind::LookupJoin { .. } => {
                 self.append_only = self.inputs[0].append_only;
             }
             NodeKind::UnionAll => {

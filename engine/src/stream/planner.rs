@@ -49,9 +49,16 @@ fn unsupported(what: impl std::fmt::Display) -> EngineError {
 
 /// The stream plan of a view's (optimized) query.
 pub fn plan(logical: &LogicalPlan) -> Result<PlanNode> {
+    plan_with_lookups(logical, &[])
+}
+
+/// Like [`plan`]; joins with the relations named `lookups` (by their alias in the query:
+/// `FOR SYSTEM_TIME AS OF PROCTIME()`) are planned as processing-time lookups.
+pub fn plan_with_lookups(logical: &LogicalPlan, lookups: &[String]) -> Result<PlanNode> {
     Planner {
         props: ExecutionProps::new(),
         subqueries: std::cell::Cell::new(0),
+        lookups: lookups.to_vec(),
     }
     .node(logical)
 }
@@ -60,6 +67,8 @@ struct Planner {
     props: ExecutionProps,
     /// Scalar subqueries lifted into joins so far (for unique aliases).
     subqueries: std::cell::Cell<usize>,
+    /// Relations joined by processing time (their names in the query).
+    lookups: Vec<String>,
 }
 
 fn nullable(schema: &Schema) -> SchemaRef {
@@ -665,7 +674,138 @@ impl Planner {
         })
     }
 
+    /// The dimension of a processing-time join: the right input, when it is a relation
+    /// marked `FOR SYSTEM_TIME AS OF PROCTIME()` read directly (with the columns it reads).
+    fn lookup_dim(
+        &self,
+        right: &LogicalPlan,
+    ) -> Result<Option<(Arc<strom_catalog::TableDef>, Vec<usize>)>> {
+        let (name, scan) = match right {
+            LogicalPlan::SubqueryAlias(a) => match a.input.as_ref() {
+                LogicalPlan::TableScan(s) => (a.alias.table().to_string(), s),
+                _ => return self.lookup_shape(a.alias.table()),
+            },
+            LogicalPlan::TableScan(s) => (s.table_name.table().to_string(), s),
+            _ => return Ok(None),
+        };
+        if !self.lookups.contains(&name) {
+            return Ok(None);
+        }
+        let provider = source_as_provider(&scan.source)?;
+        let table = provider
+            .downcast_ref::<StromTable>()
+            .ok_or_else(|| unsupported(format!("a temporal join with \"{name}\"")))?;
+        let def = Arc::clone(table.def());
+        if def.is_source() {
+            return Err(unsupported(format!(
+                "a temporal join with source \"{name}\" (a source stores no rows to look up: use a table)"
+            )));
+        }
+        let visible: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
+        let columns = match &scan.projection {
+            Some(p) => p.iter().map(|&i| visible[i]).collect(),
+            None => visible,
+        };
+        Ok(Some((def, columns)))
+    }
+
+    fn lookup_shape(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<strom_catalog::TableDef>, Vec<usize>)>> {
+        if self.lookups.iter().any(|l| l == name) {
+            return Err(unsupported(format!(
+                "a temporal join whose dimension \"{name}\" is not read directly (filter it after the join)"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// `left JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() ON left.k = dim.pk`.
+    fn lookup_join(
+        &self,
+        plan: &LogicalPlan,
+        j: &datafusion::logical_expr::Join,
+        dim: Arc<strom_catalog::TableDef>,
+        dim_columns: Vec<usize>,
+    ) -> Result<PlanNode> {
+        let left_outer = match j.join_type {
+            DfJoinType::Inner => false,
+            DfJoinType::Left => true,
+            other => {
+                return Err(unsupported(format!(
+                    "a {other} temporal join (only JOIN and LEFT JOIN look the dimension up)"
+                )))
+            }
+        };
+        if j.filter.is_some() {
+            return Err(unsupported(
+                "a temporal join with conditions besides key equalities (filter after the join)",
+            ));
+        }
+        let name = &dim.name;
+        let has_key = dim.user_pk
+            || dim
+                .view
+                .as_ref()
+                .is_some_and(|_| dim.pk.len() < dim.columns.len() - 1);
+        if !has_key {
+            return Err(unsupported(format!(
+                "a temporal join with \"{name}\", which has no key to look rows up by (declare a PRIMARY KEY)"
+            )));
+        }
+        let left = self.node(&j.left)?;
+        let right_schema = j.right.schema();
+        let mut by_pk: Vec<Option<usize>> = vec![None; dim.pk.len()];
+        for (l, r) in &j.on {
+            let (Expr::Column(lc), Expr::Column(rc)) = (l, r) else {
+                return Err(unsupported(
+                    "a temporal join on expressions (join on columns)",
+                ));
+            };
+            let li = j.left.schema().index_of_column(lc)?;
+            let ri = right_schema.index_of_column(rc)?;
+            let stored = dim_columns[ri];
+            let Some(pos) = dim.pk.iter().position(|&k| k == stored) else {
+                return Err(unsupported(format!(
+                    "a temporal join on \"{}\", which is not part of the key of \"{name}\" (look rows up by its key)",
+                    dim.columns[stored].name
+                )));
+            };
+            by_pk[pos] = Some(li);
+        }
+        let left_keys = by_pk
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                unsupported(format!("a temporal join on part of the key of \"{name}\""))
+            })?;
+        Ok(PlanNode {
+            kind: NodeKind::LookupJoin {
+                left_outer,
+                left_keys,
+                dim: dim.id,
+                dim_name: name.clone(),
+                dim_columns,
+            },
+            schema: out_schema(plan),
+            unique_key: None,
+            append_only: left.append_only,
+            inputs: vec![left],
+        })
+    }
+
     fn join(&self, plan: &LogicalPlan, j: &datafusion::logical_expr::Join) -> Result<PlanNode> {
+        if let Some((dim, columns)) = self.lookup_dim(&j.right)? {
+            return self.lookup_join(plan, j, dim, columns);
+        }
+        if let LogicalPlan::SubqueryAlias(a) = j.left.as_ref() {
+            if self.lookups.iter().any(|l| l == a.alias.table()) {
+                return Err(unsupported(
+                    "a temporal join with the dimension on the left (put it on the right: stream JOIN dim FOR SYSTEM_TIME AS OF PROCTIME())",
+                ));
+            }
+        }
         let join_type = match j.join_type {
             DfJoinType::Inner => JoinType::Inner,
             DfJoinType::Left => JoinType::Left,

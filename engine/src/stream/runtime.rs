@@ -49,6 +49,7 @@ use super::chunk::{Op, StreamChunk};
 use super::exchange;
 use super::hash_agg::HashAgg;
 use super::hash_join::{HashJoin, Side};
+use super::lookup_join::LookupJoin;
 use super::over_window::OverWindow;
 use super::plan::{column_refs, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
@@ -186,6 +187,8 @@ enum Exec {
     Temporal(Box<TemporalFilter>, Box<Exec>),
     /// One instance, like a temporal filter.
     Session(Box<SessionWindow>, Box<Exec>),
+    /// Processing-time lookups into a dimension (one instance).
+    Lookup(Box<LookupJoin>, Box<Exec>),
 }
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
@@ -283,6 +286,11 @@ impl Exec {
                 v.extend(i.state_tables());
                 v
             }
+            Exec::Lookup(t, i) => {
+                let mut v = t.state_tables();
+                v.extend(i.state_tables());
+                v
+            }
         }
     }
 
@@ -300,7 +308,8 @@ impl Exec {
             Exec::ProjectFilter(_, i)
             | Exec::Agg(_, _, i)
             | Exec::Window(_, _, i)
-            | Exec::Session(_, i) => i.next_deadline()?,
+            | Exec::Session(_, i)
+            | Exec::Lookup(_, i) => i.next_deadline()?,
             Exec::Join(_, _, l, r) => min(l.next_deadline()?, r.next_deadline()?),
             Exec::Union(_, branches) => {
                 let mut d = None;
@@ -319,6 +328,7 @@ impl Exec {
         inputs: &mut [Option<Vec<StreamChunk>>],
         watermarks: &[Vec<Option<ScalarValue>>],
         now: i64,
+        snapshot: &Snapshot,
         parallel_min_rows: usize,
     ) -> Result<(Vec<StreamChunk>, Vec<Option<ScalarValue>>)> {
         let min = parallel_min_rows;
@@ -328,7 +338,7 @@ impl Exec {
                 watermarks[*i].clone(),
             ),
             Exec::ProjectFilter(pf, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
                 let out = chunks
                     .iter()
                     .map(|c| pf.apply(c))
@@ -337,7 +347,7 @@ impl Exec {
                 (out, pf.watermarks(&wms)?)
             }
             Exec::Agg(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |agg, part| {
@@ -351,8 +361,8 @@ impl Exec {
                 (out, out_wms)
             }
             Exec::Join(workers, keys, left, right) => {
-                let (l, lw) = left.run(inputs, watermarks, now, min)?;
-                let (r, rw) = right.run(inputs, watermarks, now, min)?;
+                let (l, lw) = left.run(inputs, watermarks, now, snapshot, min)?;
+                let (r, rw) = right.run(inputs, watermarks, now, snapshot, min)?;
                 let parallel = rows_in(&l) + rows_in(&r) >= min;
                 let n = workers.len();
                 let parts: Vec<(Vec<StreamChunk>, Vec<StreamChunk>)> = split(&l, &keys[0], n)?
@@ -376,7 +386,7 @@ impl Exec {
                 (out, wms)
             }
             Exec::Window(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |w, part| {
@@ -389,8 +399,21 @@ impl Exec {
                 let out_wms = workers[0].output_watermarks(&wms);
                 (out, out_wms)
             }
+            Exec::Lookup(lj, input) => {
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let mut out = Vec::new();
+                for c in &chunks {
+                    let o = lj.apply(c, snapshot)?;
+                    if !o.is_empty() {
+                        out.push(o);
+                    }
+                }
+                let mut wms = wms;
+                wms.resize(lj.output_width(), None);
+                (out, wms)
+            }
             Exec::Session(sw, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
                 for c in &chunks {
                     sw.apply(c)?;
                 }
@@ -400,7 +423,7 @@ impl Exec {
                 (out.into_iter().collect(), out_wms)
             }
             Exec::Temporal(tf, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
                 tf.set_now(now);
                 (tf.run(&chunks)?.into_iter().collect(), wms)
             }
@@ -410,7 +433,7 @@ impl Exec {
                 // a row can still come from the branch that is furthest behind).
                 let mut wms: Option<Vec<Option<ScalarValue>>> = None;
                 for b in branches {
-                    let (chunks, bw) = b.run(inputs, watermarks, now, min)?;
+                    let (chunks, bw) = b.run(inputs, watermarks, now, snapshot, min)?;
                     for c in chunks {
                         let data =
                             RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
@@ -1122,6 +1145,29 @@ fn build(
             )
         }
         NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+        NodeKind::LookupJoin {
+            left_outer,
+            left_keys,
+            dim,
+            dim_name,
+            dim_columns,
+        } => {
+            let def = catalog.table(*dim).ok_or_else(|| {
+                EngineError::Internal(format!("dimension \"{dim_name}\" is not in the catalog"))
+            })?;
+            Exec::Lookup(
+                Box::new(LookupJoin::try_new(
+                    *left_outer,
+                    left_keys.clone(),
+                    Arc::new(def.clone()),
+                    dim_columns.clone(),
+                    Arc::clone(&node.schema),
+                    node.inputs[0].append_only,
+                    alloc,
+                )?),
+                Box::new(inputs.remove(0)),
+            )
+        }
         NodeKind::SessionWindow { time, gap, keys } => Exec::Session(
             Box::new(SessionWindow::try_new(
                 &node.inputs[0].schema,
@@ -1297,9 +1343,13 @@ fn step(
         });
     }
     view.rows_read += rows_read;
-    let (out, _) = view
-        .root
-        .run(&mut inputs, &input_watermarks, now, parallel_min_rows)?;
+    let (out, _) = view.root.run(
+        &mut inputs,
+        &input_watermarks,
+        now,
+        snapshot,
+        parallel_min_rows,
+    )?;
     let mut changes = Vec::new();
     for chunk in out {
         // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id
