@@ -72,26 +72,53 @@ impl LookupJoin {
         self.emitted.iter_mut().collect()
     }
 
-    /// The dimension row for a left row's key, as of `snapshot` (its output columns).
-    fn lookup(&self, snapshot: &Snapshot, row: &[ScalarValue]) -> Result<Option<Vec<ScalarValue>>> {
-        let pk: Vec<ScalarValue> = self.left_keys.iter().map(|&k| row[k].clone()).collect();
-        if pk.iter().any(ScalarValue::is_null) {
-            return Ok(None);
+    /// The storage key of the dimension row a left row looks up (None: a NULL key).
+    fn dim_key(&self, row: &[ScalarValue]) -> Result<Option<Vec<u8>>> {
+        let mut pk = Vec::with_capacity(self.left_keys.len());
+        for (&k, &c) in self.left_keys.iter().zip(&self.dim.pk) {
+            let v = &row[k];
+            if v.is_null() {
+                return Ok(None);
+            }
+            // The key value in the dimension's key type (the join compared them so).
+            let t = &self.dim_types[c];
+            pk.push(if &v.data_type() == t {
+                v.clone()
+            } else {
+                v.cast_to(t)?
+            });
         }
-        // The key values cast to the dimension's key types (the join compared them so).
-        let pk = pk
-            .into_iter()
-            .zip(&self.dim.pk)
-            .map(|(v, &c)| v.cast_to(&self.dim_types[c]))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let key = keys::row_key(self.dim.id, &keys::encode_key(&pk)?);
-        let Some(bytes) = snapshot.get(&key)? else {
-            return Ok(None);
-        };
-        let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
-        Ok(Some(
-            self.dim_columns.iter().map(|&c| full[c].clone()).collect(),
-        ))
+        Ok(Some(keys::row_key(self.dim.id, &keys::encode_key(&pk)?)))
+    }
+
+    /// The dimension rows (their output columns) for a chunk's inserted rows, as of
+    /// `snapshot`, read with one multi-get.
+    fn lookup_all(
+        &self,
+        snapshot: &Snapshot,
+        rows: &[(Op, Vec<ScalarValue>)],
+    ) -> Result<Vec<Option<Vec<ScalarValue>>>> {
+        let keys: Vec<Option<Vec<u8>>> = rows
+            .iter()
+            .map(|(op, r)| {
+                if op.sign() > 0 {
+                    self.dim_key(r)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let wanted: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
+        let mut found = snapshot.multi_get(&wanted)?.into_iter();
+        keys.iter()
+            .map(|k| {
+                let Some(bytes) = k.as_ref().and_then(|_| found.next()).flatten() else {
+                    return Ok(None);
+                };
+                let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
+                Ok(Some(self.dim_columns.iter().map(|&c| full[c].clone()).collect()))
+            })
+            .collect()
     }
 
     fn joined(&self, row: &[ScalarValue], dim: Option<&[ScalarValue]>) -> Result<Vec<ScalarValue>> {
@@ -110,9 +137,10 @@ impl LookupJoin {
     /// Joins a chunk of left changes with the dimension as of `snapshot`.
     pub fn apply(&mut self, chunk: &StreamChunk, snapshot: &Snapshot) -> Result<StreamChunk> {
         let mut out = Vec::new();
-        for (op, row) in chunk.rows()? {
+        let rows = chunk.rows()?;
+        let dims = self.lookup_all(snapshot, &rows)?;
+        for ((op, row), dim) in rows.into_iter().zip(dims) {
             if op.sign() > 0 {
-                let dim = self.lookup(snapshot, &row)?;
                 if let Some(state) = &mut self.emitted {
                     let prefix = row::encode_row(&row)?;
                     let suffix = match &dim {
