@@ -116,7 +116,9 @@ impl LookupJoin {
                     return Ok(None);
                 };
                 let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
-                Ok(Some(self.dim_columns.iter().map(|&c| full[c].clone()).collect()))
+                Ok(Some(
+                    self.dim_columns.iter().map(|&c| full[c].clone()).collect(),
+                ))
             })
             .collect()
     }
