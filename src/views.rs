@@ -443,10 +443,17 @@ pub fn drop_in_txn(
                 .filter_map(|&i| catalog.table(i))
                 .find(|b| catalog.with_dependants(b.id).contains(&extra))
                 .expect("some dropped relation has the dependant");
+            // The relation `dep` reads that leads to `base` (base itself, or a view on it).
+            let on_base = catalog.with_dependants(base.id);
             let direct = dep
                 .view
                 .as_ref()
-                .and_then(|v| v.depends_on.iter().find_map(|&d| catalog.table(d)))
+                .and_then(|v| {
+                    v.depends_on
+                        .iter()
+                        .filter(|&&d| d == base.id || on_base.contains(&d))
+                        .find_map(|&d| catalog.table(d))
+                })
                 .unwrap_or(base);
             return Err(StromError::user(
                 "2BP01",

@@ -144,4 +144,13 @@ async fn temporal_joins_stay_temporal_across_restart() {
         rows,
         vec![(1, "before".to_string()), (2, "after".to_string())]
     );
+    // The view needs the dimension; the detail names it (not the view's first input).
+    let err = c.batch_execute("DROP TABLE dim").await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "2BP01");
+    assert!(
+        db.detail()
+            .is_some_and(|d| d.contains("materialized view enriched depends on table dim")),
+        "{db:?}"
+    );
 }
