@@ -696,9 +696,11 @@ impl Planner {
             .downcast_ref::<StromTable>()
             .ok_or_else(|| unsupported(format!("a temporal join with \"{name}\"")))?;
         let def = Arc::clone(table.def());
-        if def.is_source() {
+        if def.is_source() || def.is_sink() {
             return Err(unsupported(format!(
-                "a temporal join with source \"{name}\" (a source stores no rows to look up: use a table)"
+                "a temporal join with \"{}\", a {} (it stores no rows to look up: use a table or view)",
+                def.name,
+                def.kind_name()
             )));
         }
         let visible: Vec<usize> = def.visible_columns().map(|(i, _)| i).collect();
