@@ -939,19 +939,24 @@ async fn write(
     let watermarker = db.watermarker(def).map_err(|e| e.to_string())?;
     let mut batch_marks: HashMap<(String, i32), Option<ScalarValue>> = HashMap::new();
     if let Some(marker) = &watermarker {
+        // The poll's rows evaluated in one batch, then folded per partition.
         let visible = def.visible_columns().count();
+        let mut owners: Vec<(String, i32)> = Vec::new();
+        let mut rows: Vec<&[ScalarValue]> = Vec::new();
         for (m, writes) in msgs.iter().zip(&built) {
-            let part = batch_marks
-                .entry((m.topic.to_string(), m.partition))
-                .or_default();
+            let key = (m.topic.to_string(), m.partition);
+            batch_marks.entry(key.clone()).or_default();
             for w in writes.iter().flatten() {
                 if let Write::Put(_, values) = w {
-                    let v = marker
-                        .eval_one(&values[..visible])
-                        .map_err(|e| e.to_string())?;
-                    *part = strom_engine::watermark::max(part.take(), v);
+                    owners.push(key.clone());
+                    rows.push(&values[..visible]);
                 }
             }
+        }
+        let marks = marker.eval_all(&rows).map_err(|e| e.to_string())?;
+        for (key, v) in owners.into_iter().zip(marks) {
+            let part = batch_marks.entry(key).or_default();
+            *part = strom_engine::watermark::max(part.take(), v);
         }
     }
     let idle_timeout = opt(c, "watermark.idle_timeout").and_then(parse_duration);

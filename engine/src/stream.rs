@@ -9,6 +9,7 @@
 //! - [`project_filter`]: filters and projections with DataFusion physical expressions.
 //! - [`exchange`]: routing rows to an operator's parallel workers by vnode.
 //! - [`plan`], [`planner`]: the stream plan and its derivation from DataFusion plans.
+//! - [`window_index`]: the open windows of a windowed aggregation or window function.
 //! - [`session`]: session windows (`SESSION(t, ts, gap, keys...)`).
 //! - [`temporal_filter`]: `ts > now() - INTERVAL ...` maintained as time passes.
 //! - [`runtime`]: epochs, barriers, backfill, recovery.
@@ -29,6 +30,7 @@ pub mod project_filter;
 pub mod runtime;
 pub mod session;
 pub mod temporal_filter;
+pub mod window_index;
 
 #[cfg(test)]
 mod differential_tests;

@@ -152,18 +152,7 @@ impl Watermarker {
         if rows.is_empty() {
             return Ok(Split::default());
         }
-        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
-            .map(|c| {
-                let t = self.schema.field(c).data_type();
-                ScalarValue::iter_to_array(rows.iter().map(|r| {
-                    r.get(c)
-                        .cloned()
-                        .unwrap_or_else(|| ScalarValue::try_from(t).unwrap_or(ScalarValue::Null))
-                }))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        let values = self.expr.evaluate(&batch)?.into_array(rows.len())?;
+        let values = self.evaluate(rows)?;
         let mut out = Split {
             late: Vec::with_capacity(rows.len()),
             max: None,
@@ -203,9 +192,36 @@ impl Watermarker {
         Ok(out)
     }
 
-    /// The watermark expression over one row (None when it is NULL).
-    pub fn eval_one(&self, row: &[ScalarValue]) -> Result<Option<ScalarValue>> {
-        Ok(self.split(&[row], None)?.max)
+    /// The watermark expression over rows (their visible columns), all in one batch.
+    fn evaluate(&self, rows: &[&[ScalarValue]]) -> Result<ArrayRef> {
+        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
+            .map(|c| {
+                let t = self.schema.field(c).data_type();
+                ScalarValue::iter_to_array(rows.iter().map(|r| {
+                    r.get(c)
+                        .cloned()
+                        .unwrap_or_else(|| ScalarValue::try_from(t).unwrap_or(ScalarValue::Null))
+                }))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        Ok(self.expr.evaluate(&batch)?.into_array(rows.len())?)
+    }
+
+    /// The watermark expression per row (None where it is NULL), in one batch.
+    pub fn eval_all(&self, rows: &[&[ScalarValue]]) -> Result<Vec<Option<ScalarValue>>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.evaluate(rows)?;
+        (0..rows.len())
+            .map(|i| {
+                Ok(values
+                    .is_valid(i)
+                    .then(|| ScalarValue::try_from_array(&values, i))
+                    .transpose()?)
+            })
+            .collect()
     }
 }
 

@@ -52,29 +52,6 @@ pub fn partition(
         .collect()
 }
 
-/// The entries of a window index (an ordered table with one bucket, shared by the workers
-/// of an operator) whose suffix sorts below `bound` and whose value, a group or partition
-/// key, this worker owns: `(suffix, key)`, in suffix order. Used to close the windows a
-/// watermark passed.
-pub fn owned_below(
-    index: &mut crate::state::StateTable,
-    bound: &[u8],
-    worker: usize,
-    workers: usize,
-) -> crate::error::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    index.scan_ordered(&[], false, |suffix, key| {
-        if suffix >= bound {
-            return Ok(false);
-        }
-        if workers <= 1 || worker_of(key, workers) == worker {
-            out.push((suffix.to_vec(), key.to_vec()));
-        }
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

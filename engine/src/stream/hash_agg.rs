@@ -45,6 +45,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::chunk::{Op, StreamChunk};
 use super::plan::AggWindow;
+use super::window_index::WindowIndex;
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
@@ -136,22 +137,7 @@ pub struct HashAgg {
     /// aggregate's one group.
     always: Option<(Vec<u8>, Vec<ScalarValue>)>,
     /// A windowed aggregate: the watermark-carrying key column and the open groups.
-    window: Option<Windowing>,
-}
-
-/// The open groups of a windowed aggregate, in the order of their watermarked key column:
-/// entries `encode(key column) ++ group key -> group key` under one bucket, so the groups
-/// the watermark has passed are the first entries of one ordered scan.
-///
-/// The workers of a parallel aggregate share their state tables, each using the vnodes of
-/// its groups; the index has one bucket, so a worker closes only the groups it owns
-/// (`worker`, of `workers`).
-#[derive(Debug)]
-struct Windowing {
-    cfg: AggWindow,
-    open: StateTable,
-    worker: usize,
-    workers: usize,
+    window: Option<WindowIndex>,
 }
 
 impl HashAgg {
@@ -227,12 +213,7 @@ impl HashAgg {
             })
             .collect();
         // Allocated last, so that a plain aggregate's tables keep their numbers.
-        let window = window.map(|cfg| Windowing {
-            cfg,
-            open: state.ordered_table(),
-            worker: 0,
-            workers: 1,
-        });
+        let window = window.map(|cfg| WindowIndex::new(cfg, state));
         Ok(HashAgg {
             window,
             group_keys,
@@ -256,11 +237,10 @@ impl HashAgg {
         Ok(())
     }
 
-    /// Tells a worker of a parallel aggregate which one it is (see [`Windowing`]).
+    /// Tells a worker of a parallel aggregate which one it is (see [`WindowIndex`]).
     pub fn set_worker(&mut self, worker: usize, workers: usize) {
         if let Some(w) = &mut self.window {
-            w.worker = worker;
-            w.workers = workers;
+            w.set_worker(worker, workers);
         }
     }
 
@@ -272,7 +252,7 @@ impl HashAgg {
         let mut out = vec![&mut self.main];
         out.extend(self.extremes.iter_mut().flatten());
         if let Some(w) = &mut self.window {
-            out.push(&mut w.open);
+            out.push(w.table());
         }
         out
     }
@@ -519,17 +499,14 @@ impl HashAgg {
         };
         let mut bound = Vec::new();
         keys::encode_key_datum(wm, &mut bound)?;
-        let w = self.window.as_mut().expect("checked");
-        let closed = super::exchange::owned_below(&mut w.open, &bound, w.worker, w.workers)?;
-        for (suffix, prefix) in closed {
+        let closed = self.window.as_mut().expect("checked").take_closed(&bound)?;
+        for prefix in closed {
             let gi = self.touch(&prefix, &[])?;
             let group = self.groups[gi].1.clone();
             if cfg.emit_on_close && group.rows > 0 {
                 out.push((Op::Insert, self.output_row(&prefix, &group)?));
             }
             self.forget_group(&prefix)?;
-            let open = &mut self.window.as_mut().expect("checked").open;
-            open.delete(&[], &suffix)?;
         }
         self.touched.clear();
         self.groups.clear();
@@ -607,13 +584,12 @@ impl HashAgg {
             if let Some(w) = &mut self.window {
                 // Keep the open-group index: a group enters it when it appears.
                 if exists != group.prev.is_some() {
-                    let mut suffix = Vec::new();
-                    keys::encode_key_datum(&group.key[w.cfg.key], &mut suffix)?;
-                    suffix.extend_from_slice(&prefix);
+                    let mut window = Vec::new();
+                    keys::encode_key_datum(&group.key[w.cfg.key], &mut window)?;
                     if exists {
-                        w.open.put(&[], &suffix, prefix.clone())?;
+                        w.open(&window, &prefix)?;
                     } else {
-                        w.open.delete(&[], &suffix)?;
+                        w.remove(&window, &prefix)?;
                     }
                 }
             }

@@ -39,6 +39,7 @@ use datafusion::physical_plan::WindowExpr;
 
 use super::chunk::{Op, StreamChunk};
 use super::plan::AggWindow;
+use super::window_index::WindowIndex;
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
@@ -67,19 +68,9 @@ pub struct OverWindow {
     touched: HashMap<Vec<u8>, usize>,
     before: Vec<(Vec<u8>, Vec<Vec<ScalarValue>>)>,
     /// Partitioned by a watermarked column: the open partitions by that column.
-    window: Option<Windowing>,
+    window: Option<WindowIndex>,
     /// Touched partitions' encoded window column (windowed only).
     window_keys: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-/// A windowed partitioning's open partitions: `encode(window column) ++ partition key ->
-/// partition key`, one bucket shared by the workers (each closes only its own).
-#[derive(Debug)]
-struct Windowing {
-    cfg: AggWindow,
-    open: StateTable,
-    worker: usize,
-    workers: usize,
 }
 
 fn corrupt(reason: String) -> EngineError {
@@ -132,21 +123,15 @@ impl OverWindow {
             touched: HashMap::default(),
             before: Vec::new(),
             // Allocated last, so an unwindowed operator keeps its table numbers.
-            window: window.map(|cfg| Windowing {
-                cfg,
-                open: state.ordered_table(),
-                worker: 0,
-                workers: 1,
-            }),
+            window: window.map(|cfg| WindowIndex::new(cfg, state)),
             window_keys: HashMap::default(),
         })
     }
 
-    /// Tells a worker of a parallel operator which one it is (see [`Windowing`]).
+    /// Tells a worker of a parallel operator which one it is (see [`WindowIndex`]).
     pub fn set_worker(&mut self, worker: usize, workers: usize) {
         if let Some(w) = &mut self.window {
-            w.worker = worker;
-            w.workers = workers;
+            w.set_worker(worker, workers);
         }
     }
 
@@ -186,9 +171,8 @@ impl OverWindow {
         };
         let mut bound = Vec::new();
         keys::encode_key_datum(&wm, &mut bound)?;
-        let w = self.window.as_mut().expect("checked");
-        let closed = super::exchange::owned_below(&mut w.open, &bound, w.worker, w.workers)?;
-        for (suffix, prefix) in closed {
+        let closed = self.window.as_mut().expect("checked").take_closed(&bound)?;
+        for prefix in closed {
             if cfg.emit_on_close {
                 for row in self.compute(&prefix)? {
                     out.push((Op::Insert, row));
@@ -198,8 +182,6 @@ impl OverWindow {
             for s in gone {
                 self.rows.delete(&prefix, &s)?;
             }
-            let w = self.window.as_mut().expect("checked");
-            w.open.delete(&[], &suffix)?;
         }
         StreamChunk::from_rows(&self.output, &out)
     }
@@ -207,7 +189,7 @@ impl OverWindow {
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         let mut out = vec![&mut self.rows];
         if let Some(w) = &mut self.window {
-            out.push(&mut w.open);
+            out.push(w.table());
         }
         out
     }
@@ -280,12 +262,10 @@ impl OverWindow {
             let after = self.compute(&prefix)?;
             if let (Some(w), Some(k)) = (&mut self.window, self.window_keys.remove(&prefix)) {
                 // Keep the open-partition index: in while the partition has rows.
-                let mut suffix = k;
-                suffix.extend_from_slice(&prefix);
                 if after.is_empty() {
-                    w.open.delete(&[], &suffix)?;
+                    w.remove(&k, &prefix)?;
                 } else if before.is_empty() {
-                    w.open.put(&[], &suffix, prefix.clone())?;
+                    w.open(&k, &prefix)?;
                 }
             }
             diff(before, after, &mut out)?;

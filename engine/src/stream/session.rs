@@ -132,12 +132,17 @@ impl SessionWindow {
             }
             let key = self.key_of(&row)?;
             let before = self.first_of(&key)?;
-            let mut suffix = Vec::new();
-            keys::encode_key_datum(&row[self.time], &mut suffix)?;
+            let mut time = Vec::new();
+            keys::encode_key_datum(&row[self.time], &mut time)?;
+            let mut suffix = time.clone();
             suffix.extend(row::encode_row(&row)?);
             self.rows
                 .multiset_add(&key, &suffix, 1, || row::encode_row(&row))?;
-            let after = self.first_of(&key)?;
+            // Rows are only added here: the earliest held time is the smaller of the two.
+            let after = Some(match before.clone() {
+                Some(b) if b <= time => b,
+                _ => time,
+            });
             if before != after {
                 if let Some(b) = before {
                     self.firsts.delete(&[], &Self::firsts_key(&b, &key))?;
