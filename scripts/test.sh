@@ -22,7 +22,7 @@
 # Environment:
 #   CARGO_TARGET_DIR     default ~/.cache/strom/target (outside the clone, so CI builds incrementally)
 #   STROM_TOOLS_DIR      default ~/.cache/strom-tools (Python venv at $STROM_TOOLS_DIR/pyenv)
-#   TEST_SERVICES        services to start, default "pg kafka" (any of: pg mariadb mqtt kafka)
+#   TEST_SERVICES        services to start, default "pg mariadb kafka" (any of: pg mariadb mqtt kafka)
 #   STROM_LONG_TESTS=1   passed through to the tests: also run the long (soak) tests
 #   STROM_SKIP_PYTHON=1  skip the Python client tests (e.g. while iterating on one cargo test)
 #   STROM_SKIP_LINT=1    skip the final cargo fmt --check / cargo clippy -D warnings phase
@@ -32,7 +32,7 @@
 # The services are left running afterwards (stop them with: scripts/services.sh stop).
 set -euo pipefail
 
-TEST_SERVICES="${TEST_SERVICES:-pg kafka}"
+TEST_SERVICES="${TEST_SERVICES:-pg mariadb kafka}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-600}"
 APT_PACKAGES=(libclang-dev g++)            # + postgresql-client / python3-venv, checked separately below
 PY_PACKAGES=("psycopg[binary]>=3.1,<4" "pytest>=7")

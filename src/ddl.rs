@@ -46,6 +46,7 @@ pub async fn execute(
                 view: None,
                 connector: plan.connector,
                 watermark: plan.watermark,
+                indexes: Vec::new(),
             };
             check_defaults(db, settings, &def)?;
             strom_engine::watermark::Watermarker::new(&def).map_err(|e| {
@@ -69,6 +70,17 @@ pub async fn execute(
                     format!("{} \"{}\": {m}", def.kind_name(), def.name),
                 )
             })?;
+            if strom_engine::lookup::is_external(&def) {
+                strom_connectors::lookup::probe(&def).await.map_err(|m| {
+                    StromError::user(
+                        "42P01",
+                        format!(
+                            "table \"{}\": the external database cannot read it as declared: {m}",
+                            def.name
+                        ),
+                    )
+                })?;
+            }
             if let Some(late) = &plan.late_table {
                 // The table late rows go to, made with the relation.
                 if catalog.table_by_name(schema, late).is_some() {
@@ -317,5 +329,6 @@ fn late_table_def(def: &TableDef, schema: strom_catalog::SchemaId, name: &str) -
         view: None,
         connector: None,
         watermark: None,
+        indexes: Vec::new(),
     }
 }

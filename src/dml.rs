@@ -110,6 +110,15 @@ fn resolve<'a>(
             format!("cannot change materialized view \"{}\"", def.name),
         ));
     }
+    if strom_engine::lookup::is_external(def) {
+        return Err(StromError::user(
+            "42809",
+            format!(
+                "cannot change lookup table \"{}\": its rows live in the external database (change them there)",
+                def.name
+            ),
+        ));
+    }
     Ok(def)
 }
 

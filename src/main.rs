@@ -64,6 +64,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let db = Arc::new(db);
+    // Before views are deployed: their temporal joins may open lookup tables.
+    strom_connectors::lookup::register();
     let stream = StreamRuntime::new(
         Arc::clone(&db),
         RuntimeConfig {

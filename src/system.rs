@@ -14,6 +14,11 @@
 //!   runs, the partitions it reads, the rows (records, for sinks) and rejections since the
 //!   server started, and the error that stopped its last attempt (a missing topic, an
 //!   unreachable broker) until it works again.
+//! - `strom_catalog.lookup_status`: per materialized view and external lookup table it
+//!   joins by processing time, since the server started: rows whose key the cache had
+//!   (`hits`) or the database was asked for (`misses`), rows fetched, failed attempts
+//!   (after the connector's retries), input rows waiting for the database, keys cached,
+//!   and the last error until a lookup works again.
 //! - `strom_catalog.late_rows`: every row a table or source with a `WATERMARK` set aside
 //!   because its event time was behind the watermark (or NULL), with the watermark at the
 //!   time, the reason and the row as JSON. Kept until the relation is dropped.
@@ -41,6 +46,7 @@ pub const SCHEMA: &str = "strom_catalog";
 const TABLES: &[&str] = &[
     "backfill_progress",
     "late_rows",
+    "lookup_status",
     "source_errors",
     "source_offsets",
     "source_status",
@@ -230,13 +236,15 @@ impl StromCatalogSchema {
 
     fn sources(&self) -> impl Iterator<Item = (String, &strom_catalog::TableDef)> {
         let cat = &self.env.catalog;
-        cat.tables().filter(|t| t.connector.is_some()).map(|t| {
-            let schema = cat
-                .schema(t.schema)
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
-            (schema, t)
-        })
+        cat.tables()
+            .filter(|t| t.connector.is_some() && !strom_engine::lookup::is_external(t))
+            .map(|t| {
+                let schema = cat
+                    .schema(t.schema)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                (schema, t)
+            })
     }
 
     fn source_errors(&self) -> DfResult<RecordBatch> {
@@ -309,6 +317,48 @@ impl StromCatalogSchema {
 }
 
 impl StromCatalogSchema {
+    fn lookup_status(&self) -> DfResult<RecordBatch> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("view_name", DataType::Utf8, false),
+            Field::new("dimension", DataType::Utf8, false),
+            Field::new("hits", DataType::Int64, false),
+            Field::new("misses", DataType::Int64, false),
+            Field::new("fetched", DataType::Int64, false),
+            Field::new("errors", DataType::Int64, false),
+            Field::new("waiting", DataType::Int64, false),
+            Field::new("cached", DataType::Int64, false),
+            Field::new("last_error", DataType::Utf8, true),
+        ]));
+        let mut stats: Vec<(String, Arc<strom_engine::lookup::LookupStats>)> =
+            strom_engine::lookup::all_stats()
+                .into_iter()
+                .filter_map(|s| Some((self.env.catalog.table(s.view)?.name.clone(), s)))
+                .collect();
+        stats.sort_by(|a, b| (&a.0, &a.1.dimension).cmp(&(&b.0, &b.1.dimension)));
+        let count = |f: fn(&strom_engine::lookup::LookupStats) -> &std::sync::atomic::AtomicU64| {
+            Arc::new(Int64Array::from_iter_values(
+                stats.iter().map(|(_, s)| f(s).load(Relaxed) as i64),
+            )) as ArrayRef
+        };
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(stats.iter().map(|(v, _)| v))),
+            Arc::new(StringArray::from_iter_values(
+                stats.iter().map(|(_, s)| &s.dimension),
+            )),
+            count(|s| &s.hits),
+            count(|s| &s.misses),
+            count(|s| &s.fetched),
+            count(|s| &s.errors),
+            count(|s| &s.waiting),
+            count(|s| &s.cached),
+            Arc::new(StringArray::from_iter(
+                stats.iter().map(|(_, s)| s.last_error()),
+            )),
+        ];
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+
     fn source_status(&self) -> DfResult<RecordBatch> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("schema_name", DataType::Utf8, false),
@@ -361,6 +411,7 @@ impl SchemaProvider for StromCatalogSchema {
             "source_offsets" => self.source_offsets()?,
             "source_status" => self.source_status()?,
             "late_rows" => self.late_rows()?,
+            "lookup_status" => self.lookup_status()?,
             "watermarks" => self.watermarks()?,
             "view_state" => self.view_state()?,
             _ => return Ok(None),

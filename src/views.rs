@@ -212,6 +212,7 @@ async fn plan_view(
             }),
             connector: None,
             watermark: None,
+            indexes: Vec::new(),
         },
         plan,
     })

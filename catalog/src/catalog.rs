@@ -239,6 +239,7 @@ mod tests {
             view: None,
             connector: None,
             watermark: None,
+            indexes: Vec::new(),
         }
     }
 

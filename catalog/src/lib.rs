@@ -24,7 +24,7 @@ pub use catalog::Catalog;
 pub use error::{CatalogError, Result};
 pub use ids::{SchemaId, TableId};
 pub use object::{
-    ColumnDef, ConnectorDef, IncludeDef, SchemaDef, TableDef, ViewDef, WatermarkDef, ROW_ID_COLUMN,
-    VIEW_COUNT_COLUMN,
+    ColumnDef, ConnectorDef, IncludeDef, IndexDef, SchemaDef, TableDef, ViewDef, WatermarkDef,
+    ROW_ID_COLUMN, VIEW_COUNT_COLUMN,
 };
 pub use types::SqlType;

@@ -103,6 +103,20 @@ pub struct TableDef {
     /// watermark are kept aside as late instead of stored.
     #[serde(default)]
     pub watermark: Option<WatermarkDef>,
+    /// Secondary indexes (`CREATE INDEX`), which temporal joins look rows up by.
+    #[serde(default)]
+    pub indexes: Vec<IndexDef>,
+}
+
+/// `CREATE INDEX name ON table (columns)`: entries `columns ++ primary key` kept with the
+/// rows, so rows can be found by `columns` (see the engine's `keys::index_prefix`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexDef {
+    /// Numbers the index within its table (never reused by the table).
+    pub id: u32,
+    pub name: String,
+    /// Indices into the table's columns, in index order.
+    pub columns: Vec<usize>,
 }
 
 /// A table's or source's event-time watermark: after a row with `column = t` arrived, the

@@ -11,6 +11,7 @@ pub mod cdc;
 pub mod decode;
 pub mod errors;
 pub mod kafka;
+pub mod lookup;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashSet};
@@ -165,7 +166,10 @@ pub fn validate(def: &TableDef) -> Result<(), String> {
     };
     match c.options.get("connector").map(String::as_str) {
         Some("kafka") => kafka::validate(def, c),
-        Some(other) => Err(format!("unknown connector \"{other}\" (supported: kafka)")),
+        Some("postgres" | "mysql") => lookup::validate(def, c),
+        Some(other) => Err(format!(
+            "unknown connector \"{other}\" (supported: kafka; postgres and mysql with mode = 'lookup')"
+        )),
         None => Err("option \"connector\" is required".into()),
     }
 }
@@ -195,7 +199,11 @@ impl Connectors {
             .collect();
         let wanted: BTreeMap<TableId, &TableDef> = catalog
             .tables()
-            .filter(|t| t.connector.is_some() && (!t.is_source() || read.contains(&t.id)))
+            .filter(|t| {
+                t.connector.is_some()
+                    && !strom_engine::lookup::is_external(t)
+                    && (!t.is_source() || read.contains(&t.id))
+            })
             .map(|t| (t.id, t))
             .collect();
         let mut tasks = self.tasks.lock().expect("tasks lock");

@@ -33,6 +33,8 @@ pub const TABLE_PREFIX: u8 = 0x01;
 pub const LOG_PREFIX: u8 = 0x02;
 /// First byte of operator state (see `state`).
 pub const STATE_PREFIX: u8 = 0x03;
+/// First byte of secondary index entries (`CREATE INDEX`, see [`index_prefix`]).
+pub const INDEX_PREFIX: u8 = 0x04;
 
 /// `0x01 | table_id`: every row of the table starts with these bytes.
 pub fn table_prefix(table: TableId) -> Vec<u8> {
@@ -46,6 +48,18 @@ pub fn table_prefix(table: TableId) -> Vec<u8> {
 pub fn vnode_prefix(table: TableId, vnode: u16) -> Vec<u8> {
     let mut k = table_prefix(table);
     k.extend_from_slice(&vnode.to_be_bytes());
+    k
+}
+
+/// `0x04 | table_id | index | encoded index key`: the entries of one index key, each
+/// followed by the encoded primary key of a row that has it (the entry's value is empty).
+/// Without `key`, the prefix of the whole index.
+pub fn index_prefix(table: TableId, index: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(INDEX_PREFIX);
+    k.extend_from_slice(&table.0.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(key);
     k
 }
 

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod database;
 pub mod error;
 pub mod keys;
+pub mod lookup;
 pub mod provider;
 pub mod row;
 pub mod scan_range;

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Constraints, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -133,6 +135,29 @@ impl TableProvider for StromTable {
                 "source \"{}\" cannot be queried directly: its rows are not stored. Create a materialized view over it, or declare it with CREATE TABLE to store its rows",
                 self.def.name
             )))));
+        }
+        if crate::lookup::is_external(&self.def) {
+            // Read through to the database.
+            let ext = crate::lookup::open(&self.def)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let batch = ext.scan(Some(projection.clone())).await.map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "lookup table \"{}\": reading it from the database failed: {e}",
+                    self.def.name
+                ))
+            })?;
+            let schema = Arc::new(self.schema.project(&projection)?);
+            let batch = RecordBatch::try_new_with_options(
+                Arc::clone(&schema),
+                batch.columns().to_vec(),
+                &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                    .with_row_count(Some(batch.num_rows())),
+            )?;
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[vec![batch]],
+                schema,
+                None,
+            )?);
         }
         if self.def.is_view() {
             let key = crate::stream::runtime::failure_key(self.def.id);

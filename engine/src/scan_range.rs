@@ -300,6 +300,7 @@ mod tests {
             view: None,
             connector: None,
             watermark: None,
+            indexes: Vec::new(),
         }
     }
 

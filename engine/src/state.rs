@@ -116,6 +116,11 @@ impl StateAlloc {
         &self.store
     }
 
+    /// The id of the view whose state this allocates.
+    pub fn view(&self) -> u32 {
+        self.view
+    }
+
     pub fn budget(&self) -> &Arc<MemoryBudget> {
         &self.budget
     }

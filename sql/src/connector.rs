@@ -590,9 +590,16 @@ fn parse_dotted_options(p: &mut Parser) -> std::result::Result<Vec<(String, Stri
         return Ok(out);
     }
     loop {
+        // Dotted, and words may be joined by hyphens (`lookup.partial-cache.max-rows`).
         let mut key = p.parse_identifier()?.value.to_lowercase();
-        while p.consume_token(&Token::Period) {
-            key.push('.');
+        loop {
+            if p.consume_token(&Token::Period) {
+                key.push('.');
+            } else if p.consume_token(&Token::Minus) {
+                key.push('-');
+            } else {
+                break;
+            }
             key.push_str(&p.parse_identifier()?.value.to_lowercase());
         }
         p.expect_token(&Token::Eq)?;

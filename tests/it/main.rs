@@ -9,6 +9,7 @@ mod event_time;
 mod fidelity;
 mod kafka;
 mod kafka_txn;
+mod lookup;
 mod pgclient;
 mod psql;
 mod recovery;

@@ -1,13 +1,27 @@
 //! Processing-time temporal joins: `JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() AS d ON
-//! ... = d.key`. Each left row is joined with the dimension row as it is when the row is
-//! processed (a point read of the dimension's primary key at the epoch's snapshot); later
-//! changes of the dimension do not rewrite earlier results, so the join keeps no state of
-//! the dimension.
+//! ... = d.key`. Each left row is joined with the dimension rows as they are when the row
+//! is processed; later changes of the dimension do not rewrite earlier results, so the
+//! join keeps no state of the dimension.
+//!
+//! Where the dimension's rows come from ([`Dim`]):
+//! - a Strom table or view looked up by its primary key: one multi-get per chunk at the
+//!   epoch's snapshot;
+//! - a Strom table or view looked up by a secondary index (`CREATE INDEX`): a prefix scan
+//!   of the index per key, then a multi-get of the rows;
+//! - an external lookup table ([`crate::lookup`]): the distinct keys of a chunk the cache
+//!   does not hold are fetched in one batched call. When the database cannot answer, the
+//!   chunk and every later one wait, in order, in a state table committed with the epoch,
+//!   and are retried with backoff (the view's deadline makes the runtime run an epoch for
+//!   it): no row is lost or reordered, and the rest of the dataflow carries on.
 //!
 //! A left input that deletes rows needs to retract exactly what was emitted for them, so
-//! then the join remembers, per left row (its value encoding), the dimension rows it was
-//! joined with (a multiset: `left row -> dimension row or "none" -> count`). An append-only
-//! left input keeps no state at all.
+//! then the join remembers, per left row (its value encoding), the set of dimension rows
+//! each occurrence was joined with (`left row -> set -> count`). An append-only left input
+//! keeps no state at all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -16,49 +30,222 @@ use strom_catalog::TableDef;
 use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
+use crate::lookup::{ExternalTable, LookupCache, LookupOptions, LookupStats};
 use crate::row;
 use crate::state::{multiset_count, StateAlloc, StateTable};
 use crate::store::Snapshot;
+
+type Row = Vec<ScalarValue>;
+/// The dimension rows (output columns) one left row found.
+type Found = Arc<Vec<Row>>;
+
+/// The set suffix of "no dimension row".
+const NONE: &[u8] = &[0];
+/// The prefix of waiting chunks in the pending table.
+const PENDING: &[u8] = b"p";
+/// Retry delays after failures: 200 ms doubling up to 5 s.
+const RETRY_FIRST_MICROS: i64 = 200_000;
+const RETRY_MAX_MICROS: i64 = 5_000_000;
+
+/// Where dimension rows are read.
+#[derive(Debug)]
+pub enum Dim {
+    /// Point reads of the Strom relation's primary key.
+    Key,
+    /// A Strom secondary index: entries `index key columns ++ primary key` under
+    /// [`keys::index_prefix`].
+    Index(u32),
+    External(Box<External>),
+}
+
+/// The state of a join with an external table.
+#[derive(Debug)]
+pub struct External {
+    table: Arc<dyn ExternalTable>,
+    cache: Option<LookupCache>,
+    cache_missing_key: bool,
+    /// Chunks waiting for the database, by sequence number (committed with the epoch).
+    pending: StateTable,
+    /// Sequence numbers in `pending`, oldest first (None: not read from the store yet).
+    waiting: Option<std::collections::VecDeque<u64>>,
+    next_seq: u64,
+    /// Consecutive failed attempts, and when (runtime clock, µs) to try again.
+    failures: u32,
+    retry_at: i64,
+    stats: Arc<LookupStats>,
+}
+
+impl External {
+    pub fn new(
+        table: Arc<dyn ExternalTable>,
+        options: &LookupOptions,
+        stats: Arc<LookupStats>,
+        state: &mut StateAlloc,
+    ) -> Self {
+        External {
+            table,
+            cache: options.cache.then(|| LookupCache::new(options)),
+            cache_missing_key: options.cache_missing_key,
+            pending: state.ordered_table(),
+            waiting: None,
+            next_seq: 0,
+            failures: 0,
+            retry_at: i64::MIN,
+            stats,
+        }
+    }
+
+    fn waiting(&mut self) -> Result<&mut std::collections::VecDeque<u64>> {
+        if self.waiting.is_none() {
+            let mut seqs = std::collections::VecDeque::new();
+            let mut rows = 0u64;
+            self.pending.scan_ordered(PENDING, false, |suffix, value| {
+                let corrupt = || EngineError::Corrupt {
+                    table: "lookup join pending rows".into(),
+                    reason: "bad entry".into(),
+                };
+                seqs.push_back(u64::from_be_bytes(
+                    suffix.try_into().map_err(|_| corrupt())?,
+                ));
+                let n: [u8; 4] = value
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
+                rows += u64::from(u32::from_le_bytes(n));
+                Ok(true)
+            })?;
+            self.next_seq = seqs.back().map_or(0, |s| s + 1);
+            // Rows that waited when the server last stopped.
+            LookupStats::add(&self.stats.waiting, rows);
+            self.waiting = Some(seqs);
+        }
+        Ok(self.waiting.as_mut().expect("loaded above"))
+    }
+
+    fn defer(&mut self, rows: &[(Op, Row)]) -> Result<()> {
+        // Row count, then per row: 1 insert / 0 delete, length, the row.
+        let mut bytes = (rows.len() as u32).to_le_bytes().to_vec();
+        for (op, r) in rows {
+            bytes.push(u8::from(op.sign() > 0));
+            let enc = row::encode_row(r)?;
+            bytes.extend_from_slice(&(enc.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&enc);
+        }
+        self.waiting()?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.put(PENDING, &seq.to_be_bytes(), bytes)?;
+        self.waiting()?.push_back(seq);
+        LookupStats::add(&self.stats.waiting, rows.len() as u64);
+        Ok(())
+    }
+
+    fn pending_rows(&mut self, seq: u64, types: &[DataType]) -> Result<Vec<(Op, Row)>> {
+        let corrupt = |reason: String| EngineError::Corrupt {
+            table: "lookup join pending rows".into(),
+            reason,
+        };
+        let bytes = self
+            .pending
+            .get(PENDING, &seq.to_be_bytes())?
+            .ok_or_else(|| corrupt(format!("waiting chunk {seq} is missing")))?
+            .clone();
+        let mut out = Vec::new();
+        let mut pos = 4;
+        while pos < bytes.len() {
+            let op = if bytes[pos] == 1 {
+                Op::Insert
+            } else {
+                Op::Delete
+            };
+            let len = bytes
+                .get(pos + 1..pos + 5)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or_else(|| corrupt("truncated".into()))?;
+            let enc = bytes
+                .get(pos + 5..pos + 5 + len)
+                .ok_or_else(|| corrupt("truncated".into()))?;
+            out.push((op, row::decode_row(enc, types).map_err(corrupt)?));
+            pos += 5 + len;
+        }
+        Ok(out)
+    }
+
+    fn failed(&mut self, dim: &str, error: String, now: i64) {
+        self.failures += 1;
+        let delay = RETRY_FIRST_MICROS
+            .saturating_mul(1 << (self.failures - 1).min(10))
+            .min(RETRY_MAX_MICROS);
+        self.retry_at = now.saturating_add(delay);
+        LookupStats::add(&self.stats.errors, 1);
+        if self.failures == 1 || self.failures.is_power_of_two() {
+            tracing::warn!(
+                "lookups in \"{dim}\" failed ({} attempts in a row); rows wait and are retried: {error}",
+                self.failures
+            );
+        }
+        self.stats.set_error(Some(error));
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            self.failures = 0;
+            self.stats.set_error(None);
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct LookupJoin {
     /// LEFT JOIN: a row without a dimension row is padded with NULLs.
     left_outer: bool,
-    /// Left columns giving the dimension's primary key, in key order.
+    /// Left columns compared with `dim_keys`, in the same order.
     left_keys: Vec<usize>,
-    dim: std::sync::Arc<TableDef>,
+    dim: Arc<TableDef>,
     dim_types: Vec<DataType>,
+    /// Stored columns of the dimension the lookup compares (its primary key, in key
+    /// order, for [`Dim::Key`]; the index columns for [`Dim::Index`]).
+    dim_keys: Vec<usize>,
     /// Stored columns of the dimension the join outputs.
     dim_columns: Vec<usize>,
+    source: Dim,
     output: SchemaRef,
+    left_types: Vec<DataType>,
     /// What was emitted per left row (None: the left input only appends).
     emitted: Option<StateTable>,
 }
 
-/// The multiset suffix of "no dimension row".
-const NONE: &[u8] = &[0];
-
 impl LookupJoin {
+    #[allow(clippy::too_many_arguments)]
     pub fn try_new(
         left_outer: bool,
         left_keys: Vec<usize>,
-        dim: std::sync::Arc<TableDef>,
+        dim: Arc<TableDef>,
+        dim_keys: Vec<usize>,
         dim_columns: Vec<usize>,
+        source: Dim,
         output: SchemaRef,
         append_only_left: bool,
         state: &mut StateAlloc,
     ) -> Result<Self> {
-        if left_keys.len() != dim.pk.len() {
+        if left_keys.len() != dim_keys.len() || (matches!(source, Dim::Key) && dim_keys != dim.pk) {
             return Err(EngineError::Internal(
                 "lookup join keys do not match the dimension's key".into(),
             ));
         }
+        let left_width = output.fields().len() - dim_columns.len();
         Ok(LookupJoin {
             left_outer,
             left_keys,
             dim_types: crate::table::stored_types(&dim),
             dim,
+            dim_keys,
             dim_columns,
+            source,
+            left_types: output.fields()[..left_width]
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
             output,
             emitted: (!append_only_left).then(|| state.table()),
         })
@@ -69,61 +256,204 @@ impl LookupJoin {
     }
 
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
-        self.emitted.iter_mut().collect()
+        let mut v: Vec<&mut StateTable> = self.emitted.iter_mut().collect();
+        if let Dim::External(e) = &mut self.source {
+            v.push(&mut e.pending);
+        }
+        v
     }
 
-    /// The storage key of the dimension row a left row looks up (None: a NULL key).
-    fn dim_key(&self, row: &[ScalarValue]) -> Result<Option<Vec<u8>>> {
-        let mut pk = Vec::with_capacity(self.left_keys.len());
-        for (&k, &c) in self.left_keys.iter().zip(&self.dim.pk) {
+    /// When rows waiting for an external database are next retried (runtime clock, µs).
+    pub fn next_deadline(&mut self) -> Result<Option<i64>> {
+        let Dim::External(e) = &mut self.source else {
+            return Ok(None);
+        };
+        let retry_at = e.retry_at;
+        Ok((!e.waiting()?.is_empty()).then_some(retry_at))
+    }
+
+    /// The key a left row looks up, in the dimension's key types (None: a NULL key,
+    /// which matches nothing).
+    fn key_of(&self, row: &[ScalarValue]) -> Result<Option<Row>> {
+        let mut key = Vec::with_capacity(self.left_keys.len());
+        for (&k, &c) in self.left_keys.iter().zip(&self.dim_keys) {
             let v = &row[k];
             if v.is_null() {
                 return Ok(None);
             }
-            // The key value in the dimension's key type (the join compared them so).
+            // The key value in the dimension's type (the join compared them so).
             let t = &self.dim_types[c];
-            pk.push(if &v.data_type() == t {
+            key.push(if &v.data_type() == t {
                 v.clone()
             } else {
                 v.cast_to(t)?
             });
         }
-        Ok(Some(keys::row_key(self.dim.id, &keys::encode_key(&pk)?)))
+        Ok(Some(key))
     }
 
-    /// The dimension rows (their output columns) for a chunk's inserted rows, as of
-    /// `snapshot`, read with one multi-get.
-    fn lookup_all(
-        &self,
+    fn output_row(&self, full: &[ScalarValue]) -> Row {
+        self.dim_columns.iter().map(|&c| full[c].clone()).collect()
+    }
+
+    /// The dimension rows each inserted row finds (deletes find nothing: they retract
+    /// what the state recorded). `Err` inside: the external database could not answer.
+    fn find(
+        &mut self,
         snapshot: &Snapshot,
-        rows: &[(Op, Vec<ScalarValue>)],
-    ) -> Result<Vec<Option<Vec<ScalarValue>>>> {
-        let keys: Vec<Option<Vec<u8>>> = rows
+        rows: &[(Op, Row)],
+    ) -> Result<std::result::Result<Vec<Found>, String>> {
+        let keys: Vec<Option<Row>> = rows
             .iter()
             .map(|(op, r)| {
                 if op.sign() > 0 {
-                    self.dim_key(r)
+                    self.key_of(r)
                 } else {
                     Ok(None)
                 }
             })
             .collect::<Result<_>>()?;
-        let wanted: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
-        let mut found = snapshot.multi_get(&wanted)?.into_iter();
-        keys.iter()
-            .map(|k| {
-                let Some(bytes) = k.as_ref().and_then(|_| found.next()).flatten() else {
-                    return Ok(None);
-                };
-                let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
-                Ok(Some(
-                    self.dim_columns.iter().map(|&c| full[c].clone()).collect(),
-                ))
-            })
-            .collect()
+        let nothing: Found = Arc::new(Vec::new());
+        match &self.source {
+            Dim::Key => {
+                let wanted: Vec<Vec<u8>> = keys
+                    .iter()
+                    .flatten()
+                    .map(|k| Ok(keys::row_key(self.dim.id, &keys::encode_key(k)?)))
+                    .collect::<Result<_>>()?;
+                let mut found = snapshot.multi_get(&wanted)?.into_iter();
+                Ok(Ok(keys
+                    .iter()
+                    .map(|k| {
+                        let Some(bytes) = k.as_ref().and_then(|_| found.next()).flatten() else {
+                            return Ok(Arc::clone(&nothing));
+                        };
+                        let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
+                        Ok(Arc::new(vec![self.output_row(&full)]))
+                    })
+                    .collect::<Result<_>>()?))
+            }
+            Dim::Index(index) => {
+                let index = *index;
+                let mut by_key: HashMap<Vec<u8>, Found> = HashMap::new();
+                let mut out = Vec::with_capacity(keys.len());
+                for k in &keys {
+                    let Some(k) = k else {
+                        out.push(Arc::clone(&nothing));
+                        continue;
+                    };
+                    let enc = keys::encode_key(k)?;
+                    if let Some(f) = by_key.get(&enc) {
+                        out.push(Arc::clone(f));
+                        continue;
+                    }
+                    let prefix = keys::index_prefix(self.dim.id, index, &enc);
+                    let hi = keys::prefix_successor(&prefix).expect("index keys start 0x04");
+                    let mut pks = Vec::new();
+                    snapshot.for_each(&prefix, &hi, |key, _| {
+                        pks.push(keys::row_key(self.dim.id, &key[prefix.len()..]));
+                    })?;
+                    let mut found = Vec::with_capacity(pks.len());
+                    for bytes in snapshot.multi_get(&pks)?.into_iter().flatten() {
+                        let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
+                        found.push(self.output_row(&full));
+                    }
+                    let f: Found = Arc::new(found);
+                    by_key.insert(enc, Arc::clone(&f));
+                    out.push(f);
+                }
+                Ok(Ok(out))
+            }
+            Dim::External(_) => self.find_external(keys),
+        }
     }
 
-    fn joined(&self, row: &[ScalarValue], dim: Option<&[ScalarValue]>) -> Result<Vec<ScalarValue>> {
+    fn find_external(
+        &mut self,
+        keys: Vec<Option<Row>>,
+    ) -> Result<std::result::Result<Vec<Found>, String>> {
+        let Dim::External(ext) = &mut self.source else {
+            unreachable!("called for external dimensions")
+        };
+        let now = Instant::now();
+        let nothing: Found = Arc::new(Vec::new());
+        // Per row: the encoded key; the distinct keys the cache does not have.
+        let mut resolved: HashMap<Vec<u8>, Option<Found>> = HashMap::new();
+        let mut missing: Vec<Row> = Vec::new();
+        let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        let (mut hits, mut misses) = (0u64, 0u64);
+        for k in &keys {
+            let Some(k) = k else {
+                encoded.push(None);
+                continue;
+            };
+            let enc = keys::encode_key(k)?;
+            if !resolved.contains_key(&enc) {
+                let cached = ext.cache.as_mut().and_then(|c| c.get(&enc, now));
+                if cached.is_none() {
+                    missing.push(k.clone());
+                    misses += 1;
+                } else {
+                    hits += 1;
+                }
+                resolved.insert(enc.clone(), cached);
+            } else {
+                hits += 1;
+            }
+            encoded.push(Some(enc));
+        }
+        if !missing.is_empty() {
+            let batch = match ext.table.fetch(&self.dim_keys, &missing) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
+            let rows = crate::table::batch_to_rows(&batch)?;
+            LookupStats::add(&ext.stats.fetched, rows.len() as u64);
+            let mut grouped: HashMap<Vec<u8>, Vec<Row>> = HashMap::new();
+            for r in rows {
+                let key: Row = self.dim_keys.iter().map(|&c| r[c].clone()).collect();
+                if key.iter().any(ScalarValue::is_null) {
+                    continue;
+                }
+                let out: Row = self.dim_columns.iter().map(|&c| r[c].clone()).collect();
+                grouped
+                    .entry(keys::encode_key(&key)?)
+                    .or_default()
+                    .push(out);
+            }
+            for k in &missing {
+                let enc = keys::encode_key(k)?;
+                let rows = grouped.remove(&enc).unwrap_or_default();
+                let found: Found = Arc::new(rows);
+                if let Some(cache) = &mut ext.cache {
+                    if !found.is_empty() || ext.cache_missing_key {
+                        cache.put(enc.clone(), Arc::clone(&found), now);
+                    }
+                }
+                resolved.insert(enc, Some(found));
+            }
+        }
+        LookupStats::add(&ext.stats.hits, hits);
+        LookupStats::add(&ext.stats.misses, misses);
+        if let Some(c) = &ext.cache {
+            ext.stats
+                .cached
+                .store(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Ok(encoded
+            .iter()
+            .map(|e| match e {
+                Some(e) => resolved
+                    .get(e)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| Arc::clone(&nothing)),
+                None => Arc::clone(&nothing),
+            })
+            .collect()))
+    }
+
+    fn joined(&self, row: &[ScalarValue], dim: Option<&[ScalarValue]>) -> Result<Row> {
         let mut out = row.to_vec();
         match dim {
             Some(d) => out.extend_from_slice(d),
@@ -136,71 +466,194 @@ impl LookupJoin {
         Ok(out)
     }
 
-    /// Joins a chunk of left changes with the dimension as of `snapshot`.
-    pub fn apply(&mut self, chunk: &StreamChunk, snapshot: &Snapshot) -> Result<StreamChunk> {
+    /// Joins left changes with the dimension rows `find` returned for them.
+    fn join(&mut self, rows: Vec<(Op, Row)>, found: Vec<Found>) -> Result<StreamChunk> {
         let mut out = Vec::new();
-        let rows = chunk.rows()?;
-        let dims = self.lookup_all(snapshot, &rows)?;
-        for ((op, row), dim) in rows.into_iter().zip(dims) {
+        for ((op, row), dims) in rows.into_iter().zip(found) {
             if op.sign() > 0 {
                 if let Some(state) = &mut self.emitted {
                     let prefix = row::encode_row(&row)?;
-                    let suffix = match &dim {
-                        Some(d) => row::encode_row(d)?,
-                        None => NONE.to_vec(),
-                    };
-                    let d = dim.clone();
-                    state.multiset_add(&prefix, &suffix, 1, || match &d {
-                        Some(d) => row::encode_row(d),
-                        None => Ok(Vec::new()),
-                    })?;
+                    let set = encode_set(&dims)?;
+                    state.multiset_add(&prefix, &set, 1, || Ok(Vec::new()))?;
                 }
-                match dim {
-                    Some(d) => out.push((Op::Insert, self.joined(&row, Some(&d))?)),
-                    None if self.left_outer => out.push((Op::Insert, self.joined(&row, None)?)),
-                    None => {}
+                if dims.is_empty() {
+                    if self.left_outer {
+                        out.push((Op::Insert, self.joined(&row, None)?));
+                    }
+                } else {
+                    for d in dims.iter() {
+                        out.push((Op::Insert, self.joined(&row, Some(d))?));
+                    }
                 }
             } else {
-                // Retract what was emitted for this left row.
+                // Retract what was emitted for one occurrence of this left row.
                 let Some(state) = &mut self.emitted else {
                     return Err(EngineError::Internal(
                         "lookup join: a delete from an input planned as append-only".into(),
                     ));
                 };
                 let prefix = row::encode_row(&row)?;
-                let mut first: Option<(Vec<u8>, Vec<u8>)> = None;
+                let mut first: Option<Vec<u8>> = None;
                 for (suffix, value) in state.bucket(&prefix)? {
                     if multiset_count(value)? > 0 {
-                        first = Some((suffix.clone(), value[8..].to_vec()));
+                        first = Some(suffix.clone());
                         break;
                     }
                 }
-                let Some((suffix, dim_bytes)) = first else {
+                let Some(set) = first else {
                     return Err(EngineError::Internal(
                         "lookup join: delete of a row that was never joined".into(),
                     ));
                 };
-                state.multiset_add(&prefix, &suffix, -1, || Ok(Vec::new()))?;
-                if suffix.as_slice() == NONE {
+                state.multiset_add(&prefix, &set, -1, || Ok(Vec::new()))?;
+                let types: Vec<DataType> = self
+                    .dim_columns
+                    .iter()
+                    .map(|&c| self.dim_types[c].clone())
+                    .collect();
+                let dims = decode_set(&set, &types)?;
+                if dims.is_empty() {
                     if self.left_outer {
                         out.push((Op::Delete, self.joined(&row, None)?));
                     }
                 } else {
-                    let types: Vec<DataType> = self
-                        .dim_columns
-                        .iter()
-                        .map(|&c| self.dim_types[c].clone())
-                        .collect();
-                    let d = row::decode_row(&dim_bytes, &types).map_err(|reason| {
-                        EngineError::Corrupt {
-                            table: "lookup join state".into(),
-                            reason,
-                        }
-                    })?;
-                    out.push((Op::Delete, self.joined(&row, Some(&d))?));
+                    for d in &dims {
+                        out.push((Op::Delete, self.joined(&row, Some(d))?));
+                    }
                 }
             }
         }
         StreamChunk::from_rows(&self.output, &out)
     }
+
+    /// Joins an epoch's left chunks. With an external dimension, chunks that waited for
+    /// the database go first (once their retry is due), and a chunk the database cannot
+    /// serve waits with every chunk after it.
+    pub fn run(
+        &mut self,
+        chunks: &[StreamChunk],
+        snapshot: &Snapshot,
+        now: i64,
+    ) -> Result<Vec<StreamChunk>> {
+        let mut out = Vec::new();
+        if !matches!(self.source, Dim::External(_)) {
+            for c in chunks {
+                let rows = c.rows()?;
+                let found = self.find(snapshot, &rows)?.map_err(EngineError::Internal)?;
+                let o = self.join(rows, found)?;
+                if !o.is_empty() {
+                    out.push(o);
+                }
+            }
+            return Ok(out);
+        }
+        let dim_name = self.dim.name.clone();
+        let mut blocked = self.retry_waiting(snapshot, now, &mut out)?;
+        for c in chunks {
+            let rows = c.rows()?;
+            if !blocked {
+                match self.find(snapshot, &rows)? {
+                    Ok(found) => {
+                        let o = self.join(rows, found)?;
+                        if !o.is_empty() {
+                            out.push(o);
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.external().failed(&dim_name, e, now);
+                        blocked = true;
+                    }
+                }
+            }
+            self.external().defer(&rows)?;
+        }
+        if !blocked {
+            self.external().succeeded();
+        }
+        Ok(out)
+    }
+
+    fn external(&mut self) -> &mut External {
+        match &mut self.source {
+            Dim::External(e) => e,
+            _ => unreachable!("called for external dimensions"),
+        }
+    }
+
+    /// Retries waiting chunks, oldest first; true when some still wait.
+    fn retry_waiting(
+        &mut self,
+        snapshot: &Snapshot,
+        now: i64,
+        out: &mut Vec<StreamChunk>,
+    ) -> Result<bool> {
+        let dim_name = self.dim.name.clone();
+        let types = self.left_types.clone();
+        let ext = self.external();
+        if ext.waiting()?.is_empty() {
+            return Ok(false);
+        }
+        if now < ext.retry_at {
+            return Ok(true);
+        }
+        while let Some(&seq) = self.external().waiting()?.front() {
+            let rows = self.external().pending_rows(seq, &types)?;
+            match self.find(snapshot, &rows)? {
+                Ok(found) => {
+                    let n = rows.len() as u64;
+                    let o = self.join(rows, found)?;
+                    if !o.is_empty() {
+                        out.push(o);
+                    }
+                    let ext = self.external();
+                    ext.pending.delete(PENDING, &seq.to_be_bytes())?;
+                    ext.waiting()?.pop_front();
+                    ext.stats
+                        .waiting
+                        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.external().failed(&dim_name, e, now);
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The suffix recording the dimension rows one left row occurrence was joined with.
+fn encode_set(rows: &[Row]) -> Result<Vec<u8>> {
+    if rows.is_empty() {
+        return Ok(NONE.to_vec());
+    }
+    let mut out = vec![1];
+    for r in rows {
+        let enc = row::encode_row(r)?;
+        out.extend_from_slice(&(enc.len() as u32).to_le_bytes());
+        out.extend_from_slice(&enc);
+    }
+    Ok(out)
+}
+
+fn decode_set(bytes: &[u8], types: &[DataType]) -> Result<Vec<Row>> {
+    let corrupt = |reason: String| EngineError::Corrupt {
+        table: "lookup join state".into(),
+        reason,
+    };
+    let mut out = Vec::new();
+    let mut pos = 1;
+    while pos < bytes.len() {
+        let len = bytes
+            .get(pos..pos + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| corrupt("truncated".into()))?;
+        let enc = bytes
+            .get(pos + 4..pos + 4 + len)
+            .ok_or_else(|| corrupt("truncated".into()))?;
+        out.push(row::decode_row(enc, types).map_err(corrupt)?);
+        pos += 4 + len;
+    }
+    Ok(out)
 }

@@ -34,6 +34,17 @@ pub fn column_refs(
         .collect()
 }
 
+/// How a temporal join finds dimension rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LookupVia {
+    /// A point read of the Strom relation's primary key.
+    Key,
+    /// A secondary index of the Strom relation (`CREATE INDEX`).
+    Index { id: u32, name: String },
+    /// An external lookup table (`mode = 'lookup'`), fetched from its database.
+    External { connector: String },
+}
+
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     /// The changes of a table or of another view (its visible columns).
@@ -71,16 +82,20 @@ pub enum NodeKind {
         cleaning: [Option<super::hash_join::JoinCleaning>; 2],
     },
     UnionAll,
-    /// A processing-time temporal join: each input row looks up the dimension's row by
-    /// its primary key at the epoch's snapshot (see [`super::lookup_join`]).
+    /// A processing-time temporal join: each input row looks up the dimension's rows as
+    /// they are when it is processed (see [`super::lookup_join`]).
     LookupJoin {
         left_outer: bool,
-        /// Input columns giving the dimension's primary key, in key order.
+        /// Input columns compared with `dim_keys`, in the same order.
         left_keys: Vec<usize>,
         dim: TableId,
         dim_name: String,
+        /// Stored columns of the dimension looked up (its primary key in key order, an
+        /// index's columns, or any columns of an external table).
+        dim_keys: Vec<usize>,
         /// Stored columns of the dimension in the output.
         dim_columns: Vec<usize>,
+        via: LookupVia,
     },
     /// Window functions or a top-N, by partition recomputation (see
     /// [`super::over_window`]).
@@ -238,6 +253,7 @@ impl PlanNode {
                 left_outer,
                 left_keys,
                 dim_name,
+                via,
                 ..
             } => {
                 let input = &self.inputs[0].schema;
@@ -245,8 +261,13 @@ impl PlanNode {
                     .iter()
                     .map(|&k| input.field(k).name().as_str())
                     .collect();
+                let via = match via {
+                    LookupVia::Key => "primary key".to_string(),
+                    LookupVia::Index { name, .. } => format!("index {name}"),
+                    LookupVia::External { connector } => format!("{connector} lookup"),
+                };
                 format!(
-                    "LookupJoin {} dim={dim_name} key=[{}] (processing time)",
+                    "LookupJoin {} dim={dim_name} key=[{}] via {via} (processing time)",
                     if *left_outer { "left" } else { "inner" },
                     keys.join(", ")
                 )
@@ -335,6 +356,22 @@ impl PlanNode {
             }
         });
         out
+    }
+
+    /// Whether a temporal join looks rows up in an external database (rows may wait for
+    /// it, and are retried as time passes).
+    pub fn has_external_lookup(&self) -> bool {
+        let mut found = false;
+        self.visit(&mut |n| {
+            found |= matches!(
+                n.kind,
+                NodeKind::LookupJoin {
+                    via: LookupVia::External { .. },
+                    ..
+                }
+            )
+        });
+        found
     }
 
     /// The dimensions the dataflow looks rows up in (temporal joins): the view depends on

@@ -37,7 +37,7 @@ use datafusion::physical_planner::create_window_expr;
 use super::hash_agg::{AggCall, AggKind, GeneralAgg};
 use super::hash_join::JoinType;
 use super::over_window::Recompute;
-use super::plan::{column_refs, NodeKind, PlanNode};
+use super::plan::{column_refs, LookupVia, NodeKind, PlanNode};
 use super::temporal_filter::Bound;
 use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
@@ -116,6 +116,12 @@ impl Planner {
                     .downcast_ref::<StromTable>()
                     .ok_or_else(|| unsupported(format!("reading \"{}\"", scan.table_name)))?;
                 let def = table.def();
+                if crate::lookup::is_external(def) {
+                    return Err(EngineError::Unsupported(format!(
+                        "a materialized view can read the lookup table \"{}\" only as the dimension of a temporal join (JOIN {} FOR SYSTEM_TIME AS OF PROCTIME() AS d ON ...): its rows stay in the external database, whose changes Strom does not see",
+                        def.name, def.name
+                    )));
+                }
                 let full_schema = def.visible_arrow_schema();
                 let unique_key = (def.user_pk && def.view.is_none()).then(|| def.pk.clone());
                 let mut node = PlanNode {
@@ -746,19 +752,10 @@ impl Planner {
             ));
         }
         let name = &dim.name;
-        let has_key = dim.user_pk
-            || dim
-                .view
-                .as_ref()
-                .is_some_and(|_| dim.pk.len() < dim.columns.len() - 1);
-        if !has_key {
-            return Err(unsupported(format!(
-                "a temporal join with \"{name}\", which has no key to look rows up by (declare a PRIMARY KEY)"
-            )));
-        }
         let left = self.node(&j.left)?;
         let right_schema = j.right.schema();
-        let mut by_pk: Vec<Option<usize>> = vec![None; dim.pk.len()];
+        // (left column, dimension stored column) per equality.
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
         for (l, r) in &j.on {
             let (Expr::Column(lc), Expr::Column(rc)) = (l, r) else {
                 return Err(unsupported(
@@ -768,27 +765,87 @@ impl Planner {
             let li = j.left.schema().index_of_column(lc)?;
             let ri = right_schema.index_of_column(rc)?;
             let stored = dim_columns[ri];
-            let Some(pos) = dim.pk.iter().position(|&k| k == stored) else {
+            if pairs.iter().any(|&(_, c)| c == stored) {
                 return Err(unsupported(format!(
-                    "a temporal join on \"{}\", which is not part of the key of \"{name}\" (look rows up by its key)",
+                    "a temporal join comparing \"{}\" of \"{name}\" twice",
                     dim.columns[stored].name
                 )));
-            };
-            by_pk[pos] = Some(li);
+            }
+            pairs.push((li, stored));
         }
-        let left_keys = by_pk
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                unsupported(format!("a temporal join on part of the key of \"{name}\""))
-            })?;
+        let ordered = |columns: &[usize]| -> Option<Vec<usize>> {
+            if columns.len() != pairs.len() {
+                return None;
+            }
+            columns
+                .iter()
+                .map(|c| pairs.iter().find(|(_, d)| d == c).map(|(l, _)| *l))
+                .collect()
+        };
+        let (left_keys, dim_keys, via) = if crate::lookup::is_external(&dim) {
+            // The database answers any equality; the user indexes it.
+            let connector = dim
+                .connector
+                .as_ref()
+                .and_then(|c| c.options.get("connector").cloned())
+                .unwrap_or_default();
+            (
+                pairs.iter().map(|p| p.0).collect(),
+                pairs.iter().map(|p| p.1).collect(),
+                LookupVia::External { connector },
+            )
+        } else {
+            let has_key = dim.user_pk
+                || dim
+                    .view
+                    .as_ref()
+                    .is_some_and(|_| dim.pk.len() < dim.columns.len() - 1);
+            let by_key = has_key.then(|| ordered(&dim.pk)).flatten();
+            if let Some(left_keys) = by_key {
+                (left_keys, dim.pk.clone(), LookupVia::Key)
+            } else if let Some((index, left_keys)) = dim
+                .indexes
+                .iter()
+                .find_map(|i| ordered(&i.columns).map(|l| (i, l)))
+            {
+                (
+                    left_keys,
+                    index.columns.clone(),
+                    LookupVia::Index {
+                        id: index.id,
+                        name: index.name.clone(),
+                    },
+                )
+            } else {
+                let cols: Vec<String> = pairs
+                    .iter()
+                    .map(|&(_, c)| format!("\"{}\"", dim.columns[c].name))
+                    .collect();
+                let what = if has_key {
+                    "the primary key"
+                } else {
+                    "a primary key (it has none)"
+                };
+                return Err(unsupported(format!(
+                    "a temporal join on {} of \"{name}\", which is neither {what} nor an index of it (look rows up by its key, or CREATE INDEX ON {name} ({}))",
+                    cols.join(", "),
+                    pairs
+                        .iter()
+                        .map(|&(_, c)| dim.columns[c].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
         Ok(PlanNode {
             kind: NodeKind::LookupJoin {
                 left_outer,
                 left_keys,
                 dim: dim.id,
                 dim_name: name.clone(),
+                dim_keys,
                 dim_columns,
+                via,
             },
             schema: out_schema(plan),
             unique_key: None,

@@ -49,9 +49,9 @@ use super::chunk::{Op, StreamChunk};
 use super::exchange;
 use super::hash_agg::HashAgg;
 use super::hash_join::{HashJoin, Side};
-use super::lookup_join::LookupJoin;
+use super::lookup_join::{Dim as LookupDim, External, LookupJoin};
 use super::over_window::OverWindow;
-use super::plan::{column_refs, NodeKind, PlanNode};
+use super::plan::{column_refs, LookupVia, NodeKind, PlanNode};
 use super::project_filter::ProjectFilter;
 use super::session::SessionWindow;
 use super::temporal_filter::TemporalFilter;
@@ -305,11 +305,11 @@ impl Exec {
         Ok(match self {
             Exec::Source(_) => None,
             Exec::Temporal(tf, i) => min(tf.next_deadline()?, i.next_deadline()?),
+            Exec::Lookup(lj, i) => min(lj.next_deadline()?, i.next_deadline()?),
             Exec::ProjectFilter(_, i)
             | Exec::Agg(_, _, i)
             | Exec::Window(_, _, i)
-            | Exec::Session(_, i)
-            | Exec::Lookup(_, i) => i.next_deadline()?,
+            | Exec::Session(_, i) => i.next_deadline()?,
             Exec::Join(_, _, l, r) => min(l.next_deadline()?, r.next_deadline()?),
             Exec::Union(_, branches) => {
                 let mut d = None;
@@ -401,13 +401,7 @@ impl Exec {
             }
             Exec::Lookup(lj, input) => {
                 let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
-                let mut out = Vec::new();
-                for c in &chunks {
-                    let o = lj.apply(c, snapshot)?;
-                    if !o.is_empty() {
-                        out.push(o);
-                    }
-                }
+                let out = lj.run(&chunks, snapshot, now)?;
                 let mut wms = wms;
                 wms.resize(lj.output_width(), None);
                 (out, wms)
@@ -833,9 +827,10 @@ impl Graph {
             sources,
             failed: None,
             rows_read: 0,
-            temporal: plan.has_temporal_filter(),
+            temporal: plan.has_temporal_filter() || plan.has_external_lookup(),
             // Unknown until its first epoch: run one.
-            deadline: plan.has_temporal_filter().then_some(i64::MIN),
+            deadline: (plan.has_temporal_filter() || plan.has_external_lookup())
+                .then_some(i64::MIN),
         };
         let store = self.db.store();
         if !new {
@@ -1150,17 +1145,48 @@ fn build(
             left_keys,
             dim,
             dim_name,
+            dim_keys,
             dim_columns,
+            via,
         } => {
-            let def = catalog.table(*dim).ok_or_else(|| {
-                EngineError::Internal(format!("dimension \"{dim_name}\" is not in the catalog"))
-            })?;
+            let def = Arc::new(
+                catalog
+                    .table(*dim)
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "dimension \"{dim_name}\" is not in the catalog"
+                        ))
+                    })?
+                    .clone(),
+            );
+            let source = match via {
+                LookupVia::Key => LookupDim::Key,
+                LookupVia::Index { id, .. } => LookupDim::Index(*id),
+                LookupVia::External { .. } => {
+                    let options = crate::lookup::LookupOptions::parse(
+                        &def.connector
+                            .as_ref()
+                            .expect("external tables have options")
+                            .options,
+                    )
+                    .map_err(|e| EngineError::Unsupported(format!("table \"{dim_name}\": {e}")))?;
+                    let stats = crate::lookup::new_stats(TableId(alloc.view()), dim_name);
+                    LookupDim::External(Box::new(External::new(
+                        crate::lookup::open(&def)?,
+                        &options,
+                        stats,
+                        alloc,
+                    )))
+                }
+            };
             Exec::Lookup(
                 Box::new(LookupJoin::try_new(
                     *left_outer,
                     left_keys.clone(),
-                    Arc::new(def.clone()),
+                    def,
+                    dim_keys.clone(),
                     dim_columns.clone(),
+                    source,
                     Arc::clone(&node.schema),
                     node.inputs[0].append_only,
                     alloc,
