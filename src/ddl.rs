@@ -105,6 +105,7 @@ pub async fn execute(
             txn.commit()?;
             Ok(tag)
         }
+        Statement::CreateIndex(ci) => create_index(db, stream, settings, ci).await,
         Statement::CreateSchema {
             schema_name,
             if_not_exists,
@@ -177,12 +178,212 @@ pub async fn execute(
                 }
                 Ok("DROP SCHEMA")
             }
+            ObjectType::Index => drop_indexes(db, stream, settings, names, *if_exists).await,
             other => Err(StromError::unsupported(format!("DROP {other}"))),
         },
         other => Err(StromError::unsupported(crate::session::statement_kind(
             other,
         ))),
     }
+}
+
+/// The table and position of the index `name` in `schema`, if any.
+fn find_index(
+    catalog: &strom_catalog::Catalog,
+    schema: SchemaId,
+    name: &str,
+) -> Option<(TableId, usize)> {
+    catalog
+        .tables_in(schema)
+        .find_map(|t| Some((t.id, t.indexes.iter().position(|i| i.name == name)?)))
+}
+
+/// `CREATE INDEX [IF NOT EXISTS] [name] ON relation (column, ...)` on a table or a
+/// materialized view: entries for its current rows are written with the catalog change,
+/// and kept with every later write (see `strom_engine::index`). Temporal joins use it to
+/// look dimension rows up by those columns.
+async fn create_index(
+    db: &Arc<Database>,
+    stream: &Arc<StreamRuntime>,
+    settings: &Settings,
+    ci: &sqlparser::ast::CreateIndex,
+) -> Result<&'static str> {
+    if ci.unique {
+        return Err(StromError::unsupported(
+            "CREATE UNIQUE INDEX (declare a PRIMARY KEY for uniqueness)",
+        ));
+    }
+    if ci.predicate.is_some() || !ci.include.is_empty() {
+        return Err(StromError::unsupported(
+            "partial indexes and INCLUDE columns",
+        ));
+    }
+    // No epoch may write the relation between reading its rows and committing the index.
+    let _graph = stream.lock().await;
+    let mut txn = db.begin_write().await;
+    let mut catalog = txn.catalog().clone();
+    let (schema_name, table_name) = object_name(&ci.table_name)?;
+    let def = catalog
+        .resolve_table(schema_name.as_deref(), &table_name, &settings.search_path)?
+        .clone();
+    if def.is_source() || def.is_sink() || strom_engine::lookup::is_external(&def) {
+        return Err(StromError::user(
+            "42809",
+            format!(
+                "cannot index {} \"{}\": it stores no rows in Strom",
+                if strom_engine::lookup::is_external(&def) {
+                    "lookup table"
+                } else {
+                    def.kind_name()
+                },
+                def.name
+            ),
+        ));
+    }
+    let mut columns = Vec::new();
+    for c in &ci.columns {
+        let sqlparser::ast::Expr::Identifier(ident) = &c.column.expr else {
+            return Err(StromError::unsupported(format!(
+                "an index on the expression {} (index columns)",
+                c.column.expr
+            )));
+        };
+        let name = ident_name(ident);
+        let i = def
+            .visible_columns()
+            .find(|(_, col)| col.name == name)
+            .map(|(i, _)| i)
+            .ok_or_else(|| {
+                StromError::user(
+                    "42703",
+                    format!("column \"{name}\" does not exist in \"{}\"", def.name),
+                )
+            })?;
+        if columns.contains(&i) {
+            return Err(StromError::user(
+                "42701",
+                format!("column \"{name}\" appears twice in the index"),
+            ));
+        }
+        columns.push(i);
+    }
+    if columns.is_empty() {
+        return Err(StromError::user(
+            "42601",
+            "an index needs at least one column",
+        ));
+    }
+    let name = match &ci.name {
+        Some(n) => object_name(n)?.1,
+        None => {
+            // PostgreSQL's default: table_col1_col2_idx, numbered if taken.
+            let base = format!(
+                "{}_{}_idx",
+                def.name,
+                columns
+                    .iter()
+                    .map(|&c| def.columns[c].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("_")
+            );
+            let mut name = base.clone();
+            let mut n = 0;
+            while find_index(&catalog, def.schema, &name).is_some()
+                || catalog.table_by_name(def.schema, &name).is_some()
+            {
+                n += 1;
+                name = format!("{base}{n}");
+            }
+            name
+        }
+    };
+    if find_index(&catalog, def.schema, &name).is_some()
+        || catalog.table_by_name(def.schema, &name).is_some()
+    {
+        if ci.if_not_exists {
+            return Ok("CREATE INDEX");
+        }
+        return Err(StromError::user(
+            "42P07",
+            format!("relation \"{name}\" already exists"),
+        ));
+    }
+    let index = strom_catalog::IndexDef {
+        id: def.indexes.iter().map(|i| i.id + 1).max().unwrap_or(0),
+        name,
+        columns,
+    };
+    for key in strom_engine::index::build(txn.snapshot(), &def, &index)? {
+        txn.put_raw(key, Vec::new());
+    }
+    let mut indexes = def.indexes.clone();
+    indexes.push(index);
+    catalog.set_indexes(def.id, indexes)?;
+    txn.set_catalog(catalog);
+    txn.commit()?;
+    Ok("CREATE INDEX")
+}
+
+/// `DROP INDEX [IF EXISTS] name, ...`: refused while a materialized view looks rows up by
+/// the index.
+async fn drop_indexes(
+    db: &Arc<Database>,
+    stream: &Arc<StreamRuntime>,
+    settings: &Settings,
+    names: &[sqlparser::ast::ObjectName],
+    if_exists: bool,
+) -> Result<&'static str> {
+    let _graph = stream.lock().await;
+    let mut txn = db.begin_write().await;
+    let mut catalog = txn.catalog().clone();
+    for n in names {
+        let (schema, name) = object_name(n)?;
+        let schemas: Vec<SchemaId> = match &schema {
+            Some(s) => vec![
+                catalog
+                    .schema_by_name(s)
+                    .ok_or_else(|| strom_catalog::CatalogError::SchemaNotFound(s.clone()))?
+                    .id,
+            ],
+            None => settings
+                .search_path
+                .iter()
+                .filter_map(|s| catalog.schema_by_name(s).map(|d| d.id))
+                .collect(),
+        };
+        let Some((table, pos)) = schemas.iter().find_map(|&s| find_index(&catalog, s, &name))
+        else {
+            if if_exists {
+                continue;
+            }
+            return Err(StromError::user(
+                "42704",
+                format!("index \"{name}\" does not exist"),
+            ));
+        };
+        let mut indexes = catalog.table(table).expect("found above").indexes.clone();
+        let id = indexes[pos].id;
+        if let Some(user) = catalog.tables().find(|t| {
+            t.view
+                .as_ref()
+                .is_some_and(|v| v.lookup_indexes.contains(&(table, id)))
+        }) {
+            return Err(StromError::user(
+                "2BP01",
+                format!(
+                    "cannot drop index {name} because materialized view {} looks rows up by it\nHINT: Drop the view first.",
+                    user.name
+                ),
+            ));
+        }
+        indexes.remove(pos);
+        let (lo, hi) = strom_engine::index::range(table, Some(id));
+        txn.delete_raw(lo, Some(hi));
+        catalog.set_indexes(table, indexes)?;
+    }
+    txn.set_catalog(catalog);
+    txn.commit()?;
+    Ok("DROP INDEX")
 }
 
 /// `ALTER SOURCE name SET option = value`: changes a running source's options (today

@@ -334,7 +334,10 @@ impl Session {
                 let tag = ddl::alter_source(&self.db, &self.settings(), &stmt).await?;
                 Ok(Outcome::Command { tag, rows: None })
             }
-            Statement::CreateTable(_) | Statement::CreateSchema { .. } | Statement::Drop { .. } => {
+            Statement::CreateTable(_)
+            | Statement::CreateSchema { .. }
+            | Statement::CreateIndex(_)
+            | Statement::Drop { .. } => {
                 no_params(params)?;
                 let tag = ddl::execute(&self.db, &self.stream, &self.settings(), &stmt).await?;
                 Ok(Outcome::Command { tag, rows: None })

@@ -209,6 +209,7 @@ async fn plan_view(
                 depends_on,
                 emit_on_window_close,
                 lookups,
+                lookup_indexes: plan.lookup_indexes(),
             }),
             connector: None,
             watermark: None,

@@ -206,6 +206,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Replaces the indexes of a table or view (`CREATE INDEX`, `DROP INDEX`).
+    pub fn set_indexes(&mut self, id: TableId, indexes: Vec<crate::IndexDef>) -> Result<()> {
+        let def = self
+            .tables
+            .get_mut(&id)
+            .ok_or_else(|| CatalogError::TableNotFound(id.to_string()))?;
+        def.indexes = indexes;
+        self.version += 1;
+        Ok(())
+    }
+
     pub fn drop_table(&mut self, id: TableId) -> Result<TableDef> {
         let def = self
             .tables

@@ -30,6 +30,10 @@ pub struct ViewDef {
     /// PROCTIME()`), by their alias in `query` (which no longer carries the clause).
     #[serde(default)]
     pub lookups: Vec<String>,
+    /// Indexes its temporal joins look rows up by (relation, index id): they cannot be
+    /// dropped while the view exists.
+    #[serde(default)]
+    pub lookup_indexes: Vec<(TableId, u32)>,
 }
 
 /// A table or source fed by an external system (`CREATE SOURCE`, `CREATE TABLE ... WITH

@@ -441,11 +441,42 @@ impl WriteTxn<'_> {
         }
     }
 
-    /// Deletes every row of a table (DROP TABLE).
+    /// Deletes every row of a table, and its index entries (DROP TABLE).
     pub fn delete_table_rows(&mut self, def: &TableDef) {
         let lo = keys::table_prefix(def.id);
         let hi = keys::prefix_successor(&lo).expect("invariant: table prefix starts with 0x01");
         self.batch.delete_range(lo, hi);
+        let (lo, hi) = crate::index::range(def.id, None);
+        self.batch.delete_range(lo, hi);
+    }
+
+    /// The index entries that follow this transaction's row writes to tables with
+    /// indexes (see [`crate::index`]).
+    fn index_writes(&self) -> Result<Vec<crate::index::KeyWrite>> {
+        let catalog = self.catalog();
+        if !catalog.tables().any(|t| !t.indexes.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let touched: Vec<(&TableDef, &Vec<u8>, &Option<Vec<u8>>)> = self
+            .overlay
+            .iter()
+            .filter_map(|(k, v)| {
+                let def = catalog.table(keys::table_of_key(k)?)?;
+                (!def.indexes.is_empty()).then_some((def, k, v))
+            })
+            .collect();
+        let old = self.snapshot.multi_get(
+            &touched
+                .iter()
+                .map(|(_, k, _)| (*k).clone())
+                .collect::<Vec<_>>(),
+        )?;
+        let mut out = Vec::new();
+        for ((def, key, new), old) in touched.into_iter().zip(old) {
+            let types = table::stored_types(def);
+            crate::index::maintain(def, &types, key, old.as_deref(), new.as_deref(), &mut out)?;
+        }
+        Ok(out)
     }
 
     /// The net change of every touched row of a table that some view reads.
@@ -499,6 +530,12 @@ impl WriteTxn<'_> {
             None => self.apply_watermarks()?.0,
         };
         let changes = self.row_changes()?;
+        for (k, v) in self.index_writes()? {
+            match v {
+                Some(v) => self.batch.put(k, v),
+                None => self.batch.delete(k),
+            }
+        }
         let next = self
             .db
             .next_row_id

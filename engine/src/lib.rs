@@ -21,6 +21,7 @@ pub mod changelog;
 pub mod clock;
 pub mod database;
 pub mod error;
+pub mod index;
 pub mod keys;
 pub mod lookup;
 pub mod provider;

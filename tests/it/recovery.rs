@@ -118,11 +118,13 @@ async fn temporal_joins_stay_temporal_across_restart() {
     let mut server = TestServer::start();
     let c = server.client().await;
     c.batch_execute(
-        "CREATE TABLE dim (k INT PRIMARY KEY, name VARCHAR);
-         CREATE TABLE facts (k INT, seq INT);
-         INSERT INTO dim VALUES (1, 'before');
+        "CREATE TABLE dim (k INT PRIMARY KEY, name VARCHAR, code VARCHAR);
+         CREATE TABLE facts (k INT, seq INT, code VARCHAR);
+         INSERT INTO dim VALUES (1, 'before', 'x');
+         CREATE INDEX dim_code ON dim (code);
          CREATE MATERIALIZED VIEW enriched AS SELECT f.seq, d.name FROM facts f JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() AS d ON f.k = d.k;
-         INSERT INTO facts VALUES (1, 1);",
+         CREATE MATERIALIZED VIEW by_code AS SELECT f.seq, d.k FROM facts f JOIN dim FOR SYSTEM_TIME AS OF PROCTIME() AS d ON f.code = d.code;
+         INSERT INTO facts VALUES (1, 1, 'x');",
     )
     .await
     .unwrap();
@@ -130,9 +132,13 @@ async fn temporal_joins_stay_temporal_across_restart() {
     server.kill();
     server.spawn();
     let c = server.client().await;
-    c.batch_execute("UPDATE dim SET name = 'after' WHERE k = 1; INSERT INTO facts VALUES (1, 2);")
-        .await
-        .unwrap();
+    // The index survives, is still maintained, and the view still looks rows up by it.
+    c.batch_execute(
+        "UPDATE dim SET name = 'after', code = 'y' WHERE k = 1; INSERT INTO dim VALUES (2, 'two', 'x');
+         INSERT INTO facts VALUES (1, 2, 'x'), (1, 3, 'y');",
+    )
+    .await
+    .unwrap();
     let rows: Vec<(i32, String)> = c
         .query("SELECT seq, name FROM enriched ORDER BY seq", &[])
         .await
@@ -142,8 +148,22 @@ async fn temporal_joins_stay_temporal_across_restart() {
         .collect();
     assert_eq!(
         rows,
-        vec![(1, "before".to_string()), (2, "after".to_string())]
+        vec![
+            (1, "before".to_string()),
+            (2, "after".to_string()),
+            (3, "after".to_string())
+        ]
     );
+    let rows: Vec<(i32, i32)> = c
+        .query("SELECT seq, k FROM by_code ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, 1), (2, 2), (3, 1)]);
+    let err = c.batch_execute("DROP INDEX dim_code").await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "2BP01");
     // The view needs the dimension; the detail names it (not the view's first input).
     let err = c.batch_execute("DROP TABLE dim").await.unwrap_err();
     let db = err.as_db_error().expect("a server error");

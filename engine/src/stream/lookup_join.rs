@@ -356,7 +356,12 @@ impl LookupJoin {
                     let mut found = Vec::with_capacity(pks.len());
                     for bytes in snapshot.multi_get(&pks)?.into_iter().flatten() {
                         let full = crate::table::decode(&self.dim, &self.dim_types, &bytes)?;
-                        found.push(self.output_row(&full));
+                        // An entry a TTL expiry left behind may point at a row that has
+                        // since been written with another key.
+                        let key: Row = self.dim_keys.iter().map(|&c| full[c].clone()).collect();
+                        if keys::encode_key(&key)? == enc {
+                            found.push(self.output_row(&full));
+                        }
                     }
                     let f: Found = Arc::new(found);
                     by_key.insert(enc, Arc::clone(&f));

@@ -374,6 +374,22 @@ impl PlanNode {
         found
     }
 
+    /// The indexes the dataflow's temporal joins look rows up by (relation, index id).
+    pub fn lookup_indexes(&self) -> Vec<(TableId, u32)> {
+        let mut out = Vec::new();
+        self.visit(&mut |n| {
+            if let NodeKind::LookupJoin {
+                dim,
+                via: LookupVia::Index { id, .. },
+                ..
+            } = &n.kind
+            {
+                out.push((*dim, *id));
+            }
+        });
+        out
+    }
+
     /// The dimensions the dataflow looks rows up in (temporal joins): the view depends on
     /// them, but does not follow their changes.
     pub fn lookups(&self) -> Vec<TableId> {

@@ -892,6 +892,7 @@ impl Graph {
         let parallel_min_rows = self.config.parallel_min_rows;
         // The epoch this run commits (sink log entries are keyed by it).
         let epoch = self.epoch + 1;
+        let catalog = self.db.catalog();
         for view in &mut self.views {
             if view.failed.is_some() {
                 continue;
@@ -932,7 +933,9 @@ impl Graph {
                             vec![(crate::sink_log::key(view.def.id, epoch), Some(entry))]
                         }
                     } else {
-                        content_writes(view, &snapshot, &changes)?
+                        let mut writes = content_writes(view, &snapshot, &changes)?;
+                        index_writes(&catalog, view, &snapshot, &mut writes)?;
+                        writes
                     };
                     Ok((changes, writes))
                 }),
@@ -1462,6 +1465,34 @@ fn scan(
 
 /// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
 /// to put, `(key, None)` to delete.
+/// Adds the index entries that follow a view's content writes, when the view has
+/// indexes (`CREATE INDEX`; read from the current catalog, since the deployed definition
+/// predates them).
+fn index_writes(
+    catalog: &strom_catalog::Catalog,
+    view: &View,
+    snapshot: &Snapshot,
+    writes: &mut Vec<KeyWrite>,
+) -> Result<()> {
+    let Some(def) = catalog.table(view.def.id).filter(|d| !d.indexes.is_empty()) else {
+        return Ok(());
+    };
+    let old = snapshot.multi_get(&writes.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())?;
+    let mut out = Vec::new();
+    for ((key, new), old) in writes.iter().zip(old) {
+        crate::index::maintain(
+            def,
+            &view.types,
+            key,
+            old.as_deref(),
+            new.as_deref(),
+            &mut out,
+        )?;
+    }
+    writes.extend(out);
+    Ok(())
+}
+
 fn content_writes(view: &View, snapshot: &Snapshot, changes: &Changes) -> Result<Vec<KeyWrite>> {
     // Net effect per key: the change in count, the last row inserted under it and
     // whether the last op was an insert.
