@@ -457,7 +457,8 @@ impl WriteTxn<'_> {
         if !catalog.tables().any(|t| !t.indexes.is_empty()) {
             return Ok(Vec::new());
         }
-        let touched: Vec<(&TableDef, &Vec<u8>, &Option<Vec<u8>>)> = self
+        type Touched<'a> = (&'a TableDef, &'a Vec<u8>, &'a Option<Vec<u8>>);
+        let touched: Vec<Touched<'_>> = self
             .overlay
             .iter()
             .filter_map(|(k, v)| {
