@@ -206,6 +206,7 @@ impl Connectors {
             })
             .map(|t| (t.id, t))
             .collect();
+        lookup::forget_dropped(&catalog);
         let mut tasks = self.tasks.lock().expect("tasks lock");
         let mut stopped = self.stopping.lock().expect("stopping lock");
         stopped.retain(|_, hs| hs.iter().any(|h| !h.is_finished()));

@@ -32,7 +32,7 @@ use datafusion::common::ScalarValue;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use strom_catalog::{ConnectorDef, SqlType, TableDef, TableId};
-use strom_engine::lookup::{ExternalTable, LookupOptions, LOOKUP_OPTIONS};
+use strom_engine::lookup::{ExternalTable, LookupError, LookupOptions, LOOKUP_OPTIONS};
 
 /// Options of `connector = 'postgres' | 'mysql'` besides [`LOOKUP_OPTIONS`].
 const OPTIONS: &[&str] = &[
@@ -219,9 +219,10 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
     Config::parse(def, c).map(|_| ())
 }
 
-/// Checks at `CREATE` that the database can read the declared columns from the table,
-/// when the database can be reached within a few seconds (a database that is down does
-/// not stop the declaration: rows wait for it). `Err`: what the database said.
+/// Checks at `CREATE` that the database can read the declared columns from the table
+/// (and, in PostgreSQL, compare each with a value of its declared type, as lookups do),
+/// when it can be reached within a few seconds: a database that is down does not stop the
+/// declaration (rows wait for it). `Err`: what the database said.
 pub async fn probe(def: &TableDef) -> Result<(), String> {
     let c = def.connector.as_ref().ok_or("not a lookup table")?;
     let inner = Inner {
@@ -245,13 +246,25 @@ pub async fn probe(def: &TableDef) -> Result<(), String> {
         }
     }
     let all: Vec<usize> = (0..inner.config.columns.len()).collect();
-    let types: Vec<SqlType> = inner.config.columns.iter().map(|c| c.1.clone()).collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE 1 = 0",
+    let mut sql = format!(
+        "SELECT {} FROM {} AS t WHERE 1 = 0",
         inner.select_list(&all),
         inner.config.table
     );
-    inner.query_once(&sql, &[], &types, wait).await.map(|_| ())
+    if inner.config.kind == Kind::Postgres {
+        for (name, ty, _) in &inner.config.columns {
+            sql.push_str(&format!(
+                " AND t.{name} = ANY('{{}}'::text[]::{}[])",
+                ty.pg_name()
+            ));
+        }
+    }
+    let types: Vec<SqlType> = inner.config.columns.iter().map(|c| c.1.clone()).collect();
+    inner
+        .query_once(&sql, &[], &types, wait)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Clients by table, shared by every join and `SELECT` of the table (re-made when its
@@ -283,6 +296,20 @@ pub fn open(def: &TableDef) -> Result<Arc<dyn ExternalTable>, String> {
     })));
     clients.insert(def.id, (c.options.clone(), Arc::clone(&client)));
     Ok(client)
+}
+
+/// Closes the pooled connections of lookup tables that were dropped or changed (joins
+/// still using an old client keep it until they go).
+pub fn forget_dropped(catalog: &strom_catalog::Catalog) {
+    CLIENTS
+        .lock()
+        .expect("clients lock")
+        .retain(|id, (options, _)| {
+            catalog
+                .table(*id)
+                .and_then(|t| t.connector.as_ref())
+                .is_some_and(|c| c.options == *options)
+        });
 }
 
 /// Makes the engine open external lookup tables with [`open`].
@@ -318,9 +345,45 @@ impl std::fmt::Debug for Inner {
 /// Text rows: per row, per selected column.
 type TextRows = Vec<Vec<Option<String>>>;
 
+/// A PostgreSQL error as transient (the connection, the server's state) or not.
+fn pg_error(e: &tokio_postgres::Error) -> LookupError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let msg = format!("{code}: {}", db.message());
+            // 08: connection; 53: resources; 57P: shutdown; 40001/40P01: serialization,
+            // deadlock; 55P03: lock not available.
+            if ["08", "53", "57P"].iter().any(|p| code.starts_with(p))
+                || ["40001", "40P01", "55P03"].contains(&code)
+            {
+                LookupError::Unavailable(msg)
+            } else {
+                LookupError::Invalid(msg)
+            }
+        }
+        None => LookupError::Unavailable(e.to_string()),
+    }
+}
+
+/// A MySQL error as transient or not: server errors are permanent except those about
+/// the server's state (too many connections, shutdown, lock waits, deadlocks).
+fn mysql_error(e: mysql_async::Error) -> LookupError {
+    match &e {
+        mysql_async::Error::Server(s)
+            if ![1040, 1053, 1203, 1205, 1213, 1927, 3024].contains(&s.code) =>
+        {
+            LookupError::Invalid(e.to_string())
+        }
+        _ => LookupError::Unavailable(e.to_string()),
+    }
+}
+
 impl Inner {
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, LookupError> {
         let c = &self.config;
+        let unavailable = |db: &str, e: String| {
+            LookupError::Unavailable(format!("connecting to {db} {}:{}: {e}", c.host, c.port))
+        };
         match c.kind {
             Kind::Postgres => {
                 let mut pg = tokio_postgres::Config::new();
@@ -329,22 +392,28 @@ impl Inner {
                     .user(&c.user)
                     .dbname(&c.database)
                     .application_name("strom-lookup")
-                    .connect_timeout(c.timeout);
+                    .connect_timeout(c.timeout.min(CONNECT_TIMEOUT));
                 if let Some(p) = &c.password {
                     pg.password(p);
                 }
-                let (client, connection) = pg
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("connecting to PostgreSQL {}:{}: {e}", c.host, c.port))?;
+                let (client, connection) =
+                    pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                        match e.as_db_error() {
+                            // Refused by the server itself (no such database, bad password).
+                            Some(_) => LookupError::Invalid(pg_error(&e).to_string()),
+                            None => unavailable("PostgreSQL", e.to_string()),
+                        }
+                    })?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
-                // Text forms both sides parse: ISO dates, round-trip floats.
+                // Text forms both sides parse: ISO dates, round-trip floats, UTC.
                 client
-                    .batch_execute("SET DateStyle = ISO, YMD; SET extra_float_digits = 3")
+                    .batch_execute(
+                        "SET DateStyle = ISO, YMD; SET extra_float_digits = 3; SET TimeZone = 'UTC'",
+                    )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| pg_error(&e))?;
                 Ok(Conn::Pg(client))
             }
             Kind::Mysql => {
@@ -354,12 +423,15 @@ impl Inner {
                     .user(Some(c.user.clone()))
                     .pass(c.password.clone())
                     .db_name(Some(c.database.clone()))
+                    // Timestamps are read and compared in UTC.
+                    .init(vec!["SET time_zone = '+00:00'"])
                     // Talk to the host and port given: the client would otherwise switch
                     // to the server's Unix socket when it runs on the same machine.
                     .prefer_socket(false);
-                let conn = mysql_async::Conn::new(opts)
-                    .await
-                    .map_err(|e| format!("connecting to MySQL {}:{}: {e}", c.host, c.port))?;
+                let conn = mysql_async::Conn::new(opts).await.map_err(|e| match e {
+                    mysql_async::Error::Server(_) => mysql_error(e),
+                    other => unavailable("MySQL", other.to_string()),
+                })?;
                 Ok(Conn::My(Box::new(conn)))
             }
         }
@@ -372,23 +444,39 @@ impl Inner {
         }
     }
 
+    /// A pooled connection that is not known to be closed, or a new one.
+    async fn take(&self, timeout: Duration) -> Result<Conn, LookupError> {
+        loop {
+            let pooled = self.idle.lock().expect("pool lock").pop();
+            match pooled {
+                Some(Conn::Pg(c)) if c.is_closed() => continue,
+                Some(c) => return Ok(c),
+                None => {
+                    let wait = timeout.min(CONNECT_TIMEOUT);
+                    return tokio::time::timeout(wait, self.connect())
+                        .await
+                        .map_err(|_| {
+                            LookupError::Unavailable(format!(
+                                "connecting to {}:{} timed out after {wait:?}",
+                                self.config.host, self.config.port
+                            ))
+                        })?;
+                }
+            }
+        }
+    }
+
     /// One attempt at a query, on a pooled or new connection (dropped on error).
     /// `types`: the declared types of the selected columns (MySQL values are turned into
-    /// text by them).
+    /// text by them; PostgreSQL selects every column as text).
     async fn query_once(
         &self,
         sql: &str,
         params: &[Vec<String>],
         types: &[SqlType],
         timeout: Duration,
-    ) -> Result<TextRows, String> {
-        let pooled = self.idle.lock().expect("pool lock").pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => tokio::time::timeout(timeout, self.connect())
-                .await
-                .map_err(|_| format!("connecting timed out after {timeout:?}"))??,
-        };
+    ) -> Result<TextRows, LookupError> {
+        let mut conn = self.take(timeout).await?;
         let run = async {
             match &mut conn {
                 Conn::Pg(client) => {
@@ -397,14 +485,16 @@ impl Inner {
                         .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                         .collect();
                     let rows = client.query(sql, &refs).await.map_err(|e| pg_error(&e))?;
-                    Ok(rows
-                        .iter()
+                    rows.iter()
                         .map(|r| {
                             (0..r.len())
-                                .map(|i| r.get::<_, Option<String>>(i))
+                                .map(|i| {
+                                    r.try_get::<_, Option<String>>(i)
+                                        .map_err(|e| LookupError::Invalid(e.to_string()))
+                                })
                                 .collect()
                         })
-                        .collect())
+                        .collect()
                 }
                 Conn::My(conn) => {
                     use mysql_async::prelude::Queryable;
@@ -419,12 +509,11 @@ impl Inner {
                         mysql_async::Params::Positional(values)
                     };
                     let rows: Vec<mysql_async::Row> =
-                        conn.exec(sql, params).await.map_err(|e| e.to_string())?;
+                        conn.exec(sql, params).await.map_err(mysql_error)?;
                     Ok(rows
                         .into_iter()
                         .map(|r| {
-                            let values = r.unwrap();
-                            values
+                            r.unwrap()
                                 .into_iter()
                                 .zip(types)
                                 .map(|(v, ty)| mysql_text(v, ty))
@@ -436,36 +525,49 @@ impl Inner {
         };
         let result = tokio::time::timeout(timeout, run)
             .await
-            .unwrap_or_else(|_| Err(format!("the query timed out after {timeout:?}")));
+            .unwrap_or_else(|_| {
+                Err(LookupError::Unavailable(format!(
+                    "the query timed out after {timeout:?}"
+                )))
+            });
         if result.is_ok() {
             self.put_back(conn);
         }
         result
     }
 
-    /// A query, retried `max_retries` times with growing pauses.
-    async fn query(&self, sql: &str, params: &[Vec<String>]) -> Result<TextRows, String> {
-        let types: Vec<SqlType> = self.config.columns.iter().map(|c| c.1.clone()).collect();
+    /// A query, retried `max_retries` times with growing pauses while the database is
+    /// unavailable.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[Vec<String>],
+        types: &[SqlType],
+    ) -> Result<TextRows, LookupError> {
         let mut attempt = 0;
         loop {
             match self
-                .query_once(sql, params, &types, self.config.timeout)
+                .query_once(sql, params, types, self.config.timeout)
                 .await
             {
                 Ok(rows) => return Ok(rows),
-                Err(e) if attempt >= self.config.max_retries => {
-                    return Err(format!("{} (after {} attempts)", e, attempt + 1))
+                Err(LookupError::Unavailable(e)) if attempt >= self.config.max_retries => {
+                    return Err(LookupError::Unavailable(format!(
+                        "{e} (after {} attempts)",
+                        attempt + 1
+                    )))
                 }
-                Err(_) => {
+                Err(LookupError::Unavailable(_)) => {
                     tokio::time::sleep(Duration::from_millis(100) * (1 << attempt.min(6))).await;
                     attempt += 1;
                 }
+                Err(invalid) => return Err(invalid),
             }
         }
     }
 
-    /// The select list: every column as text (PostgreSQL), or as is (MySQL values are
-    /// turned into text by [`mysql_text`]).
+    /// The select list of `columns`, qualified by `alias`: every column as text
+    /// (PostgreSQL), or as is (MySQL values are turned into text by [`mysql_text`]).
     fn select_list(&self, columns: &[usize]) -> String {
         let c = &self.config;
         columns
@@ -473,94 +575,134 @@ impl Inner {
             .map(|&i| {
                 let (name, ty, _) = &c.columns[i];
                 match (c.kind, ty) {
-                    (Kind::Postgres, SqlType::Timestamptz) => format!("to_json({name}) #>> '{{}}'"),
-                    (Kind::Postgres, _) => format!("{name}::text"),
-                    (Kind::Mysql, _) => name.clone(),
+                    (Kind::Postgres, SqlType::Timestamptz) => {
+                        format!("to_json(t.{name}) #>> '{{}}'")
+                    }
+                    (Kind::Postgres, _) => format!("t.{name}::text"),
+                    (Kind::Mysql, _) => format!("t.{name}"),
                 }
             })
             .collect::<Vec<_>>()
             .join(", ")
     }
 
-    /// The query for a batch of `n` keys over `key_columns`.
+    /// The query for a batch of `n` keys over `key_columns`: every column of the rows
+    /// that match, after the (0-based) position of the key they matched, so that the
+    /// database's own comparison pairs rows with keys.
     fn batch_sql(&self, key_columns: &[usize], n: usize) -> String {
         let c = &self.config;
         let all: Vec<usize> = (0..c.columns.len()).collect();
         let select = self.select_list(&all);
-        let names: Vec<&str> = key_columns
+        let on: Vec<String> = key_columns
             .iter()
-            .map(|&k| c.columns[k].0.as_str())
+            .enumerate()
+            .map(|(i, &k)| format!("t.{} = k.v{i}", c.columns[k].0))
             .collect();
-        let filter = match c.kind {
+        match c.kind {
             Kind::Postgres => {
                 let arrays: Vec<String> = key_columns
                     .iter()
                     .enumerate()
                     .map(|(i, &k)| format!("${}::text[]::{}[]", i + 1, c.columns[k].1.pg_name()))
                     .collect();
-                if key_columns.len() == 1 {
-                    format!("{} = ANY({})", names[0], arrays[0])
-                } else {
-                    format!(
-                        "({}) IN (SELECT * FROM unnest({}))",
-                        names.join(", "),
-                        arrays.join(", ")
-                    )
-                }
+                let names: Vec<String> = (0..key_columns.len()).map(|i| format!("v{i}")).collect();
+                format!(
+                    "SELECT (k.i - 1)::text, {select} FROM unnest({}) WITH ORDINALITY AS k({}, i) JOIN {} AS t ON {}",
+                    arrays.join(", "),
+                    names.join(", "),
+                    c.table,
+                    on.join(" AND ")
+                )
             }
             Kind::Mysql => {
-                let one = if key_columns.len() == 1 {
-                    "?".to_string()
-                } else {
-                    format!("({})", vec!["?"; key_columns.len()].join(", "))
-                };
-                let list = vec![one; n].join(", ");
-                if key_columns.len() == 1 {
-                    format!("{} IN ({list})", names[0])
-                } else {
-                    format!("({}) IN ({list})", names.join(", "))
-                }
+                let casts: Vec<String> = key_columns
+                    .iter()
+                    .map(|&k| mysql_cast(&c.columns[k].1))
+                    .collect();
+                let rows: Vec<String> = (0..n)
+                    .map(|r| {
+                        let values: Vec<String> = casts
+                            .iter()
+                            .enumerate()
+                            .map(|(i, cast)| {
+                                if r == 0 {
+                                    format!("{cast} AS v{i}")
+                                } else {
+                                    cast.clone()
+                                }
+                            })
+                            .collect();
+                        if r == 0 {
+                            format!("SELECT {r} AS i, {}", values.join(", "))
+                        } else {
+                            format!("SELECT {r}, {}", values.join(", "))
+                        }
+                    })
+                    .collect();
+                format!(
+                    "SELECT k.i, {select} FROM ({}) AS k JOIN {} AS t ON {}",
+                    rows.join(" UNION ALL "),
+                    c.table,
+                    on.join(" AND ")
+                )
             }
-        };
-        format!("SELECT {select} FROM {} WHERE {filter}", c.table)
+        }
     }
 
     async fn fetch_async(
         self: Arc<Self>,
         key_columns: Vec<usize>,
         keys: Vec<Vec<String>>,
-    ) -> Result<RecordBatch, String> {
+    ) -> Result<(Vec<u32>, RecordBatch), LookupError> {
         let size = self.config.batch_size;
-        let batches: Vec<Vec<Vec<String>>> = keys.chunks(size).map(<[_]>::to_vec).collect();
-        let results: Vec<Result<TextRows, String>> = futures::stream::iter(batches)
-            .map(|batch| {
+        let mut types = vec![SqlType::BigInt];
+        types.extend(self.config.columns.iter().map(|c| c.1.clone()));
+        let batches: Vec<(usize, Vec<Vec<String>>)> = keys
+            .chunks(size)
+            .enumerate()
+            .map(|(i, b)| (i * size, b.to_vec()))
+            .collect();
+        let results: Vec<Result<TextRows, LookupError>> = futures::stream::iter(batches)
+            .map(|(offset, batch)| {
                 let me = Arc::clone(&self);
                 let key_columns = key_columns.clone();
+                let types = types.clone();
                 async move {
-                    match me.config.kind {
+                    let n = batch.len();
+                    let mut rows = match me.config.kind {
                         Kind::Postgres => {
                             // One text array per key column.
-                            let mut params =
-                                vec![Vec::with_capacity(batch.len()); key_columns.len()];
+                            let mut params = vec![Vec::with_capacity(n); key_columns.len()];
                             for key in &batch {
                                 for (p, v) in params.iter_mut().zip(key) {
                                     p.push(v.clone());
                                 }
                             }
-                            let sql = me.batch_sql(&key_columns, batch.len());
-                            me.query(&sql, &params).await
+                            let sql = me.batch_sql(&key_columns, n);
+                            me.query(&sql, &params, &types).await?
                         }
                         Kind::Mysql => {
-                            // Padded to the batch size with the last key, so one prepared
-                            // statement serves every batch.
+                            // Padded to the batch size with the last key (its rows come
+                            // back under positions past `n`, dropped below), so one
+                            // prepared statement serves every full-ish batch.
                             let mut padded = batch.clone();
                             let last = batch.last().cloned().unwrap_or_default();
-                            padded.resize(size.min(keys_len_hint(&batch, size)), last);
+                            padded.resize(padded_len(n, size), last);
                             let sql = me.batch_sql(&key_columns, padded.len());
-                            // (A key repeated in `IN` still finds its rows once.)
-                            me.query(&sql, &padded).await
+                            me.query(&sql, &padded, &types).await?
                         }
-                    }
+                    };
+                    // Positions relative to all keys; padding's dropped.
+                    rows.retain_mut(|r| {
+                        match r[0].as_deref().and_then(|p| p.parse::<usize>().ok()) {
+                            Some(p) if p < n => {
+                                r[0] = Some((p + offset).to_string());
+                                true
+                            }
+                            _ => false,
+                        }
+                    });
+                    Ok(rows)
                 }
             })
             .buffer_unordered(self.config.connections)
@@ -570,25 +712,51 @@ impl Inner {
         for r in results {
             rows.extend(r?);
         }
+        let positions: Vec<u32> = rows
+            .iter()
+            .map(|r| {
+                r[0].as_deref().and_then(|p| p.parse().ok()).ok_or_else(|| {
+                    LookupError::Invalid("a row came back without its key position".into())
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let rows: TextRows = rows.into_iter().map(|mut r| r.split_off(1)).collect();
         let all: Vec<usize> = (0..self.config.columns.len()).collect();
-        text_batch(&self.config, &all, rows)
+        let batch = text_batch(&self.config, &all, rows).map_err(LookupError::Invalid)?;
+        Ok((positions, batch))
     }
 }
 
-/// MySQL batches are padded to the full batch size only when the batch is at least a
-/// quarter of it (a handful of keys should not cost a thousand placeholders).
-fn keys_len_hint(batch: &[Vec<String>], size: usize) -> usize {
-    if batch.len() * 4 >= size {
+/// How long connecting may take (within `lookup.timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// MySQL batches are padded to the full batch size when they are at least a quarter of
+/// it (a handful of keys should not cost a thousand placeholders).
+fn padded_len(n: usize, size: usize) -> usize {
+    if n * 4 >= size {
         size
     } else {
-        batch.len()
+        n
     }
 }
 
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+/// A MySQL placeholder cast to the declared type of the column it is compared with, so
+/// that the comparison can use the column's index.
+fn mysql_cast(ty: &SqlType) -> String {
+    match ty {
+        SqlType::Boolean | SqlType::SmallInt | SqlType::Int | SqlType::BigInt => {
+            "CAST(? AS SIGNED)".into()
+        }
+        SqlType::Real | SqlType::Double => "CAST(? AS DOUBLE)".into(),
+        SqlType::Numeric {
+            precision: Some(p),
+            scale,
+        } => format!("CAST(? AS DECIMAL({p},{}))", scale.unwrap_or(0)),
+        SqlType::Numeric { .. } => "CAST(? AS DECIMAL(65,30))".into(),
+        SqlType::Date => "CAST(? AS DATE)".into(),
+        SqlType::Time => "CAST(? AS TIME(6))".into(),
+        SqlType::Timestamp | SqlType::Timestamptz => "CAST(? AS DATETIME(6))".into(),
+        _ => "?".into(),
     }
 }
 
@@ -605,6 +773,8 @@ fn mysql_text(v: mysql_async::Value, ty: &SqlType) -> Option<String> {
         Value::Date(y, mo, d, h, mi, s, us) => {
             if *ty == SqlType::Date {
                 format!("{y:04}-{mo:02}-{d:02}")
+            } else if *ty == SqlType::Timestamptz {
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}+00:00")
             } else {
                 format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}")
             }
@@ -647,24 +817,41 @@ fn text_batch(c: &Config, columns: &[usize], rows: TextRows) -> Result<RecordBat
     .map_err(|e| e.to_string())
 }
 
-/// A key value as text for the query (its cast to text, as PostgreSQL writes it).
-fn key_text(v: &ScalarValue) -> Result<String, String> {
-    match v {
-        ScalarValue::Utf8(Some(s))
-        | ScalarValue::LargeUtf8(Some(s))
-        | ScalarValue::Utf8View(Some(s)) => Ok(s.clone()),
-        other => match other.cast_to(&DataType::Utf8) {
+/// A key value as text for the query: as PostgreSQL reads it, or for MySQL with
+/// booleans as 1/0 and timestamps in UTC without an offset.
+fn key_text(kind: Kind, v: &ScalarValue) -> Result<String, LookupError> {
+    match (kind, v) {
+        (
+            _,
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(s.clone()),
+        (Kind::Mysql, ScalarValue::Boolean(Some(b))) => Ok(if *b { "1" } else { "0" }.into()),
+        (Kind::Mysql, ScalarValue::TimestampMicrosecond(Some(us), _)) => {
+            chrono::DateTime::from_timestamp_micros(*us)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+                .ok_or_else(|| LookupError::Invalid(format!("the key value {v} is out of range")))
+        }
+        (_, other) => match other.cast_to(&DataType::Utf8) {
             Ok(ScalarValue::Utf8(Some(s))) => Ok(s),
-            _ => Err(format!("the key value {other} has no text form")),
+            _ => Err(LookupError::Invalid(format!(
+                "the key value {other} has no text form"
+            ))),
         },
     }
 }
 
 impl ExternalTable for Client {
-    fn fetch(&self, columns: &[usize], keys: &[Vec<ScalarValue>]) -> Result<RecordBatch, String> {
+    fn fetch(
+        &self,
+        columns: &[usize],
+        keys: &[Vec<ScalarValue>],
+    ) -> Result<(Vec<u32>, RecordBatch), LookupError> {
+        let kind = self.0.config.kind;
         let keys: Vec<Vec<String>> = keys
             .iter()
-            .map(|k| k.iter().map(key_text).collect())
+            .map(|k| k.iter().map(|v| key_text(kind, v)).collect())
             .collect::<Result<_, _>>()?;
         let me = Arc::clone(&self.0);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -672,8 +859,26 @@ impl ExternalTable for Client {
         self.0.handle.spawn(async move {
             let _ = tx.send(me.fetch_async(columns, keys).await);
         });
-        rx.recv()
-            .map_err(|_| "the lookup task was dropped (server shutting down)".to_string())?
+        rx.recv().map_err(|_| {
+            LookupError::Unavailable("the lookup task was dropped (server shutting down)".into())
+        })?
+    }
+
+    fn check(&self) -> std::sync::mpsc::Receiver<Result<(), String>> {
+        let me = Arc::clone(&self.0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.0.handle.spawn(async move {
+            let probe = if me.config.kind == Kind::Postgres {
+                "SELECT NULL::text"
+            } else {
+                "SELECT NULL"
+            };
+            let r = me
+                .query_once(probe, &[], &[SqlType::Text], me.config.timeout)
+                .await;
+            let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        rx
     }
 
     fn scan(
@@ -683,29 +888,40 @@ impl ExternalTable for Client {
         let me = Arc::clone(&self.0);
         let columns = projection.unwrap_or_else(|| (0..me.config.columns.len()).collect());
         let sql = if columns.is_empty() {
-            format!("SELECT 1 FROM {}", me.config.table)
+            let null = if me.config.kind == Kind::Postgres {
+                "NULL::text"
+            } else {
+                "NULL"
+            };
+            format!("SELECT {null} FROM {} AS t", me.config.table)
         } else {
             format!(
-                "SELECT {} FROM {}",
+                "SELECT {} FROM {} AS t",
                 me.select_list(&columns),
                 me.config.table
             )
         };
-        let types: Vec<SqlType> = columns
-            .iter()
-            .map(|&i| me.config.columns[i].1.clone())
-            .collect();
+        let types: Vec<SqlType> = if columns.is_empty() {
+            vec![SqlType::Text]
+        } else {
+            columns
+                .iter()
+                .map(|&i| me.config.columns[i].1.clone())
+                .collect()
+        };
         async move {
             // Whole-table reads get more time than lookups.
             let timeout = me.config.timeout.max(Duration::from_secs(300));
-            let rows = me.query_once(&sql, &[], &types, timeout).await?;
+            let rows = me
+                .query_once(&sql, &[], &types, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
             if columns.is_empty() {
-                let n = rows.len();
                 return RecordBatch::try_new_with_options(
                     Arc::new(datafusion::arrow::datatypes::Schema::empty()),
                     vec![],
                     &datafusion::arrow::record_batch::RecordBatchOptions::new()
-                        .with_row_count(Some(n)),
+                        .with_row_count(Some(rows.len())),
                 )
                 .map_err(|e| e.to_string());
             }

@@ -20,18 +20,44 @@ use strom_catalog::{TableDef, TableId};
 
 use crate::error::{EngineError, Result};
 
+/// Why a lookup in an external table failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LookupError {
+    /// The database cannot be reached or cannot answer now (connection refused or lost,
+    /// a timeout, a server shutting down or out of connections): the rows wait and are
+    /// retried once the database answers again.
+    Unavailable(String),
+    /// The database answered with an error retrying cannot fix (a column that does not
+    /// exist, a key type that does not compare, a value that does not read as the
+    /// declared type): the view fails with it.
+    Invalid(String),
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LookupError::Unavailable(m) | LookupError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A table that lives in another database and is read by key.
 pub trait ExternalTable: Send + Sync + std::fmt::Debug {
     /// The rows whose `columns` (indices of the table's columns) equal one of `keys` (each
-    /// as many non-NULL values as `columns`, in the columns' declared types), as a batch of
-    /// the table's columns. Blocking (it is called on the epoch thread); it retries a
-    /// failed query `lookup.max-retries` times before giving up with `Err` (the database
-    /// could not answer: the caller keeps the rows and tries again later).
+    /// as many non-NULL values as `columns`, in the columns' declared types), as a batch
+    /// of the table's columns, with the index in `keys` of the key each row matched (the
+    /// database's own comparison decides: collations, padding). Blocking (it is called on
+    /// the epoch thread); it retries an unavailable database `lookup.max-retries` times.
     fn fetch(
         &self,
         columns: &[usize],
         keys: &[Vec<ScalarValue>],
-    ) -> std::result::Result<RecordBatch, String>;
+    ) -> std::result::Result<(Vec<u32>, RecordBatch), LookupError>;
+
+    /// Starts checking, in the background, whether the database answers; the result
+    /// arrives on the returned channel. While rows wait for the database the join asks
+    /// this instead of blocking the epoch on a database that is away.
+    fn check(&self) -> std::sync::mpsc::Receiver<std::result::Result<(), String>>;
 
     /// Every row, for `SELECT` (projection: column indices; None: all).
     fn scan(
@@ -83,7 +109,8 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// The `lookup.*` options of an external table (Flink's names and defaults).
+/// The `lookup.*` options of an external table (Flink's names; `max-rows` defaults to
+/// 10,000 where Flink has no default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LookupOptions {
     /// `lookup.cache = 'PARTIAL'` (default `'NONE'`: every row is fetched).
@@ -94,8 +121,9 @@ pub struct LookupOptions {
     pub expire_after_write: Option<Duration>,
     /// `lookup.partial-cache.expire-after-access`.
     pub expire_after_access: Option<Duration>,
-    /// `lookup.partial-cache.cache-missing-key` (default true): a key the database does
-    /// not have is cached as missing.
+    /// `lookup.partial-cache.caching-missing-key` (Flink's name; `cache-missing-key` is
+    /// accepted too; default true): a key the database does not have is cached as
+    /// missing.
     pub cache_missing_key: bool,
     /// `lookup.max-retries` (default 3): retries of a failed query before the rows wait.
     pub max_retries: u32,
@@ -107,6 +135,7 @@ pub const LOOKUP_OPTIONS: &[&str] = &[
     "lookup.partial-cache.max-rows",
     "lookup.partial-cache.expire-after-write",
     "lookup.partial-cache.expire-after-access",
+    "lookup.partial-cache.caching-missing-key",
     "lookup.partial-cache.cache-missing-key",
     "lookup.max-retries",
 ];
@@ -142,7 +171,8 @@ impl LookupOptions {
         if max_rows == 0 {
             return Err("lookup.partial-cache.max-rows must be at least 1".into());
         }
-        let cache_missing_key = match get("lookup.partial-cache.cache-missing-key")
+        let cache_missing_key = match get("lookup.partial-cache.caching-missing-key")
+            .or_else(|| get("lookup.partial-cache.cache-missing-key"))
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
@@ -150,7 +180,7 @@ impl LookupOptions {
             Some("false") => false,
             Some(other) => {
                 return Err(format!(
-                    "lookup.partial-cache.cache-missing-key = '{other}' is not true or false"
+                    "lookup.partial-cache.caching-missing-key = '{other}' is not true or false"
                 ))
             }
         };
@@ -158,6 +188,7 @@ impl LookupOptions {
             "lookup.partial-cache.max-rows",
             "lookup.partial-cache.expire-after-write",
             "lookup.partial-cache.expire-after-access",
+            "lookup.partial-cache.caching-missing-key",
             "lookup.partial-cache.cache-missing-key",
         ];
         if !cache {
@@ -253,8 +284,17 @@ impl LookupCache {
         );
     }
 
-    /// Drops the least recently used eighth of the entries (at least one).
+    /// Drops the expired entries, or else the least recently used eighth (at least one).
     fn evict(&mut self) {
+        let now = Instant::now();
+        let (write, access) = (self.after_write, self.after_access);
+        self.entries.retain(|_, e| {
+            !(write.is_some_and(|d| now.duration_since(e.written) >= d)
+                || access.is_some_and(|d| now.duration_since(e.accessed) >= d))
+        });
+        if self.entries.len() < self.max_rows {
+            return;
+        }
         let drop = (self.entries.len() / 8).max(1);
         let mut ticks: Vec<u64> = self.entries.values().map(|e| e.tick).collect();
         let (_, &mut cut, _) = ticks.select_nth_unstable(drop - 1);
@@ -351,7 +391,7 @@ mod tests {
             ("lookup.partial-cache.max-rows", "200000"),
             ("lookup.partial-cache.expire-after-write", "10 min"),
             ("lookup.partial-cache.expire-after-access", "500ms"),
-            ("lookup.partial-cache.cache-missing-key", "false"),
+            ("lookup.partial-cache.caching-missing-key", "false"),
             ("lookup.max-retries", "0"),
         ])
         .unwrap();

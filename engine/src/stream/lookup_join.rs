@@ -30,7 +30,7 @@ use strom_catalog::TableDef;
 use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
-use crate::lookup::{ExternalTable, LookupCache, LookupOptions, LookupStats};
+use crate::lookup::{ExternalTable, LookupCache, LookupError, LookupOptions, LookupStats};
 use crate::row;
 use crate::state::{multiset_count, StateAlloc, StateTable};
 use crate::store::Snapshot;
@@ -41,11 +41,16 @@ type Found = Arc<Vec<Row>>;
 
 /// The set suffix of "no dimension row".
 const NONE: &[u8] = &[0];
+/// The first byte of a set suffix of dimension rows. (Before sets, a suffix was one row's
+/// value encoding, which starts with its format byte 1: still read as a one-row set.)
+const SET: u8 = 2;
 /// The prefix of waiting chunks in the pending table.
 const PENDING: &[u8] = b"p";
 /// Retry delays after failures: 200 ms doubling up to 5 s.
 const RETRY_FIRST_MICROS: i64 = 200_000;
 const RETRY_MAX_MICROS: i64 = 5_000_000;
+/// How often a running database check is looked at.
+const PROBE_POLL_MICROS: i64 = 50_000;
 
 /// Where dimension rows are read.
 #[derive(Debug)]
@@ -69,9 +74,13 @@ pub struct External {
     /// Sequence numbers in `pending`, oldest first (None: not read from the store yet).
     waiting: Option<std::collections::VecDeque<u64>>,
     next_seq: u64,
-    /// Consecutive failed attempts, and when (runtime clock, µs) to try again.
+    /// Consecutive failed attempts, and when (runtime clock, µs) to look again.
     failures: u32,
     retry_at: i64,
+    /// A background check of whether the database answers, while rows wait for it.
+    probe: Option<std::sync::mpsc::Receiver<std::result::Result<(), String>>>,
+    /// The last check succeeded: retry the waiting rows now.
+    ready: bool,
     stats: Arc<LookupStats>,
 }
 
@@ -91,6 +100,9 @@ impl External {
             next_seq: 0,
             failures: 0,
             retry_at: i64::MIN,
+            probe: None,
+            // After a restart, rows that waited are tried at once.
+            ready: true,
             stats,
         }
     }
@@ -172,6 +184,7 @@ impl External {
     }
 
     fn failed(&mut self, dim: &str, error: String, now: i64) {
+        self.ready = false;
         self.failures += 1;
         let delay = RETRY_FIRST_MICROS
             .saturating_mul(1 << (self.failures - 1).min(10))
@@ -185,6 +198,41 @@ impl External {
             );
         }
         self.stats.set_error(Some(error));
+    }
+
+    /// Whether waiting rows may be retried now. While they wait, the database is
+    /// checked in the background (so a database that is away never stalls the epoch,
+    /// which other views share), and retried inline only once a check succeeds.
+    fn may_retry(&mut self, dim: &str, now: i64) -> bool {
+        if self.ready {
+            return true;
+        }
+        if let Some(rx) = &self.probe {
+            match rx.try_recv() {
+                Ok(Ok(())) => {
+                    self.probe = None;
+                    self.ready = true;
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    self.probe = None;
+                    self.failed(dim, e, now);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    self.retry_at = now.saturating_add(PROBE_POLL_MICROS);
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.probe = None;
+                    self.failed(dim, "the database check was dropped".into(), now);
+                }
+            }
+            return false;
+        }
+        if now >= self.retry_at {
+            self.probe = Some(self.table.check());
+            self.retry_at = now.saturating_add(PROBE_POLL_MICROS);
+        }
+        false
     }
 
     fn succeeded(&mut self) {
@@ -281,13 +329,17 @@ impl LookupJoin {
             if v.is_null() {
                 return Ok(None);
             }
-            // The key value in the dimension's type (the join compared them so).
+            // The key value in the dimension's type (the join compared them so); a value
+            // that does not fit it (an integer out of its range) equals none of its values.
             let t = &self.dim_types[c];
-            key.push(if &v.data_type() == t {
-                v.clone()
+            if &v.data_type() == t {
+                key.push(v.clone());
             } else {
-                v.cast_to(t)?
-            });
+                match v.cast_to(t) {
+                    Ok(k) if !k.is_null() => key.push(k),
+                    _ => return Ok(None),
+                }
+            }
         }
         Ok(Some(key))
     }
@@ -408,27 +460,27 @@ impl LookupJoin {
             encoded.push(Some(enc));
         }
         if !missing.is_empty() {
-            let batch = match ext.table.fetch(&self.dim_keys, &missing) {
+            let (matched, batch) = match ext.table.fetch(&self.dim_keys, &missing) {
                 Ok(b) => b,
-                Err(e) => return Ok(Err(e)),
+                Err(LookupError::Unavailable(e)) => return Ok(Err(e)),
+                Err(LookupError::Invalid(e)) => {
+                    return Err(EngineError::Unsupported(format!(
+                        "looking rows up in \"{}\": {e}",
+                        self.dim.name
+                    )))
+                }
             };
             let rows = crate::table::batch_to_rows(&batch)?;
             LookupStats::add(&ext.stats.fetched, rows.len() as u64);
-            let mut grouped: HashMap<Vec<u8>, Vec<Row>> = HashMap::new();
-            for r in rows {
-                let key: Row = self.dim_keys.iter().map(|&c| r[c].clone()).collect();
-                if key.iter().any(ScalarValue::is_null) {
-                    continue;
-                }
-                let out: Row = self.dim_columns.iter().map(|&c| r[c].clone()).collect();
-                grouped
-                    .entry(keys::encode_key(&key)?)
-                    .or_default()
-                    .push(out);
+            let mut grouped: Vec<Vec<Row>> = vec![Vec::new(); missing.len()];
+            for (i, r) in matched.into_iter().zip(rows) {
+                let slot = grouped.get_mut(i as usize).ok_or_else(|| {
+                    EngineError::Internal("a looked-up row matched no requested key".into())
+                })?;
+                slot.push(self.dim_columns.iter().map(|&c| r[c].clone()).collect());
             }
-            for k in &missing {
+            for (k, rows) in missing.iter().zip(grouped) {
                 let enc = keys::encode_key(k)?;
-                let rows = grouped.remove(&enc).unwrap_or_default();
                 let found: Found = Arc::new(rows);
                 if let Some(cache) = &mut ext.cache {
                     if !found.is_empty() || ext.cache_missing_key {
@@ -532,7 +584,7 @@ impl LookupJoin {
     }
 
     /// Joins an epoch's left chunks. With an external dimension, chunks that waited for
-    /// the database go first (once their retry is due), and a chunk the database cannot
+    /// the database go first (once it answers again), and a chunk the database cannot
     /// serve waits with every chunk after it.
     pub fn run(
         &mut self,
@@ -586,7 +638,8 @@ impl LookupJoin {
         }
     }
 
-    /// Retries waiting chunks, oldest first; true when some still wait.
+    /// Retries every waiting chunk, oldest first, with one lookup for all of them;
+    /// true when they still wait.
     fn retry_waiting(
         &mut self,
         snapshot: &Snapshot,
@@ -599,31 +652,43 @@ impl LookupJoin {
         if ext.waiting()?.is_empty() {
             return Ok(false);
         }
-        if now < ext.retry_at {
+        if !ext.may_retry(&dim_name, now) {
             return Ok(true);
         }
-        while let Some(&seq) = self.external().waiting()?.front() {
+        let seqs: Vec<u64> = ext.waiting()?.iter().copied().collect();
+        let mut chunks = Vec::with_capacity(seqs.len());
+        let mut all = Vec::new();
+        for &seq in &seqs {
             let rows = self.external().pending_rows(seq, &types)?;
-            match self.find(snapshot, &rows)? {
-                Ok(found) => {
-                    let n = rows.len() as u64;
-                    let o = self.join(rows, found)?;
-                    if !o.is_empty() {
-                        out.push(o);
-                    }
-                    let ext = self.external();
-                    ext.pending.delete(PENDING, &seq.to_be_bytes())?;
-                    ext.waiting()?.pop_front();
-                    ext.stats
-                        .waiting
-                        .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.external().failed(&dim_name, e, now);
-                    return Ok(true);
-                }
+            chunks.push(rows.len());
+            all.extend(rows);
+        }
+        let found = match self.find(snapshot, &all)? {
+            Ok(found) => found,
+            Err(e) => {
+                self.external().failed(&dim_name, e, now);
+                return Ok(true);
+            }
+        };
+        let n = all.len() as u64;
+        let mut rows = all.into_iter();
+        let mut found = found.into_iter();
+        for len in chunks {
+            let part: Vec<(Op, Row)> = rows.by_ref().take(len).collect();
+            let f: Vec<Found> = found.by_ref().take(len).collect();
+            let o = self.join(part, f)?;
+            if !o.is_empty() {
+                out.push(o);
             }
         }
+        let ext = self.external();
+        for seq in seqs {
+            ext.pending.delete(PENDING, &seq.to_be_bytes())?;
+        }
+        ext.waiting()?.clear();
+        ext.stats
+            .waiting
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
         Ok(false)
     }
 }
@@ -633,7 +698,7 @@ fn encode_set(rows: &[Row]) -> Result<Vec<u8>> {
     if rows.is_empty() {
         return Ok(NONE.to_vec());
     }
-    let mut out = vec![1];
+    let mut out = vec![SET];
     for r in rows {
         let enc = row::encode_row(r)?;
         out.extend_from_slice(&(enc.len() as u32).to_le_bytes());
@@ -647,6 +712,11 @@ fn decode_set(bytes: &[u8], types: &[DataType]) -> Result<Vec<Row>> {
         table: "lookup join state".into(),
         reason,
     };
+    match bytes.first() {
+        None | Some(0) => return Ok(Vec::new()),
+        Some(&SET) => {}
+        Some(_) => return Ok(vec![row::decode_row(bytes, types).map_err(corrupt)?]),
+    }
     let mut out = Vec::new();
     let mut pos = 1;
     while pos < bytes.len() {

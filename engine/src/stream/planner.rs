@@ -21,7 +21,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::common::{DFSchema, NullEquality, ScalarValue};
+use datafusion::common::{Column, DFSchema, NullEquality, ScalarValue};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -42,6 +42,33 @@ use super::temporal_filter::Bound;
 use crate::error::{EngineError, Result};
 use crate::provider::StromTable;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+
+/// The column a temporal join key compares: a column, or one cast to a type whose values
+/// compare the same (an integer widened, a string in another Arrow representation). The
+/// lookup casts the stream's value to the dimension column's type; a value that does not
+/// fit matches nothing, as it equals no value of that column.
+fn key_column<'e>(e: &'e Expr, schema: &DFSchema) -> Option<&'e Column> {
+    match e {
+        Expr::Column(c) => Some(c),
+        Expr::Cast(cast) => {
+            let Expr::Column(c) = cast.expr.as_ref() else {
+                return None;
+            };
+            let from = schema.qualified_field_from_column(c).ok()?.1.data_type();
+            let to = cast.field.data_type();
+            let same_kind = (from.is_integer() && to.is_integer())
+                || (matches!(
+                    from,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) && matches!(
+                    to,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ));
+            same_kind.then_some(c)
+        }
+        _ => None,
+    }
+}
 
 fn unsupported(what: impl std::fmt::Display) -> EngineError {
     EngineError::Unsupported(format!("{what} is not supported in materialized views yet"))
@@ -757,7 +784,9 @@ impl Planner {
         // (left column, dimension stored column) per equality.
         let mut pairs: Vec<(usize, usize)> = Vec::new();
         for (l, r) in &j.on {
-            let (Expr::Column(lc), Expr::Column(rc)) = (l, r) else {
+            let (Some(lc), Some(rc)) =
+                (key_column(l, j.left.schema()), key_column(r, right_schema))
+            else {
                 return Err(unsupported(
                     "a temporal join on expressions (join on columns)",
                 ));
