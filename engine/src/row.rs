@@ -5,6 +5,12 @@
 //! `u32` length + bytes for strings and binaries, `u32` count + cells for lists. Decoding
 //! needs the column types, which come from the catalog; the encoding itself carries none.
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
+    Int64Builder, StringBuilder,
+};
 use datafusion::arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
 use datafusion::common::ScalarValue;
 
@@ -97,6 +103,164 @@ pub fn decode_row(
     Ok(row)
 }
 
+/// Decodes the `columns` (positions in `types`) of many stored rows straight into Arrow
+/// arrays, one per wanted column; `None` rows are all NULL. The common types are appended
+/// to typed builders without a per-value allocation; the others go through
+/// [`ScalarValue`]s.
+pub fn decode_columns(
+    rows: &[Option<&[u8]>],
+    types: &[DataType],
+    columns: &[usize],
+) -> std::result::Result<Vec<ArrayRef>, String> {
+    let last = columns.iter().copied().max().map_or(0, |m| m + 1);
+    // Per stored position, the output slot it fills.
+    let mut slot_of: Vec<Option<usize>> = vec![None; last];
+    for (slot, &c) in columns.iter().enumerate() {
+        if slot_of[c].is_some() {
+            return Err("a column decoded twice".into());
+        }
+        slot_of[c] = Some(slot);
+    }
+    let mut builders: Vec<ColumnBuilder> = columns
+        .iter()
+        .map(|&c| ColumnBuilder::new(&types[c], rows.len()))
+        .collect();
+    for row in rows {
+        let Some(bytes) = row else {
+            for b in &mut builders {
+                b.push_null();
+            }
+            continue;
+        };
+        let mut r = Reader { buf: bytes, pos: 0 };
+        match r.u8()? {
+            FORMAT_V1 => {}
+            v => return Err(format!("unknown row format {v}")),
+        }
+        for (c, slot) in slot_of.iter().enumerate() {
+            match slot {
+                Some(s) => builders[*s].push(&mut r, &types[c])?,
+                None => r.skip(&types[c])?,
+            }
+        }
+    }
+    builders
+        .into_iter()
+        .zip(columns)
+        .map(|(b, &c)| b.finish(&types[c]))
+        .collect()
+}
+
+/// An Arrow array being filled from stored cells.
+enum ColumnBuilder {
+    Bool(BooleanBuilder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Utf8(StringBuilder),
+    Other(Vec<ScalarValue>),
+}
+
+impl ColumnBuilder {
+    fn new(ty: &DataType, rows: usize) -> Self {
+        match ty {
+            DataType::Boolean => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            DataType::Int16 => ColumnBuilder::I16(Int16Builder::with_capacity(rows)),
+            DataType::Int32 | DataType::Date32 => {
+                ColumnBuilder::I32(Int32Builder::with_capacity(rows))
+            }
+            DataType::Int64
+            | DataType::Time64(TimeUnit::Microsecond)
+            | DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                ColumnBuilder::I64(Int64Builder::with_capacity(rows))
+            }
+            DataType::Float32 => ColumnBuilder::F32(Float32Builder::with_capacity(rows)),
+            DataType::Float64 => ColumnBuilder::F64(Float64Builder::with_capacity(rows)),
+            DataType::Utf8 => ColumnBuilder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            _ => ColumnBuilder::Other(Vec::with_capacity(rows)),
+        }
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            ColumnBuilder::Bool(b) => b.append_null(),
+            ColumnBuilder::I16(b) => b.append_null(),
+            ColumnBuilder::I32(b) => b.append_null(),
+            ColumnBuilder::I64(b) => b.append_null(),
+            ColumnBuilder::F32(b) => b.append_null(),
+            ColumnBuilder::F64(b) => b.append_null(),
+            ColumnBuilder::Utf8(b) => b.append_null(),
+            ColumnBuilder::Other(v) => v.push(ScalarValue::Null),
+        }
+    }
+
+    fn push(&mut self, r: &mut Reader<'_>, ty: &DataType) -> std::result::Result<(), String> {
+        if let ColumnBuilder::Other(v) = self {
+            v.push(r.cell(ty)?);
+            return Ok(());
+        }
+        if r.u8()? == 0 {
+            self.push_null();
+            return Ok(());
+        }
+        match self {
+            ColumnBuilder::Bool(b) => b.append_value(r.u8()? != 0),
+            ColumnBuilder::I16(b) => b.append_value(i16::from_le_bytes(r.take()?)),
+            ColumnBuilder::I32(b) => b.append_value(i32::from_le_bytes(r.take()?)),
+            ColumnBuilder::I64(b) => b.append_value(i64::from_le_bytes(r.take()?)),
+            ColumnBuilder::F32(b) => b.append_value(f32::from_le_bytes(r.take()?)),
+            ColumnBuilder::F64(b) => b.append_value(f64::from_le_bytes(r.take()?)),
+            ColumnBuilder::Utf8(b) => {
+                let s = std::str::from_utf8(r.bytes()?).map_err(|e| e.to_string())?;
+                b.append_value(s)
+            }
+            ColumnBuilder::Other(_) => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    fn finish(self, ty: &DataType) -> std::result::Result<ArrayRef, String> {
+        let array: ArrayRef = match self {
+            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::I16(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::I32(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::I64(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::F32(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::F64(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Utf8(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Other(v) => {
+                let v: Vec<ScalarValue> = v
+                    .into_iter()
+                    .map(|x| match x {
+                        ScalarValue::Null => ScalarValue::try_from(ty),
+                        x => Ok(x),
+                    })
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                return if v.is_empty() {
+                    Ok(datafusion::arrow::array::new_empty_array(ty))
+                } else {
+                    ScalarValue::iter_to_array(v).map_err(|e| e.to_string())
+                };
+            }
+        };
+        if array.data_type() == ty {
+            Ok(array)
+        } else {
+            // Dates, times and timestamps were built as their integer storage.
+            let data = array
+                .to_data()
+                .into_builder()
+                .data_type(ty.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(datafusion::arrow::array::make_array(data))
+        }
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -120,6 +284,47 @@ impl Reader<'_> {
         let s = self.buf.get(self.pos..end).ok_or("row is truncated")?;
         self.pos = end;
         Ok(s)
+    }
+
+    /// Moves past a cell without decoding it.
+    fn skip(&mut self, ty: &DataType) -> Result<(), String> {
+        if self.u8()? == 0 {
+            return Ok(());
+        }
+        let width = match ty {
+            DataType::Boolean | DataType::Int8 | DataType::UInt8 => 1,
+            DataType::Int16 | DataType::UInt16 => 2,
+            DataType::Int32 | DataType::UInt32 | DataType::Date32 | DataType::Float32 => 4,
+            DataType::Int64
+            | DataType::UInt64
+            | DataType::Float64
+            | DataType::Time64(_)
+            | DataType::Timestamp(_, _) => 8,
+            DataType::Decimal128(_, _) | DataType::Interval(_) => 16,
+            DataType::Utf8
+            | DataType::Utf8View
+            | DataType::LargeUtf8
+            | DataType::Binary
+            | DataType::BinaryView
+            | DataType::LargeBinary => {
+                self.bytes()?;
+                return Ok(());
+            }
+            DataType::List(field) => {
+                let n = u32::from_le_bytes(self.take()?) as usize;
+                for _ in 0..n {
+                    self.skip(field.data_type())?;
+                }
+                return Ok(());
+            }
+            other => return Err(format!("no storage decoding for type {other}")),
+        };
+        let end = self.pos + width;
+        if end > self.buf.len() {
+            return Err("row is truncated".into());
+        }
+        self.pos = end;
+        Ok(())
     }
 
     fn cell(&mut self, ty: &DataType) -> Result<ScalarValue, String> {
@@ -187,7 +392,50 @@ impl Reader<'_> {
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{Field, IntervalUnit};
-    use std::sync::Arc;
+
+    #[test]
+    fn columns_decode_like_rows() {
+        let types = vec![
+            DataType::Int64,
+            DataType::Utf8,
+            DataType::Float64,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            DataType::Decimal128(10, 2),
+            DataType::Boolean,
+        ];
+        let rows = [
+            vec![
+                ScalarValue::Int64(Some(1)),
+                ScalarValue::Utf8(Some("a".into())),
+                ScalarValue::Float64(Some(1.5)),
+                ScalarValue::TimestampMicrosecond(Some(7), Some("+00:00".into())),
+                ScalarValue::Decimal128(Some(123), 10, 2),
+                ScalarValue::Boolean(Some(true)),
+            ],
+            vec![
+                ScalarValue::Int64(None),
+                ScalarValue::Utf8(None),
+                ScalarValue::Float64(Some(-2.0)),
+                ScalarValue::TimestampMicrosecond(None, Some("+00:00".into())),
+                ScalarValue::Decimal128(None, 10, 2),
+                ScalarValue::Boolean(Some(false)),
+            ],
+        ];
+        let encoded: Vec<Vec<u8>> = rows.iter().map(|r| encode_row(r).unwrap()).collect();
+        let mut input: Vec<Option<&[u8]>> = encoded.iter().map(|e| Some(e.as_slice())).collect();
+        input.insert(1, None);
+        // Out of order, skipping column 2.
+        let wanted = [3, 1, 0, 4, 5];
+        let arrays = decode_columns(&input, &types, &wanted).unwrap();
+        for (a, &c) in arrays.iter().zip(&wanted) {
+            assert_eq!(a.data_type(), &types[c]);
+            assert_eq!(a.len(), 3);
+            assert_eq!(ScalarValue::try_from_array(a, 0).unwrap(), rows[0][c]);
+            assert!(a.is_null(1));
+            assert_eq!(ScalarValue::try_from_array(a, 2).unwrap(), rows[1][c]);
+        }
+        assert!(decode_columns(&[Some(&encoded[0][..5])], &types, &[2]).is_err());
+    }
 
     #[test]
     fn every_stored_type_round_trips_with_nulls() {

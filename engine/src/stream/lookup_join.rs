@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{cast_with_options, take, CastOptions};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use strom_catalog::TableDef;
@@ -49,6 +51,8 @@ const PENDING: &[u8] = b"p";
 /// Retry delays after failures: 200 ms doubling up to 5 s.
 const RETRY_FIRST_MICROS: i64 = 200_000;
 const RETRY_MAX_MICROS: i64 = 5_000_000;
+/// Rows a thread of a primary key lookup takes at least.
+const ROWS_PER_THREAD: usize = 1024;
 /// How often a running database check is looked at.
 const PROBE_POLL_MICROS: i64 = 50_000;
 
@@ -77,8 +81,9 @@ pub struct External {
     /// Consecutive failed attempts, and when (runtime clock, µs) to look again.
     failures: u32,
     retry_at: i64,
-    /// A background check of whether the database answers, while rows wait for it.
-    probe: Option<std::sync::mpsc::Receiver<std::result::Result<(), String>>>,
+    /// A background check of whether the database answers, while rows wait for it (in
+    /// a mutex only to make the join `Sync`, for [`LookupJoin::join_by_key`]'s threads).
+    probe: Option<std::sync::Mutex<std::sync::mpsc::Receiver<std::result::Result<(), String>>>>,
     /// The last check succeeded: retry the waiting rows now.
     ready: bool,
     stats: Arc<LookupStats>,
@@ -208,7 +213,8 @@ impl External {
             return true;
         }
         if let Some(rx) = &self.probe {
-            match rx.try_recv() {
+            let received = rx.lock().expect("probe lock").try_recv();
+            match received {
                 Ok(Ok(())) => {
                     self.probe = None;
                     self.ready = true;
@@ -229,7 +235,7 @@ impl External {
             return false;
         }
         if now >= self.retry_at {
-            self.probe = Some(self.table.check());
+            self.probe = Some(std::sync::Mutex::new(self.table.check()));
             self.retry_at = now.saturating_add(PROBE_POLL_MICROS);
         }
         false
@@ -261,6 +267,8 @@ pub struct LookupJoin {
     left_types: Vec<DataType>,
     /// What was emitted per left row (None: the left input only appends).
     emitted: Option<StateTable>,
+    /// Threads a chunk's point reads are split over (the stream's worker count).
+    read_threads: usize,
 }
 
 impl LookupJoin {
@@ -296,7 +304,13 @@ impl LookupJoin {
                 .collect(),
             output,
             emitted: (!append_only_left).then(|| state.table()),
+            read_threads: 1,
         })
+    }
+
+    /// Splits each chunk's point reads over `n` threads (the stream's worker count).
+    pub fn set_read_threads(&mut self, n: usize) {
+        self.read_threads = n.max(1);
     }
 
     pub fn output_width(&self) -> usize {
@@ -593,6 +607,35 @@ impl LookupJoin {
         now: i64,
     ) -> Result<Vec<StreamChunk>> {
         let mut out = Vec::new();
+        if matches!(self.source, Dim::Key) && self.emitted.is_none() {
+            for c in chunks {
+                let n = c.len();
+                let parts = if self.read_threads > 1 && n >= 2 * ROWS_PER_THREAD {
+                    // Both halves on their own thread: keys, reads and decoding.
+                    let half = n / 2;
+                    let slice = |from: usize, len: usize| {
+                        StreamChunk::new(
+                            c.ops()[from..from + len].to_vec(),
+                            c.data().slice(from, len),
+                        )
+                    };
+                    let (a, b) = (slice(0, half)?, slice(half, n - half)?);
+                    let me = &*self;
+                    let (a, b) = std::thread::scope(|s| {
+                        let first = s.spawn(|| me.join_by_key(&a, snapshot, 1));
+                        let second = me.join_by_key(&b, snapshot, 1);
+                        (first.join(), second)
+                    });
+                    let a =
+                        a.map_err(|_| EngineError::Internal("a lookup thread panicked".into()))?;
+                    vec![a?, b?]
+                } else {
+                    vec![self.join_by_key(c, snapshot, self.read_threads)?]
+                };
+                out.extend(parts.into_iter().filter(|o| !o.is_empty()));
+            }
+            return Ok(out);
+        }
         if !matches!(self.source, Dim::External(_)) {
             for c in chunks {
                 let rows = c.rows()?;
@@ -629,6 +672,90 @@ impl LookupJoin {
             self.external().succeeded();
         }
         Ok(out)
+    }
+
+    /// An append-only chunk joined by primary key, column by column: keys encoded from
+    /// the arrays, one sorted multi-get, the found rows decoded straight into arrays,
+    /// the stream's columns taken. No per-row allocation.
+    fn join_by_key(
+        &self,
+        chunk: &StreamChunk,
+        snapshot: &Snapshot,
+        threads: usize,
+    ) -> Result<StreamChunk> {
+        let data = chunk.data();
+        let n = data.num_rows();
+        let mut key_arrays: Vec<ArrayRef> = Vec::with_capacity(self.left_keys.len());
+        for (&l, &d) in self.left_keys.iter().zip(&self.dim_keys) {
+            let a = data.column(l);
+            let t = &self.dim_types[d];
+            key_arrays.push(if a.data_type() == t {
+                Arc::clone(a)
+            } else {
+                // A value that does not fit the dimension's type becomes NULL: it equals
+                // none of its values.
+                cast_with_options(a, t, &CastOptions::default())?
+            });
+        }
+        let refs: Vec<&dyn Array> = key_arrays.iter().map(|a| a.as_ref()).collect();
+        let mut wanted = Vec::with_capacity(n);
+        let mut row_of = Vec::with_capacity(n);
+        let mut key = Vec::with_capacity(32);
+        for i in 0..n {
+            if refs.iter().any(|a| a.is_null(i)) {
+                continue;
+            }
+            key.clear();
+            for a in &refs {
+                keys::encode_array_datum(*a, i, &mut key)?;
+            }
+            wanted.push(keys::row_key(self.dim.id, &key));
+            row_of.push(i);
+        }
+        // The found rows' values, back to back, and each input row's range in them.
+        let (values, found_at) = snapshot.multi_get_packed(&wanted, threads)?;
+        let mut range: Vec<Option<(usize, usize)>> = vec![None; n];
+        for (w, r) in found_at.into_iter().enumerate() {
+            range[row_of[w]] = r;
+        }
+        let (kept, found): (Vec<u32>, Vec<Option<&[u8]>>) = range
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| self.left_outer || r.is_some())
+            .map(|(i, r)| (i as u32, r.map(|(a, b)| &values[a..b])))
+            .unzip();
+        let mut columns: Vec<ArrayRef> = if kept.len() == n {
+            data.columns().to_vec()
+        } else {
+            let indices = UInt32Array::from(kept);
+            data.columns()
+                .iter()
+                .map(|c| take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let dim =
+            row::decode_columns(&found, &self.dim_types, &self.dim_columns).map_err(|reason| {
+                EngineError::Corrupt {
+                    table: self.dim.name.clone(),
+                    reason,
+                }
+            })?;
+        let width = columns.len();
+        for (i, a) in dim.into_iter().enumerate() {
+            let t = self.output.field(width + i).data_type();
+            columns.push(if a.data_type() == t {
+                a
+            } else {
+                cast_with_options(&a, t, &CastOptions::default())?
+            });
+        }
+        let rows = found.len();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::clone(&self.output),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        StreamChunk::new(vec![Op::Insert; rows], batch)
     }
 
     fn external(&mut self) -> &mut External {

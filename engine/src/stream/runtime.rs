@@ -1182,20 +1182,19 @@ fn build(
                     )))
                 }
             };
-            Exec::Lookup(
-                Box::new(LookupJoin::try_new(
-                    *left_outer,
-                    left_keys.clone(),
-                    def,
-                    dim_keys.clone(),
-                    dim_columns.clone(),
-                    source,
-                    Arc::clone(&node.schema),
-                    node.inputs[0].append_only,
-                    alloc,
-                )?),
-                Box::new(inputs.remove(0)),
-            )
+            let mut join = LookupJoin::try_new(
+                *left_outer,
+                left_keys.clone(),
+                def,
+                dim_keys.clone(),
+                dim_columns.clone(),
+                source,
+                Arc::clone(&node.schema),
+                node.inputs[0].append_only,
+                alloc,
+            )?;
+            join.set_read_threads(workers);
+            Exec::Lookup(Box::new(join), Box::new(inputs.remove(0)))
         }
         NodeKind::SessionWindow { time, gap, keys } => Exec::Session(
             Box::new(SessionWindow::try_new(
