@@ -205,6 +205,7 @@ fn dim_table(id: u32) -> strom_catalog::TableDef {
         connector: None,
         watermark: None,
         indexes: Vec::new(),
+        next_index_id: 0,
     }
 }
 

@@ -47,6 +47,7 @@ pub async fn execute(
                 connector: plan.connector,
                 watermark: plan.watermark,
                 indexes: Vec::new(),
+                next_index_id: 0,
             };
             check_defaults(db, settings, &def)?;
             strom_engine::watermark::Watermarker::new(&def).map_err(|e| {
@@ -265,6 +266,15 @@ async fn create_index(
                 format!("column \"{name}\" appears twice in the index"),
             ));
         }
+        if !def.columns[i].ty.is_key_type() {
+            return Err(StromError::user(
+                "0A000",
+                format!(
+                    "column \"{name}\" of type {} cannot be indexed",
+                    def.columns[i].ty.pg_name()
+                ),
+            ));
+        }
         columns.push(i);
     }
     if columns.is_empty() {
@@ -309,7 +319,15 @@ async fn create_index(
         ));
     }
     let index = strom_catalog::IndexDef {
-        id: def.indexes.iter().map(|i| i.id + 1).max().unwrap_or(0),
+        // Never an id a dropped index had: a view planned against it must not find
+        // another index under its id.
+        id: def
+            .indexes
+            .iter()
+            .map(|i| i.id + 1)
+            .max()
+            .unwrap_or(0)
+            .max(def.next_index_id),
         name,
         columns,
     };
@@ -531,5 +549,6 @@ fn late_table_def(def: &TableDef, schema: strom_catalog::SchemaId, name: &str) -
         connector: None,
         watermark: None,
         indexes: Vec::new(),
+        next_index_id: 0,
     }
 }

@@ -214,6 +214,7 @@ async fn plan_view(
             connector: None,
             watermark: None,
             indexes: Vec::new(),
+            next_index_id: 0,
         },
         plan,
     })
@@ -353,6 +354,17 @@ pub async fn create(
             return Err(StromError::user(
                 "40001",
                 "a relation the view reads was dropped concurrently; retry",
+            ));
+        }
+    }
+    for (table, index) in planned.plan.lookup_indexes() {
+        let exists = catalog
+            .table(table)
+            .is_some_and(|t| t.indexes.iter().any(|i| i.id == index));
+        if !exists {
+            return Err(StromError::user(
+                "40001",
+                "an index the view looks rows up by was dropped concurrently; retry",
             ));
         }
     }

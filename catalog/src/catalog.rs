@@ -212,6 +212,9 @@ impl Catalog {
             .tables
             .get_mut(&id)
             .ok_or_else(|| CatalogError::TableNotFound(id.to_string()))?;
+        if let Some(max) = indexes.iter().map(|i| i.id + 1).max() {
+            def.next_index_id = def.next_index_id.max(max);
+        }
         def.indexes = indexes;
         self.version += 1;
         Ok(())
@@ -251,6 +254,7 @@ mod tests {
             connector: None,
             watermark: None,
             indexes: Vec::new(),
+            next_index_id: 0,
         }
     }
 

@@ -110,6 +110,9 @@ pub struct TableDef {
     /// Secondary indexes (`CREATE INDEX`), which temporal joins look rows up by.
     #[serde(default)]
     pub indexes: Vec<IndexDef>,
+    /// The id the next index gets (ids are never reused).
+    #[serde(default)]
+    pub next_index_id: u32,
 }
 
 /// `CREATE INDEX name ON table (columns)`: entries `columns ++ primary key` kept with the

@@ -411,10 +411,33 @@ impl WriteTxn<'_> {
                 if let Some(w) = &new {
                     let mut bound = lo.clone();
                     keys::encode_key_datum(w, &mut bound)?;
+                    let mut expired: Vec<Vec<u8>> = Vec::new();
                     self.snapshot.for_each(&lo, &bound, |k, v| {
                         self.batch.delete(v);
                         self.batch.delete(k);
+                        if !def.indexes.is_empty() {
+                            expired.push(v.to_vec());
+                        }
                     })?;
+                    // Their index entries go with them (they bypass the overlay, so that
+                    // views do not see expiry as deletes).
+                    if !expired.is_empty() {
+                        let types = table::stored_types(def);
+                        let mut writes = Vec::new();
+                        for (key, old) in expired.iter().zip(self.snapshot.multi_get(&expired)?) {
+                            crate::index::maintain(
+                                def,
+                                &types,
+                                key,
+                                old.as_deref(),
+                                None,
+                                &mut writes,
+                            )?;
+                        }
+                        for (k, _) in writes {
+                            self.batch.delete(k);
+                        }
+                    }
                 }
             }
             if let Some(new) = new {

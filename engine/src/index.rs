@@ -5,8 +5,8 @@
 //! memcomparable(primary key)` with an empty value ([`crate::keys::index_prefix`]): the
 //! rows with a given index key are a prefix scan away, in primary key order. Entries are
 //! written in the same RocksDB batch as the rows they describe (table writes at
-//! `WriteTxn::commit`, including rows a watermark's TTL expires; view contents at the
-//! epoch's commit), so an index is never behind its relation. Readers still check that
+//! `WriteTxn::commit`, and rows a watermark's TTL expires; view contents at the epoch's
+//! commit), so an index is never behind its relation. Readers still check that
 //! the row they reach has the key they asked for, so a stray entry can cost a read but
 //! never a wrong row.
 

@@ -301,6 +301,7 @@ mod tests {
             connector: None,
             watermark: None,
             indexes: Vec::new(),
+            next_index_id: 0,
         }
     }
 

@@ -685,6 +685,11 @@ impl LookupJoin {
     ) -> Result<StreamChunk> {
         let data = chunk.data();
         let n = data.num_rows();
+        if chunk.ops().iter().any(|op| op.sign() < 0) {
+            return Err(EngineError::Internal(
+                "lookup join: a delete from an input planned as append-only".into(),
+            ));
+        }
         let mut key_arrays: Vec<ArrayRef> = Vec::with_capacity(self.left_keys.len());
         for (&l, &d) in self.left_keys.iter().zip(&self.dim_keys) {
             let a = data.column(l);
@@ -740,14 +745,13 @@ impl LookupJoin {
                     reason,
                 }
             })?;
-        let width = columns.len();
-        for (i, a) in dim.into_iter().enumerate() {
-            let t = self.output.field(width + i).data_type();
-            columns.push(if a.data_type() == t {
-                a
-            } else {
-                cast_with_options(&a, t, &CastOptions::default())?
-            });
+        columns.extend(dim);
+        // As the output schema types them (the row path built its batch so too).
+        for (i, c) in columns.iter_mut().enumerate() {
+            let t = self.output.field(i).data_type();
+            if c.data_type() != t {
+                *c = cast_with_options(c, t, &CastOptions::default())?;
+            }
         }
         let rows = found.len();
         let batch = RecordBatch::try_new_with_options(
