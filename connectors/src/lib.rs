@@ -12,6 +12,7 @@ pub mod decode;
 pub mod errors;
 pub mod kafka;
 pub mod lookup;
+pub mod nexmark;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashSet};
@@ -167,8 +168,9 @@ pub fn validate(def: &TableDef) -> Result<(), String> {
     match c.options.get("connector").map(String::as_str) {
         Some("kafka") => kafka::validate(def, c),
         Some("postgres" | "mysql") => lookup::validate(def, c),
+        Some("nexmark") => nexmark::source::spec(def, c).map(|_| ()),
         Some(other) => Err(format!(
-            "unknown connector \"{other}\" (supported: kafka; postgres and mysql with mode = 'lookup')"
+            "unknown connector \"{other}\" (supported: kafka, nexmark; postgres and mysql with mode = 'lookup')"
         )),
         None => Err("option \"connector\" is required".into()),
     }
@@ -237,7 +239,20 @@ impl Connectors {
             let previous = Arc::new(tokio::sync::Mutex::new(
                 stopped.remove(&id).unwrap_or_default(),
             ));
-            let workers = if def.is_sink() { 1 } else { readers() };
+            let is_nexmark = def
+                .connector
+                .as_ref()
+                .is_some_and(|c| c.options.get("connector").map(String::as_str) == Some("nexmark"));
+            let workers = if def.is_sink() {
+                1
+            } else if is_nexmark {
+                def.connector
+                    .as_ref()
+                    .and_then(|c| nexmark::source::spec(def, c).ok())
+                    .map_or(1, |s| s.splits)
+            } else {
+                readers()
+            };
             let mut handles = Vec::with_capacity(workers);
             for worker in 0..workers {
                 let (dbc, shared) = (Arc::clone(db), Arc::clone(&shared));
@@ -252,6 +267,8 @@ impl Connectors {
                     }
                     if shared.is_sink() {
                         sink::run(dbc, shared, stop2, status2).await
+                    } else if is_nexmark {
+                        nexmark::source::run(dbc, shared, stop2, status2, worker).await
                     } else {
                         let share = kafka::Share { worker, workers };
                         kafka::run(dbc, shared, stop2, status2, share).await

@@ -10,6 +10,7 @@ mod fidelity;
 mod kafka;
 mod kafka_txn;
 mod lookup;
+mod nexmark;
 mod pgclient;
 mod psql;
 mod recovery;
