@@ -39,6 +39,14 @@ impl BenchServer {
     }
 }
 
+impl BenchServer {
+    /// The server's process id (for its CPU time and memory in `/proc`).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -204,6 +204,7 @@ impl Connectors {
             .filter(|t| {
                 t.connector.is_some()
                     && !strom_engine::lookup::is_external(t)
+                    && !strom_engine::stream::runtime::is_blackhole(t)
                     && (!t.is_source() || read.contains(&t.id))
             })
             .map(|t| (t.id, t))

@@ -98,7 +98,21 @@ pub fn validate(def: &TableDef, append_only: bool) -> Result<(), String> {
     let c = def.connector.as_ref().ok_or("not a sink")?;
     match opt(c, "connector") {
         Some("kafka") => {}
-        Some(other) => return Err(format!("unknown connector \"{other}\" (supported: kafka)")),
+        Some("blackhole") => {
+            // Changes are computed and dropped: nothing to configure.
+            if let Some(k) = c.options.keys().find(|k| *k != "connector") {
+                return Err(format!("unknown option \"{k}\" for a blackhole sink"));
+            }
+            if !c.format.is_empty() {
+                return Err("a blackhole sink takes no FORMAT (nothing is encoded)".into());
+            }
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown connector \"{other}\" (supported: kafka, blackhole)"
+            ))
+        }
         None => return Err("option \"connector\" is required".into()),
     }
     crate::check_kafka_options(c, OPTIONS, "a kafka sink")?;

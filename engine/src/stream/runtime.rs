@@ -924,7 +924,7 @@ impl Graph {
                     // A sink's changes go to its log (delivered by its task), not to
                     // stored contents.
                     let writes = if view.def.is_sink() {
-                        if changes.is_empty() {
+                        if changes.is_empty() || is_blackhole(&view.def) {
                             Vec::new()
                         } else {
                             let entry = crate::sink_log::encode(
@@ -1464,6 +1464,16 @@ fn scan(
 
 /// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
 /// to put, `(key, None)` to delete.
+/// A `connector = 'blackhole'` sink: its changes are computed and dropped (benchmarks
+/// measure the dataflow without delivery).
+pub fn is_blackhole(def: &TableDef) -> bool {
+    def.is_sink()
+        && def
+            .connector
+            .as_ref()
+            .is_some_and(|c| c.options.get("connector").map(String::as_str) == Some("blackhole"))
+}
+
 /// Adds the index entries that follow a view's content writes, when the view has
 /// indexes (`CREATE INDEX`; read from the current catalog, since the deployed definition
 /// predates them).

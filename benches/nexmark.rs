@@ -1,0 +1,213 @@
+//! The Nexmark harness: `cargo bench --bench nexmark` runs each query of `bench/nexmark/`
+//! on a fresh release `strom` server, as a `connector = 'blackhole'` sink over
+//! `connector = 'nexmark'` sources generating `STROM_NEXMARK_EVENTS` events (default
+//! 1,000,000) inside the server, and reports events/s, the server's CPU seconds, events
+//! per CPU-second, its peak memory and the query's state size.
+//!
+//! - `STROM_NEXMARK_QUERIES=q0,q5` picks queries (default: all files);
+//! - `STROM_NEXMARK_GAP_NS` spaces events in event time (default 100 ns: 10M events per
+//!   second of event time);
+//! - `STROM_NEXMARK_OUT=path` also writes the results as a Markdown table.
+//!
+//! The clock runs from `CREATE SINK` (the sources start when it reads them) until every
+//! event is in the sources and the dataflow has consumed them (`FLUSH`).
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{connect, BenchServer};
+
+/// Rows of each kind among events `0..n` (1 person, 3 auctions, 46 bids per 50).
+fn rows_of(kind: &str, n: u64) -> u64 {
+    let (epochs, rest) = (n / 50, n % 50);
+    match kind {
+        "person" => epochs + rest.min(1),
+        "auction" => epochs * 3 + rest.saturating_sub(1).min(3),
+        _ => epochs * 46 + rest.saturating_sub(4),
+    }
+}
+
+/// User and system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime
+    // the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of a process, MiB.
+fn peak_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Result {
+    query: String,
+    events_per_s: f64,
+    cpu_s: f64,
+    per_cpu_s: f64,
+    peak_mib: f64,
+    state_mib: f64,
+    error: Option<String>,
+}
+
+async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
+    let server = BenchServer::start();
+    let c = connect(server.port).await;
+    let with = |kind: &str| {
+        format!(
+            "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.event.num = '{events}',
+                   nexmark.min.event.gap.in.ns = '{gap_ns}', nexmark.split.num = '2')"
+        )
+    };
+    c.batch_execute(&format!(
+        "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
+         INSERT INTO side_input SELECT i, 'v' || i FROM generate_series(0, 9999) AS g(i);
+         CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR,
+                               state VARCHAR, date_time TIMESTAMP, extra VARCHAR,
+                               WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
+         CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT,
+                                date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR,
+                                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};
+         CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+                            date_time TIMESTAMP, extra VARCHAR,
+                            WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) {};",
+        with("Person"),
+        with("Auction"),
+        with("Bid")
+    ))
+    .await
+    .unwrap();
+    let read: Vec<&str> = ["person", "auction", "bid"]
+        .into_iter()
+        .filter(|t| {
+            sql.split(|ch: char| !ch.is_alphanumeric() && ch != '_')
+                .any(|w| w.eq_ignore_ascii_case(t))
+        })
+        .collect();
+    let pid = server.pid();
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    let body: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Err(e) = c
+        .batch_execute(&format!(
+            "CREATE SINK {name} AS {body} WITH (connector = 'blackhole')"
+        ))
+        .await
+    {
+        let msg = e
+            .as_db_error()
+            .map_or(e.to_string(), |d| d.message().to_string());
+        return Result {
+            query: name.into(),
+            events_per_s: 0.0,
+            cpu_s: 0.0,
+            per_cpu_s: 0.0,
+            peak_mib: 0.0,
+            state_mib: 0.0,
+            error: Some(msg),
+        };
+    }
+    loop {
+        let mut done = true;
+        for t in &read {
+            let rows: Option<i64> = c
+                .query_one(
+                    "SELECT rows FROM strom_catalog.source_status WHERE name = $1",
+                    &[t],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            done &= rows.unwrap_or(0) as u64 >= rows_of(t, events);
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.batch_execute("FLUSH").await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let state: Option<i64> = c
+        .query_one(
+            "SELECT sum(state_bytes)::bigint FROM strom_catalog.view_state WHERE view_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    Result {
+        query: name.into(),
+        events_per_s: events as f64 / secs,
+        cpu_s: cpu,
+        per_cpu_s: events as f64 / cpu.max(0.01),
+        peak_mib: peak_mib(pid),
+        state_mib: state.unwrap_or(0) as f64 / (1 << 20) as f64,
+        error: None,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let events: u64 = std::env::var("STROM_NEXMARK_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let gap_ns: u64 = std::env::var("STROM_NEXMARK_GAP_NS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let wanted: Option<Vec<String>> = std::env::var("STROM_NEXMARK_QUERIES")
+        .ok()
+        .map(|s| s.split(',').map(|q| q.trim().to_string()).collect());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/nexmark");
+    let mut queries: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "sql").then(|| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+        })
+        .filter(|(n, _)| wanted.as_ref().is_none_or(|w| w.contains(n)))
+        .collect();
+    queries.sort_by_key(|(n, _)| n[1..].parse::<u32>().unwrap_or(0));
+    let mut table = String::from(
+        "| query | events/s | CPU s | events per CPU-s | peak memory MiB | state MiB |\n|---|---|---|---|---|---|\n",
+    );
+    println!("{events} events per query, {gap_ns} ns apart in event time");
+    for (name, sql) in &queries {
+        let r = run(name, sql, events, gap_ns).await;
+        let line = match &r.error {
+            Some(e) => format!("| {} | not run: {e} | | | | |", r.query),
+            None => format!(
+                "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} |",
+                r.query, r.events_per_s, r.cpu_s, r.per_cpu_s, r.peak_mib, r.state_mib
+            ),
+        };
+        println!("{line}");
+        table.push_str(&line);
+        table.push('\n');
+    }
+    if let Ok(path) = std::env::var("STROM_NEXMARK_OUT") {
+        std::fs::write(&path, table).unwrap();
+    }
+}
