@@ -90,13 +90,6 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
     ))
     .await
     .unwrap();
-    let read: Vec<&str> = ["person", "auction", "bid"]
-        .into_iter()
-        .filter(|t| {
-            sql.split(|ch: char| !ch.is_alphanumeric() && ch != '_')
-                .any(|w| w.eq_ignore_ascii_case(t))
-        })
-        .collect();
     let pid = server.pid();
     let cpu0 = cpu_seconds(pid);
     let started = Instant::now();
@@ -124,19 +117,22 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
             error: Some(msg),
         };
     }
+    // The sources the query reads are the ones that start; wait until each has all its
+    // events.
     loop {
-        let mut done = true;
-        for t in &read {
-            let rows: Option<i64> = c
-                .query_one(
-                    "SELECT rows FROM strom_catalog.source_status WHERE name = $1",
-                    &[t],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            done &= rows.unwrap_or(0) as u64 >= rows_of(t, events);
-        }
+        let running = c
+            .query(
+                "SELECT name, rows FROM strom_catalog.source_status WHERE kind = 'source' AND running",
+                &[],
+            )
+            .await
+            .unwrap();
+        let done = !running.is_empty()
+            && running.iter().all(|r| {
+                let name: String = r.get(0);
+                let rows: Option<i64> = r.get(1);
+                rows.unwrap_or(0) as u64 >= rows_of(&name, events)
+            });
         if done {
             break;
         }
