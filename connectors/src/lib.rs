@@ -8,6 +8,7 @@
 //! at `CREATE`.
 
 pub mod cdc;
+pub mod datagen;
 pub mod decode;
 pub mod errors;
 pub mod kafka;
@@ -169,8 +170,9 @@ pub fn validate(def: &TableDef) -> Result<(), String> {
         Some("kafka") => kafka::validate(def, c),
         Some("postgres" | "mysql") => lookup::validate(def, c),
         Some("nexmark") => nexmark::source::spec(def, c).map(|_| ()),
+        Some("datagen") => datagen::spec(def, c).map(|_| ()),
         Some(other) => Err(format!(
-            "unknown connector \"{other}\" (supported: kafka, nexmark; postgres and mysql with mode = 'lookup')"
+            "unknown connector \"{other}\" (supported: kafka, nexmark, datagen; postgres and mysql with mode = 'lookup')"
         )),
         None => Err("option \"connector\" is required".into()),
     }
@@ -240,25 +242,28 @@ impl Connectors {
             let previous = Arc::new(tokio::sync::Mutex::new(
                 stopped.remove(&id).unwrap_or_default(),
             ));
-            let is_nexmark = def
+            let connector = def
                 .connector
                 .as_ref()
-                .is_some_and(|c| c.options.get("connector").map(String::as_str) == Some("nexmark"));
-            let workers = if def.is_sink() {
-                1
-            } else if is_nexmark {
-                def.connector
-                    .as_ref()
+                .and_then(|c| c.options.get("connector").cloned())
+                .unwrap_or_default();
+            let c = def.connector.as_ref();
+            let workers = match connector.as_str() {
+                _ if def.is_sink() => 1,
+                "nexmark" => c
                     .and_then(|c| nexmark::source::spec(def, c).ok())
-                    .map_or(1, |s| s.splits)
-            } else {
-                readers()
+                    .map_or(1, |s| s.splits),
+                "datagen" => c
+                    .and_then(|c| datagen::spec(def, c).ok())
+                    .map_or(1, |s| s.splits),
+                _ => readers(),
             };
             let mut handles = Vec::with_capacity(workers);
             for worker in 0..workers {
                 let (dbc, shared) = (Arc::clone(db), Arc::clone(&shared));
                 let (stop2, status2) = (Arc::clone(&stop), Arc::clone(&status));
                 let previous = Arc::clone(&previous);
+                let connector = connector.clone();
                 handles.push(tokio::spawn(async move {
                     {
                         let mut prev = previous.lock().await;
@@ -268,8 +273,10 @@ impl Connectors {
                     }
                     if shared.is_sink() {
                         sink::run(dbc, shared, stop2, status2).await
-                    } else if is_nexmark {
+                    } else if connector == "nexmark" {
                         nexmark::source::run(dbc, shared, stop2, status2, worker).await
+                    } else if connector == "datagen" {
+                        datagen::run(dbc, shared, stop2, status2, worker).await
                     } else {
                         let share = kafka::Share { worker, workers };
                         kafka::run(dbc, shared, stop2, status2, share).await

@@ -238,3 +238,54 @@ async fn nexmark_queries_equal_their_batch_results() {
         .collect();
     assert_eq!(got, expected, "queries Strom cannot maintain changed");
 }
+
+/// `connector = 'datagen'`: a sequence that ends, random values in their ranges, the same
+/// rows in a source's view and in a table, and the declaration errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagen_rows_follow_their_fields() {
+    let server = TestServer::start();
+    let c = server.client().await;
+    let with = "WITH (connector = 'datagen', fields.id.kind = 'sequence', fields.id.start = '1', fields.id.end = '5000',
+                      fields.kw.min = '10', fields.kw.max = '20', fields.label.length = '4',
+                      datagen.rows.per.second = '0', datagen.split.num = '2', datagen.max.chunk.size = '300')";
+    c.batch_execute(&format!(
+        "CREATE SOURCE gen (id BIGINT, kw DOUBLE PRECISION, label VARCHAR) {with};
+         CREATE MATERIALIZED VIEW stats AS SELECT count(*) AS n, sum(id) AS s, min(kw) >= 10 AND max(kw) <= 20 AS in_range,
+                                                  min(length(label)) AS l, sum(kw) AS kw FROM gen;
+         CREATE TABLE gen_t (id BIGINT, kw DOUBLE PRECISION, label VARCHAR) {with};"
+    ))
+    .await
+    .unwrap();
+    let want = vec![vec![
+        Some("5000".to_string()),
+        Some("12502500".to_string()),
+        Some("t".to_string()),
+        Some("4".to_string()),
+    ]];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = text_rows(&c, "SELECT n, s, in_range, l FROM stats").await;
+        let table = text_rows(&c, "SELECT count(*) FROM gen_t").await;
+        if got == want && table == vec![vec![Some("5000".to_string())]] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?} {table:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The table holds the same rows the source streamed: row n is a function of n.
+    assert_eq!(
+        text_rows(&c, "SELECT round(kw::numeric, 3) FROM stats").await,
+        text_rows(&c, "SELECT round(sum(kw)::numeric, 3) FROM gen_t").await,
+    );
+    let err = c
+        .batch_execute("CREATE SOURCE bad (id BIGINT) WITH (connector = 'datagen', fields.idd.kind = 'sequence')")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("there is no column \"idd\""),
+        "{err:?}"
+    );
+}
