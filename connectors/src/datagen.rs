@@ -208,7 +208,7 @@ pub fn spec(def: &TableDef, c: &ConnectorDef) -> Result<Spec, String> {
                             "column \"{name}\": the sequence ends before it starts"
                         ));
                     }
-                    rows = rows.min(((e - start) / per).floor() as u64 + 1);
+                    rows = rows.min((((e - start) / per).floor() as u64).saturating_add(1));
                 }
                 Field::Sequence { start, end, step }
             }
@@ -245,6 +245,37 @@ pub fn spec(def: &TableDef, c: &ConnectorDef) -> Result<Spec, String> {
                 ))
             }
         };
+        // Integer columns: every value must fit (a sequence without an end stops there).
+        let range = match ty {
+            DataType::Int16 => Some((i16::MIN as f64, i16::MAX as f64)),
+            DataType::Int32 => Some((i32::MIN as f64, i32::MAX as f64)),
+            DataType::Int64 => Some((i64::MIN as f64, i64::MAX as f64)),
+            _ => None,
+        };
+        if let Some((lo, hi)) = range {
+            match &field {
+                Field::Random { min, max, .. } if *min < lo || *max > hi => {
+                    return Err(format!("column \"{name}\": min and max must fit its type"));
+                }
+                Field::Sequence { start, end, .. } => {
+                    if *start < lo || end.is_some_and(|e| e > hi) {
+                        return Err(format!("column \"{name}\": the sequence must fit its type"));
+                    }
+                    rows = rows.min(((hi - start) as u64).saturating_add(1));
+                }
+                _ => {}
+            }
+        }
+        if let DataType::Decimal128(p, sc) = ty {
+            let limit = 10f64.powi(i32::from(*p) - i32::from(*sc));
+            if let Field::Random { min, max, .. } = &field {
+                if min.abs() >= limit || max.abs() >= limit {
+                    return Err(format!(
+                        "column \"{name}\": min and max must fit its type (give them for a NUMERIC)"
+                    ));
+                }
+            }
+        }
         fields.push((field, ty.clone()));
     }
     if let Some(v) = c.options.get("datagen.rows.total") {
@@ -255,7 +286,13 @@ pub fn spec(def: &TableDef, c: &ConnectorDef) -> Result<Spec, String> {
     if !(1..=16).contains(&splits) {
         return Err("datagen.split.num must be from 1 to 16".into());
     }
-    let chunk = num("datagen.max.chunk.size", 1024)?.max(1);
+    let chunk = num("datagen.max.chunk.size", 1024)?;
+    if !(1..=100_000).contains(&chunk) {
+        return Err("datagen.max.chunk.size must be from 1 to 100000".into());
+    }
+    if splits > 1 && def.watermark.is_some() {
+        return Err("datagen.split.num > 1 with a WATERMARK: readers run at their own pace, so one could make another's rows late (use one reader)".into());
+    }
     Ok(Spec {
         fields,
         rows,
@@ -317,9 +354,10 @@ pub fn row(spec: &Spec, n: u64) -> Vec<ScalarValue> {
                         DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::Date32
                     ) || matches!(ty, DataType::Timestamp(_, _))
                     {
-                        // Integers uniform over [min, max].
-                        let span = (max - min).floor() as u64 + 1;
-                        min.floor() + (mix(r, 1) % span.max(1)) as f64
+                        // Integers uniform over [ceil(min), floor(max)].
+                        let (lo, hi) = (min.ceil(), max.floor().max(min.ceil()));
+                        let span = (hi - lo) as u128 + 1;
+                        lo + (u128::from(mix(r, 1)) % span) as f64
                     } else {
                         min + u * (max - min)
                     };
@@ -388,8 +426,12 @@ async fn run_once(
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
         }
-        let last = (first + spec.chunk).min(spec.rows);
-        let rows: Vec<Vec<ScalarValue>> = (first..last).map(|n| row(&spec, n)).collect();
+        let last = first.saturating_add(spec.chunk).min(spec.rows);
+        let sp = spec.clone();
+        let rows: Vec<Vec<ScalarValue>> =
+            tokio::task::spawn_blocking(move || (first..last).map(|n| row(&sp, n)).collect())
+                .await
+                .map_err(|e| e.to_string())?;
         let mut txn = db.begin_write().await;
         if txn.catalog().table(def.id).is_none() {
             return Ok(());
@@ -421,9 +463,7 @@ async fn run_once(
             let due = std::time::Duration::from_secs_f64(
                 emitted as f64 * spec.splits as f64 / spec.rows_per_second as f64,
             );
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
+            crate::pause_until(stop, started, due).await;
         } else {
             tokio::task::yield_now().await;
         }

@@ -99,6 +99,20 @@ pub struct Connectors {
 
 /// Runs `attempt` until it returns `Ok` or `stop` is set; after an error the error is
 /// logged and shown in the status, and the next attempt starts a second later.
+/// Sleeps until `due` after `started` (a generator's rate), waking every 100 ms to
+/// return early once `stop` is set; `Duration::MAX` waits until stopped (paused).
+async fn pause_until(stop: &Stop, started: std::time::Instant, due: Duration) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(left) = due.checked_sub(started.elapsed()) else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+    }
+}
+
 async fn retry_until_stopped<F, Fut>(what: &str, stop: &Stop, status: &SourceStatus, mut attempt: F)
 where
     F: FnMut() -> Fut,

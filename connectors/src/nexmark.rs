@@ -63,8 +63,8 @@ const HOT_CHANNELS: &[&str] = &["Google", "Facebook", "Baidu", "Apple"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub seed: u64,
-    /// Events per second of event time (the spacing of `date_time`).
-    pub rate: u64,
+    /// Nanoseconds of event time between events (the spacing of `date_time`).
+    pub gap_ns: u64,
     /// Event time of event 0, µs since the Unix epoch.
     pub base_time_us: i64,
     pub hot_auction_ratio: u64,
@@ -79,7 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             seed: 0,
-            rate: 10_000_000,
+            gap_ns: 100,
             // 2026-01-01T00:00:00Z: fixed, so runs are repeatable.
             base_time_us: 1_767_225_600_000_000,
             hot_auction_ratio: 2,
@@ -187,11 +187,16 @@ impl Rng {
 
     /// 3 to `max - 1` characters, lower-case letters with 1 in 13 a space.
     fn string(&mut self, max: u64) -> String {
+        self.string_with(max, ' ')
+    }
+
+    /// 3 to `max - 1` characters, lower-case letters with 1 in 13 `special`.
+    fn string_with(&mut self, max: u64, special: char) -> String {
         let len = 3 + self.below(max - 3);
         (0..len)
             .map(|_| {
                 if self.below(13) == 0 {
-                    ' '
+                    special
                 } else {
                     (b'a' + self.below(26) as u8) as char
                 }
@@ -263,9 +268,9 @@ fn some_auction(n: u64, rng: &mut Rng) -> u64 {
 fn base_url(rng: &mut Rng) -> String {
     format!(
         "https://www.nexmark.com/{}/{}/{}/item.htm?query=1",
-        rng.string(5),
-        rng.string(5),
-        rng.string(5)
+        rng.string_with(5, '_'),
+        rng.string_with(5, '_'),
+        rng.string_with(5, '_')
     )
 }
 
@@ -273,8 +278,6 @@ fn base_url(rng: &mut Rng) -> String {
 #[derive(Debug, Clone)]
 pub struct Generator {
     config: Config,
-    /// µs between events (fractional: rates above 1M events/s).
-    gap_us: f64,
     hot_urls: Vec<String>,
 }
 
@@ -282,16 +285,15 @@ impl Generator {
     pub fn new(config: Config) -> Generator {
         let mut rng = Rng::for_event(config.seed, u64::MAX);
         let hot_urls = HOT_CHANNELS.iter().map(|_| base_url(&mut rng)).collect();
-        Generator {
-            gap_us: 1e6 / config.rate.max(1) as f64,
-            config,
-            hot_urls,
-        }
+        Generator { config, hot_urls }
     }
 
     /// The event time of event `n`, µs since the Unix epoch.
     pub fn time_of(&self, n: u64) -> i64 {
-        self.config.base_time_us + (n as f64 * self.gap_us) as i64
+        let offset = u128::from(n) * u128::from(self.config.gap_ns) / 1000;
+        self.config
+            .base_time_us
+            .saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
     }
 
     /// Event `n`.
@@ -339,7 +341,7 @@ impl Generator {
         let date_time = self.time_of(n);
         // Open until about twice the time it takes to create the in-flight auctions.
         let horizon_events = NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION / AUCTION_PROPORTION;
-        let horizon_us = (self.time_of(n + horizon_events) - date_time).max(1) as u64;
+        let horizon_us = (self.time_of(n.saturating_add(horizon_events)) - date_time).max(1) as u64;
         let expires = date_time + 1 + rng.below(horizon_us * 2) as i64;
         let item_name = rng.string(20);
         let description = rng.string(100);
@@ -379,11 +381,14 @@ impl Generator {
             let c = rng.below(CHANNELS);
             // A channel's URL is fixed: drawn from its own generator.
             let mut crng = Rng::for_event(self.config.seed ^ 0xC4A7_7E15, c);
-            let url = format!(
-                "{}&channel_id={}",
-                base_url(&mut crng),
-                (c as u32).reverse_bits() & 0x7FFF_FFFF
-            );
+            let mut url = base_url(&mut crng);
+            // 9 in 10 channels carry their id (its 32 bits reversed, as a positive number).
+            if crng.below(10) > 0 {
+                url.push_str(&format!(
+                    "&channel_id={}",
+                    (c as i32).reverse_bits().unsigned_abs()
+                ));
+            }
             (format!("channel-{c}"), url)
         };
         let size = 8 + 8 + 8 + 8;
@@ -425,7 +430,7 @@ mod tests {
         // 10M events/s: 0.1 µs apart.
         assert_eq!(g.time_of(10) - g.time_of(0), 1);
         let slow = Generator::new(Config {
-            rate: 1000,
+            gap_ns: 1_000_000,
             ..Config::default()
         });
         assert_eq!(slow.time_of(3) - slow.time_of(0), 3000);
@@ -549,6 +554,7 @@ mod tests {
 /// each view with its query run over such tables).
 pub mod source {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use datafusion::arrow::datatypes::{DataType, TimeUnit};
     use datafusion::common::ScalarValue;
@@ -703,23 +709,21 @@ pub mod source {
             fields.push(f);
         }
         let chunk = number(c, "nexmark.max.chunk.size", 1024)?;
-        if chunk == 0 {
-            return Err("nexmark.max.chunk.size must be at least 1".into());
+        if !(1..=100_000).contains(&chunk) {
+            return Err("nexmark.max.chunk.size must be from 1 to 100000".into());
         }
         let splits = number(c, "nexmark.split.num", 1)?;
         if !(1..=16).contains(&splits) {
             return Err("nexmark.split.num must be from 1 to 16".into());
         }
-        let gap_ns = number(c, "nexmark.min.event.gap.in.ns", 100)?;
         let config = Config {
             seed: number(c, "nexmark.seed", 0)?,
-            rate: if gap_ns == 0 {
-                u64::MAX
-            } else {
-                1_000_000_000 / gap_ns.max(1)
-            },
+            gap_ns: number(c, "nexmark.min.event.gap.in.ns", 100)?,
             ..Config::default()
         };
+        if splits > 1 && def.watermark.is_some() {
+            return Err("nexmark.split.num > 1 with a WATERMARK: readers run at their own pace, so one could make another's rows late (use one reader)".into());
+        }
         let rate_limit = c
             .options
             .get("source_rate_limit")
@@ -850,7 +854,7 @@ pub mod source {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
             }
-            let last = (first + spec.chunk).min(spec.events);
+            let last = first.saturating_add(spec.chunk).min(spec.events);
             let numbers: Vec<u64> = (first..last).filter(|n| kind_of(*n) == spec.kind).collect();
             let (g, sp, ty) = (generator.clone(), spec.clone(), types.clone());
             let rows: Vec<Vec<ScalarValue>> = tokio::task::spawn_blocking(move || {
@@ -886,14 +890,14 @@ pub mod source {
             txn.commit().map_err(|e| e.to_string())?;
             status.add(n, 0);
             emitted += n;
-            if let Some(limit) = spec.rate_limit.filter(|l| *l > 0) {
-                // Rows per second over all readers: each takes its share.
-                let due = std::time::Duration::from_secs_f64(
-                    emitted as f64 * spec.splits as f64 / limit as f64,
-                );
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
+            if let Some(limit) = spec.rate_limit {
+                // Rows per second over all readers (each takes its share); 0 pauses.
+                let due = if limit == 0 {
+                    Duration::MAX
+                } else {
+                    Duration::from_secs_f64(emitted as f64 * spec.splits as f64 / limit as f64)
+                };
+                crate::pause_until(stop, started, due).await;
             } else {
                 tokio::task::yield_now().await;
             }

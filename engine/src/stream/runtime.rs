@@ -1462,8 +1462,6 @@ fn scan(
     Ok(n)
 }
 
-/// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
-/// to put, `(key, None)` to delete.
 /// A `connector = 'blackhole'` sink: its changes are computed and dropped (benchmarks
 /// measure the dataflow without delivery).
 pub fn is_blackhole(def: &TableDef) -> bool {
@@ -1502,6 +1500,8 @@ fn index_writes(
     Ok(())
 }
 
+/// The writes that apply a view's output changes to its contents table: `(key, Some(row))`
+/// to put, `(key, None)` to delete.
 fn content_writes(view: &View, snapshot: &Snapshot, changes: &Changes) -> Result<Vec<KeyWrite>> {
     // Net effect per key: the change in count, the last row inserted under it and
     // whether the last op was an insert.
