@@ -1,5 +1,4 @@
 -- q10: bids with their day and minute as text (the reference writes them to files).
--- to_char takes chrono patterns (%Y-%m-%d), as DataFusion's does.
 SELECT auction, bidder, price, date_time,
-       to_char(date_time, '%Y-%m-%d') AS date, to_char(date_time, '%H:%M') AS time
+       to_char(date_time, 'YYYY-MM-DD') AS date, to_char(date_time, 'HH24:MI') AS time
 FROM bid

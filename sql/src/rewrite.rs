@@ -623,6 +623,86 @@ fn expand_exponent(n: &str) -> Option<String> {
 }
 
 /// The string inside a plain string literal.
+/// `to_char(t, 'YYYY-MM-DD HH24:MI')`: DataFusion's `to_char` takes chrono patterns, so
+/// a PostgreSQL pattern (a literal without `%`) is translated; a pattern with `%` is
+/// taken as chrono's already.
+fn pg_to_char_pattern(f: &mut Function) {
+    let sqlparser::ast::FunctionArguments::List(list) = &mut f.args else {
+        return;
+    };
+    let Some(sqlparser::ast::FunctionArg::Unnamed(sqlparser::ast::FunctionArgExpr::Expr(e))) =
+        list.args.get_mut(1)
+    else {
+        return;
+    };
+    let Some(pattern) = string_literal(e) else {
+        return;
+    };
+    if pattern.contains('%') {
+        return;
+    }
+    *e = Expr::value(sqlparser::ast::Value::SingleQuotedString(chrono_pattern(
+        pattern,
+    )));
+}
+
+/// A PostgreSQL `to_char` pattern as a chrono one.
+pub fn chrono_pattern(pg: &str) -> String {
+    const TOKENS: &[(&str, &str)] = &[
+        ("HH24", "%H"),
+        ("HH12", "%I"),
+        ("YYYY", "%Y"),
+        ("MONTH", "%B"),
+        ("Month", "%B"),
+        ("month", "%B"),
+        ("DDD", "%j"),
+        ("MON", "%b"),
+        ("Mon", "%b"),
+        ("mon", "%b"),
+        ("DAY", "%A"),
+        ("Day", "%A"),
+        ("day", "%A"),
+        ("YY", "%y"),
+        ("MM", "%m"),
+        ("DD", "%d"),
+        ("DY", "%a"),
+        ("Dy", "%a"),
+        ("dy", "%a"),
+        ("HH", "%I"),
+        ("MI", "%M"),
+        ("SS", "%S"),
+        ("MS", "%3f"),
+        ("US", "%6f"),
+        ("AM", "%p"),
+        ("PM", "%p"),
+        ("am", "%P"),
+        ("pm", "%P"),
+        ("TZ", "%Z"),
+        ("FM", ""),
+    ];
+    let mut out = String::with_capacity(pg.len() + 8);
+    let mut rest = pg;
+    'outer: while let Some(ch) = rest.chars().next() {
+        if ch == '"' {
+            // Quoted text is literal.
+            let end = rest[1..].find('"').map_or(rest.len(), |i| i + 2);
+            out.push_str(&rest[1..end.saturating_sub(1).max(1)]);
+            rest = &rest[end.min(rest.len())..];
+            continue;
+        }
+        for (token, chrono) in TOKENS {
+            if let Some(after) = rest.strip_prefix(token) {
+                out.push_str(chrono);
+                rest = after;
+                continue 'outer;
+            }
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
+}
+
 pub fn string_literal(e: &Expr) -> Option<&str> {
     match e {
         Expr::Value(v) => match &v.value {
@@ -669,7 +749,12 @@ fn rewrite_expr(e: &mut Expr, empty_catalog: &dyn Fn(&str) -> bool) -> crate::Re
     }
     empty_array_subquery(e, empty_catalog);
     match e {
-        Expr::Function(f) => strip_pg_catalog(&mut f.name),
+        Expr::Function(f) => {
+            strip_pg_catalog(&mut f.name);
+            if last_part(&f.name).as_deref() == Some("to_char") {
+                pg_to_char_pattern(f);
+            }
+        }
         Expr::BinaryOp { left, op, right } if json_operator(op).is_some() => {
             let name = json_operator(op).expect("checked by the guard");
             let null = || Expr::value(sqlparser::ast::Value::Null);
@@ -745,6 +830,26 @@ mod tests {
         assert_eq!(
             rw("SELECT 'meter'::regclass"),
             "SELECT to_regclass_oid('meter') AS \"to_regclass_oid\""
+        );
+    }
+
+    #[test]
+    fn to_char_patterns_translate_from_postgres_to_chrono() {
+        assert_eq!(chrono_pattern("YYYY-MM-DD HH24:MI:SS"), "%Y-%m-%d %H:%M:%S");
+        assert_eq!(chrono_pattern("HH:MI AM"), "%I:%M %p");
+        assert_eq!(
+            chrono_pattern("Dy, DD Mon YYYY \"at\" HH24"),
+            "%a, %d %b %Y at %H"
+        );
+        assert_eq!(chrono_pattern("FMDD.MM.YY US"), "%d.%m.%y %6f");
+        assert_eq!(
+            rw("SELECT to_char(t, 'YYYY-MM-DD') FROM x"),
+            "SELECT to_char(t, '%Y-%m-%d') AS \"to_char\" FROM x"
+        );
+        // A chrono pattern is left alone.
+        assert_eq!(
+            rw("SELECT to_char(t, '%H:%M') FROM x"),
+            "SELECT to_char(t, '%H:%M') AS \"to_char\" FROM x"
         );
     }
 

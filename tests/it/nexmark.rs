@@ -228,8 +228,8 @@ async fn nexmark_queries_equal_their_batch_results() {
         }
     }
     assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
-    // Days and minutes are real dates and times (to_char's patterns are chrono's; the
-    // 60 s of events all fall in the first minute of 2026).
+    // Days and minutes are real dates and times (PostgreSQL to_char patterns, translated;
+    // the 60 s of events all fall in the first minute of 2026).
     assert_eq!(
         text_rows(&c, "SELECT day, total_bids FROM q15").await,
         vec![vec![Some("2026-01-01".into()), Some("18400".into())]]
