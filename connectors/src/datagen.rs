@@ -426,6 +426,11 @@ async fn run_once(
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             continue;
         }
+        // Backpressure: wait while the views are behind (as Kafka sources do), so
+        // changes do not pile up in memory.
+        while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let last = first.saturating_add(spec.chunk).min(spec.rows);
         let sp = spec.clone();
         let rows: Vec<Vec<ScalarValue>> =

@@ -99,6 +99,11 @@ pub struct Connectors {
 
 /// Runs `attempt` until it returns `Ok` or `stop` is set; after an error the error is
 /// logged and shown in the status, and the next attempt starts a second later.
+/// Blocks (change-log entries) a generator source may be ahead of the views before it
+/// waits: 128 blocks of ~1,000 rows keep epochs large (cheaper per row) while bounding
+/// the memory the queue of changes takes.
+pub const MAX_PENDING_BLOCKS: usize = 128;
+
 /// Sleeps until `due` after `started` (a generator's rate), waking every 100 ms to
 /// return early once `stop` is set; `Duration::MAX` waits until stopped (paused).
 async fn pause_until(stop: &Stop, started: std::time::Instant, due: Duration) {

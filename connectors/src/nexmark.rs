@@ -854,6 +854,12 @@ pub mod source {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 continue;
             }
+            // Backpressure: wait while the views are behind (as Kafka sources do), so
+            // changes do not pile up in memory.
+            while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
             let last = first.saturating_add(spec.chunk).min(spec.events);
             let numbers: Vec<u64> = (first..last).filter(|n| kind_of(*n) == spec.kind).collect();
             let (g, sp, ty) = (generator.clone(), spec.clone(), types.clone());
