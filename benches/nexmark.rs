@@ -66,6 +66,20 @@ struct Result {
     error: Option<String>,
 }
 
+impl Result {
+    fn failed(query: &str, error: impl Into<String>) -> Result {
+        Result {
+            query: query.into(),
+            events_per_s: 0.0,
+            cpu_s: 0.0,
+            per_cpu_s: 0.0,
+            peak_mib: 0.0,
+            state_mib: 0.0,
+            error: Some(error.into()),
+        }
+    }
+}
+
 async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
     let server = BenchServer::start();
     let c = connect(server.port).await;
@@ -110,15 +124,7 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
         let msg = e
             .as_db_error()
             .map_or(e.to_string(), |d| d.message().to_string());
-        return Result {
-            query: name.into(),
-            events_per_s: 0.0,
-            cpu_s: 0.0,
-            per_cpu_s: 0.0,
-            peak_mib: 0.0,
-            state_mib: 0.0,
-            error: Some(msg),
-        };
+        return Result::failed(name, msg);
     }
     // The sources the query reads are the ones that start; wait until each has all its
     // events.
@@ -141,15 +147,7 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
             break;
         }
         if Instant::now() > deadline {
-            return Result {
-                query: name.into(),
-                events_per_s: 0.0,
-                cpu_s: 0.0,
-                per_cpu_s: 0.0,
-                peak_mib: 0.0,
-                state_mib: 0.0,
-                error: Some("not done after 30 minutes".into()),
-            };
+            return Result::failed(name, "not done after 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -180,6 +180,38 @@ fn join_case(name: &str, rows: usize, dim_rows: i64) {
     assert_eq!(emitted, rows);
 }
 
+/// Stream chunks for the lookup cases: the `chunks` rows with their key column replaced
+/// by `(i * 7919) % keys`, keys spread over the whole dimension.
+fn lookup_chunks(rows: usize, keys: i64) -> Vec<StreamChunk> {
+    chunks(rows, i64::MAX)
+        .into_iter()
+        .map(|c| {
+            let ids = c
+                .data()
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            let k = Int64Array::from_iter_values(ids.values().iter().map(|i| (i * 7919) % keys));
+            let mut columns = c.data().columns().to_vec();
+            columns[0] = Arc::new(k);
+            let data = RecordBatch::try_new(c.data().schema(), columns).unwrap();
+            StreamChunk::new(c.ops().to_vec(), data).unwrap()
+        })
+        .collect()
+}
+
+/// The lookup cases' output: the stream's columns, then the dimension's feeder and ratio.
+fn lookup_output() -> SchemaRef {
+    schema(&[
+        ("id", DataType::Int64),
+        ("g", DataType::Int64),
+        ("kw", DataType::Float64),
+        ("feeder", DataType::Utf8),
+        ("ratio", DataType::Float64),
+    ])
+}
+
 /// A stored dimension table `(id BIGINT PRIMARY KEY, feeder VARCHAR, ratio DOUBLE)`.
 fn dim_table(id: u32) -> strom_catalog::TableDef {
     use strom_catalog::{ColumnDef, SqlType, TableDef, TableId};
@@ -231,37 +263,8 @@ fn lookup_case(name: &str, rows: usize, dim_rows: i64) {
     store.write(batch).unwrap();
     store.flush().unwrap();
     let mut alloc = StateAlloc::new(1, store.clone(), MemoryBudget::new(256 << 20));
-    // Keys spread over the whole dimension: (i * 7919) % dim_rows.
-    let input: Vec<StreamChunk> = chunks(rows, i64::MAX)
-        .into_iter()
-        .map(|c| {
-            let ids = c
-                .data()
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            let keys =
-                Int64Array::from_iter_values(ids.values().iter().map(|i| (i * 7919) % dim_rows));
-            let data = RecordBatch::try_new(
-                c.data().schema(),
-                vec![
-                    Arc::new(keys),
-                    c.data().column(1).clone(),
-                    c.data().column(2).clone(),
-                ],
-            )
-            .unwrap();
-            StreamChunk::new(c.ops().to_vec(), data).unwrap()
-        })
-        .collect();
-    let output = schema(&[
-        ("id", DataType::Int64),
-        ("g", DataType::Int64),
-        ("kw", DataType::Float64),
-        ("feeder", DataType::Utf8),
-        ("ratio", DataType::Float64),
-    ]);
+    let input = lookup_chunks(rows, dim_rows);
+    let output = lookup_output();
     let mut join = LookupJoin::try_new(
         false,
         vec![0],
@@ -361,35 +364,8 @@ fn external_case(name: &str, rows: usize, keys: i64) {
         Arc::clone(&stats),
         &mut alloc,
     );
-    let input: Vec<StreamChunk> = chunks(rows, i64::MAX)
-        .into_iter()
-        .map(|c| {
-            let ids = c
-                .data()
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            let k = Int64Array::from_iter_values(ids.values().iter().map(|i| (i * 7919) % keys));
-            let data = RecordBatch::try_new(
-                c.data().schema(),
-                vec![
-                    Arc::new(k),
-                    c.data().column(1).clone(),
-                    c.data().column(2).clone(),
-                ],
-            )
-            .unwrap();
-            StreamChunk::new(c.ops().to_vec(), data).unwrap()
-        })
-        .collect();
-    let output = schema(&[
-        ("id", DataType::Int64),
-        ("g", DataType::Int64),
-        ("kw", DataType::Float64),
-        ("feeder", DataType::Utf8),
-        ("ratio", DataType::Float64),
-    ]);
+    let input = lookup_chunks(rows, keys);
+    let output = lookup_output();
     let mut join = LookupJoin::try_new(
         false,
         vec![0],

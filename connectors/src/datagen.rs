@@ -25,9 +25,6 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::ScalarValue;
 use strom_catalog::{ConnectorDef, TableDef};
-use strom_engine::Database;
-
-use crate::{errors, SourceStatus, Stop};
 
 const STATE: &str = "datagen";
 
@@ -390,90 +387,20 @@ pub fn row(spec: &Spec, n: u64) -> Vec<ScalarValue> {
         .collect()
 }
 
-/// Runs reader `split` of a datagen source or table until stopped.
-pub async fn run(
-    db: Arc<Database>,
-    def: Arc<TableDef>,
-    stop: Stop,
-    status: Arc<SourceStatus>,
-    split: usize,
-) {
-    let what = format!("source \"{}\"", def.name);
-    crate::retry_until_stopped(&what, &stop, &status, || {
-        run_once(&db, &def, &stop, &status, split)
-    })
-    .await
-}
-
-async fn run_once(
-    db: &Arc<Database>,
-    def: &Arc<TableDef>,
-    stop: &Stop,
-    status: &Arc<SourceStatus>,
-    split: usize,
-) -> Result<(), String> {
-    use std::sync::atomic::Ordering;
+/// How a datagen source or table is read (see [`crate::generated`]).
+pub fn blocks(def: &TableDef) -> Result<crate::generated::Blocks, String> {
     let c = def.connector.as_ref().ok_or("no connector")?;
     let spec = spec(def, c)?;
-    let mut block = errors::committed_offset(&db.snapshot(), def.id, STATE, split as i32)
-        .map_err(|e| e.to_string())?
-        .map_or(split as u64, |b| b as u64);
-    let started = std::time::Instant::now();
-    let mut emitted = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let first = block.saturating_mul(spec.chunk);
-        if first >= spec.rows {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            continue;
-        }
-        // Backpressure: wait while the views are behind (as Kafka sources do), so
-        // changes do not pile up in memory.
-        while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        let last = first.saturating_add(spec.chunk).min(spec.rows);
-        let sp = spec.clone();
-        let rows: Vec<Vec<ScalarValue>> =
-            tokio::task::spawn_blocking(move || (first..last).map(|n| row(&sp, n)).collect())
-                .await
-                .map_err(|e| e.to_string())?;
-        let mut txn = db.begin_write().await;
-        if txn.catalog().table(def.id).is_none() {
-            return Ok(());
-        }
-        let base = if def.has_row_id() {
-            txn.alloc_row_ids(rows.len() as i64)
-        } else {
-            0
-        };
-        let n = rows.len() as u64;
-        for (i, mut values) in rows.into_iter().enumerate() {
-            if def.has_row_id() {
-                values.push(ScalarValue::Int64(Some(base + i as i64)));
-            }
-            let key = strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
-            if c.is_source {
-                txn.append(def.id, key, &values)
-                    .map_err(|e| e.to_string())?;
-            } else {
-                txn.put(key, &values).map_err(|e| e.to_string())?;
-            }
-        }
-        block += spec.splits as u64;
-        errors::stage_offset(&mut txn, def.id, STATE, split as i32, block as i64);
-        txn.commit().map_err(|e| e.to_string())?;
-        status.add(n, 0);
-        emitted += n;
-        if spec.rows_per_second > 0 {
-            let due = std::time::Duration::from_secs_f64(
-                emitted as f64 * spec.splits as f64 / spec.rows_per_second as f64,
-            );
-            crate::pause_until(stop, started, due).await;
-        } else {
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(())
+    let sp = spec.clone();
+    Ok(crate::generated::Blocks {
+        state: STATE,
+        total: spec.rows,
+        chunk: spec.chunk,
+        splits: spec.splits,
+        // 0: as fast as the views take them.
+        rate: (spec.rows_per_second > 0).then_some(spec.rows_per_second),
+        rows: Arc::new(move |first, last| (first..last).map(|n| row(&sp, n)).collect()),
+    })
 }
 
 #[cfg(test)]

@@ -46,23 +46,9 @@ const OPTIONS: &[&str] = &[
     "watermark.idle_timeout",
 ];
 
-/// A duration option: `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
-pub fn parse_duration(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let (num, unit) = match v.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&v[..i], &v[i..]),
-        None => (v, "s"),
-    };
-    let n: f64 = num.trim().parse().ok().filter(|n: &f64| *n >= 0.0)?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" | "sec" | "second" | "seconds" => n,
-        "m" | "min" | "minute" | "minutes" => n * 60.0,
-        "h" | "hour" | "hours" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}
+/// A duration option: `500ms`, `30s`, `5m`, `1h`, or a number of seconds (one parser for
+/// every connector option).
+pub use strom_engine::lookup::parse_duration;
 
 /// What a source knows of one partition for its watermark.
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ pub mod cdc;
 pub mod datagen;
 pub mod decode;
 pub mod errors;
+pub mod generated;
 pub mod kafka;
 pub mod lookup;
 pub mod nexmark;
@@ -293,9 +294,10 @@ impl Connectors {
                     if shared.is_sink() {
                         sink::run(dbc, shared, stop2, status2).await
                     } else if connector == "nexmark" {
-                        nexmark::source::run(dbc, shared, stop2, status2, worker).await
+                        let prepare = nexmark::source::blocks;
+                        generated::run(dbc, shared, stop2, status2, worker, prepare).await
                     } else if connector == "datagen" {
-                        datagen::run(dbc, shared, stop2, status2, worker).await
+                        generated::run(dbc, shared, stop2, status2, worker, datagen::blocks).await
                     } else {
                         let share = kafka::Share { worker, workers };
                         kafka::run(dbc, shared, stop2, status2, share).await

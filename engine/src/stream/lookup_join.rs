@@ -451,6 +451,7 @@ impl LookupJoin {
         // Per row: the encoded key; the distinct keys the cache does not have.
         let mut resolved: HashMap<Vec<u8>, Option<Found>> = HashMap::new();
         let mut missing: Vec<Row> = Vec::new();
+        let mut missing_keys: Vec<Vec<u8>> = Vec::new();
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
         let (mut hits, mut misses) = (0u64, 0u64);
         for k in &keys {
@@ -463,6 +464,7 @@ impl LookupJoin {
                 let cached = ext.cache.as_mut().and_then(|c| c.get(&enc, now));
                 if cached.is_none() {
                     missing.push(k.clone());
+                    missing_keys.push(enc.clone());
                     misses += 1;
                 } else {
                     hits += 1;
@@ -493,8 +495,7 @@ impl LookupJoin {
                 })?;
                 slot.push(self.dim_columns.iter().map(|&c| r[c].clone()).collect());
             }
-            for (k, rows) in missing.iter().zip(grouped) {
-                let enc = keys::encode_key(k)?;
+            for (enc, rows) in missing_keys.into_iter().zip(grouped) {
                 let found: Found = Arc::new(rows);
                 if let Some(cache) = &mut ext.cache {
                     if !found.is_empty() || ext.cache_missing_key {
