@@ -392,6 +392,8 @@ pub fn blocks(def: &TableDef) -> Result<crate::generated::Blocks, String> {
     let c = def.connector.as_ref().ok_or("no connector")?;
     let spec = spec(def, c)?;
     let sp = spec.clone();
+    let schema = crate::generated::schema(def);
+    let projection: Vec<usize> = (0..schema.fields().len()).collect();
     Ok(crate::generated::Blocks {
         state: STATE,
         total: spec.rows,
@@ -399,7 +401,11 @@ pub fn blocks(def: &TableDef) -> Result<crate::generated::Blocks, String> {
         splits: spec.splits,
         // 0: as fast as the views take them.
         rate: (spec.rows_per_second > 0).then_some(spec.rows_per_second),
-        rows: Arc::new(move |first, last| (first..last).map(|n| row(&sp, n)).collect()),
+        rows: Arc::new(move |first, last| {
+            let rows: Vec<_> = (first..last).map(|n| row(&sp, n)).collect();
+            strom_engine::table::rows_to_batch(&schema, &projection, &rows)
+                .map_err(|e| e.to_string())
+        }),
     })
 }
 

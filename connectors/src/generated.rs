@@ -3,19 +3,39 @@
 //! blocks. Reader `split` of `splits` makes blocks `split, split + splits, ...`, each in
 //! one transaction that also commits the next block the reader will make; a restart
 //! (including after `kill -9`) resumes there without losing or repeating a row.
+//!
+//! Rows are made column-wise (an Arrow batch of the declared visible columns) and reach
+//! a source's views as that batch ([`strom_engine::WriteTxn::append_batch`]); a table
+//! stores them row by row. Without a rate, several blocks go in one transaction (up to
+//! [`ROWS_PER_TXN`] rows), so the per-commit cost is spread over many rows.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use strom_catalog::TableDef;
 use strom_engine::Database;
 
 use crate::{errors, SourceStatus, Stop};
 
-/// The rows numbered `first..last` (a generator may keep only some of them).
-pub type MakeRows = Arc<dyn Fn(u64, u64) -> Vec<Vec<ScalarValue>> + Send + Sync>;
+/// The rows numbered `first..last` (a generator may keep only some of them), as a batch
+/// of the relation's visible columns in [`schema`]'s types.
+pub type MakeRows = Arc<dyn Fn(u64, u64) -> Result<RecordBatch, String> + Send + Sync>;
+
+/// Rows per transaction a reader without a rate aims for.
+pub const ROWS_PER_TXN: u64 = 8192;
+
+/// The Arrow schema of a relation's visible columns (what [`MakeRows`] returns).
+pub fn schema(def: &TableDef) -> SchemaRef {
+    Arc::new(Schema::new(
+        def.visible_columns()
+            .map(|(_, c)| Field::new(&c.name, c.ty.to_arrow(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
 
 /// How a generated relation is read.
 pub struct Blocks {
@@ -74,35 +94,58 @@ async fn run_once(
         while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let last = first.saturating_add(b.chunk).min(b.total);
+        // Without a rate, as many blocks as make about ROWS_PER_TXN rows.
+        let blocks = match b.rate {
+            None => (crate::generated::ROWS_PER_TXN / b.chunk.max(1)).max(1),
+            Some(_) => 1,
+        };
         let make = Arc::clone(&b.rows);
-        let rows = tokio::task::spawn_blocking(move || make(first, last))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (chunk, splits, total) = (b.chunk, b.splits as u64, b.total);
+        let start = block;
+        let (parts, next) = tokio::task::spawn_blocking(move || {
+            let mut parts = Vec::new();
+            let mut block = start;
+            for _ in 0..blocks {
+                let first = block.saturating_mul(chunk);
+                if first >= total {
+                    break;
+                }
+                parts.push(make(first, first.saturating_add(chunk).min(total))?);
+                block += splits;
+            }
+            Ok::<_, String>((parts, block))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         let mut txn = db.begin_write().await;
         if txn.catalog().table(def.id).is_none() {
             return Ok(()); // dropped meanwhile
         }
-        let base = if def.has_row_id() {
-            txn.alloc_row_ids(rows.len() as i64)
-        } else {
-            0
-        };
-        let n = rows.len() as u64;
-        for (i, mut values) in rows.into_iter().enumerate() {
-            if def.has_row_id() {
-                values.push(ScalarValue::Int64(Some(base + i as i64)));
+        let n: u64 = parts.iter().map(|p| p.num_rows() as u64).sum();
+        if c.is_source {
+            for data in parts {
+                txn.append_batch(def.id, data).map_err(|e| e.to_string())?;
             }
-            let key = strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
-            if c.is_source {
-                txn.append(def.id, key, &values)
-                    .map_err(|e| e.to_string())?;
+        } else {
+            // A table keeps the rows (queries can read them).
+            let mut rows = Vec::new();
+            for data in &parts {
+                rows.extend(strom_engine::table::batch_to_rows(data).map_err(|e| e.to_string())?);
+            }
+            let base = if def.has_row_id() {
+                txn.alloc_row_ids(rows.len() as i64)
             } else {
-                // A table keeps the rows (queries can read them).
+                0
+            };
+            for (i, mut values) in rows.into_iter().enumerate() {
+                if def.has_row_id() {
+                    values.push(ScalarValue::Int64(Some(base + i as i64)));
+                }
+                let key = strom_engine::table::key_of(def, &values).map_err(|e| e.to_string())?;
                 txn.put(key, &values).map_err(|e| e.to_string())?;
             }
         }
-        block += b.splits as u64;
+        block = next;
         errors::stage_offset(&mut txn, def.id, b.state, split as i32, block as i64);
         txn.commit().map_err(|e| e.to_string())?;
         status.add(n, 0);

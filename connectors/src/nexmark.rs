@@ -193,21 +193,23 @@ impl Rng {
     /// 3 to `max - 1` characters, lower-case letters with 1 in 13 `special`.
     fn string_with(&mut self, max: u64, special: char) -> String {
         let len = 3 + self.below(max - 3);
-        (0..len)
-            .map(|_| {
-                if self.below(13) == 0 {
-                    special
-                } else {
-                    (b'a' + self.below(26) as u8) as char
-                }
-            })
-            .collect()
+        let mut s = String::with_capacity(len as usize);
+        for _ in 0..len {
+            s.push(if self.below(13) == 0 {
+                special
+            } else {
+                (b'a' + self.below(26) as u8) as char
+            });
+        }
+        s
     }
 
     fn exact_string(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| (b'a' + self.below(26) as u8) as char)
-            .collect()
+        let mut s = String::with_capacity(len);
+        for _ in 0..len {
+            s.push((b'a' + self.below(26) as u8) as char);
+        }
+        s
     }
 
     /// Padding that brings a record of `size` bytes to `average` on average (±20%).
@@ -555,8 +557,11 @@ mod tests {
 pub mod source {
     use std::sync::Arc;
 
-    use datafusion::arrow::datatypes::{DataType, TimeUnit};
-    use datafusion::common::ScalarValue;
+    use datafusion::arrow::array::{
+        ArrayRef, Int32Builder, Int64Builder, RecordBatch, RecordBatchOptions, StringBuilder,
+        TimestampMicrosecondBuilder,
+    };
+    use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
     use strom_catalog::{ConnectorDef, TableDef};
 
     use super::{kind_of, Config, Generator, Kind};
@@ -737,76 +742,133 @@ pub mod source {
         })
     }
 
-    fn time(us: i64, ty: &DataType) -> ScalarValue {
-        match ty {
-            DataType::Timestamp(_, tz) => ScalarValue::TimestampMicrosecond(Some(us), tz.clone()),
-            _ => ScalarValue::TimestampMicrosecond(Some(us), None),
+    /// One declared column being built.
+    enum Col {
+        Int64(Int64Builder),
+        Int32(Int32Builder),
+        Time(TimestampMicrosecondBuilder),
+        Text(StringBuilder),
+    }
+
+    impl Col {
+        /// A builder for a column of type `ty` (one [`spec`] accepted).
+        fn new(ty: &DataType, rows: usize) -> Col {
+            match ty {
+                DataType::Int32 => Col::Int32(Int32Builder::with_capacity(rows)),
+                DataType::Int64 => Col::Int64(Int64Builder::with_capacity(rows)),
+                DataType::Timestamp(_, tz) => Col::Time(
+                    TimestampMicrosecondBuilder::with_capacity(rows).with_timezone_opt(tz.clone()),
+                ),
+                _ => Col::Text(StringBuilder::with_capacity(rows, rows * 16)),
+            }
+        }
+
+        fn int(&mut self, v: i64) {
+            match self {
+                Col::Int64(b) => b.append_value(v),
+                // Out of an INT column's range: NULL (ids grow past 2^31 only in very
+                // long runs).
+                Col::Int32(b) => b.append_option(i32::try_from(v).ok()),
+                _ => unreachable!("spec checked the column type"),
+            }
+        }
+
+        fn time(&mut self, us: i64) {
+            match self {
+                Col::Time(b) => b.append_value(us),
+                _ => unreachable!("spec checked the column type"),
+            }
+        }
+
+        fn text(&mut self, v: &str) {
+            match self {
+                Col::Text(b) => b.append_value(v),
+                _ => unreachable!("spec checked the column type"),
+            }
+        }
+
+        fn finish(&mut self) -> ArrayRef {
+            match self {
+                Col::Int64(b) => Arc::new(b.finish()),
+                Col::Int32(b) => Arc::new(b.finish()),
+                Col::Time(b) => Arc::new(b.finish()),
+                Col::Text(b) => Arc::new(b.finish()),
+            }
         }
     }
 
-    fn int(v: i64, ty: &DataType) -> ScalarValue {
-        match ty {
-            DataType::Int32 => ScalarValue::Int32(i32::try_from(v).ok()),
-            _ => ScalarValue::Int64(Some(v)),
+    /// The declared columns of events `first..last` that are of the spec's kind, built
+    /// column-wise (no per-value allocation beyond the generator's own).
+    pub fn batch(
+        g: &Generator,
+        spec: &Spec,
+        schema: &SchemaRef,
+        first: u64,
+        last: u64,
+    ) -> Result<RecordBatch, String> {
+        let cap = (last - first) as usize;
+        let mut cols: Vec<Col> = schema
+            .fields()
+            .iter()
+            .map(|f| Col::new(f.data_type(), cap))
+            .collect();
+        let mut rows = 0;
+        for n in (first..last).filter(|n| kind_of(*n) == spec.kind) {
+            rows += 1;
+            let fields = spec.fields.iter().zip(cols.iter_mut());
+            match spec.kind {
+                Kind::Person => {
+                    let p = g.person(n);
+                    for (&f, col) in fields {
+                        match f {
+                            0 => col.int(p.id),
+                            1 => col.text(&p.name),
+                            2 => col.text(&p.email_address),
+                            3 => col.text(&p.credit_card),
+                            4 => col.text(&p.city),
+                            5 => col.text(&p.state),
+                            6 => col.time(p.date_time),
+                            _ => col.text(&p.extra),
+                        }
+                    }
+                }
+                Kind::Auction => {
+                    let a = g.auction(n);
+                    for (&f, col) in fields {
+                        match f {
+                            0 => col.int(a.id),
+                            1 => col.text(&a.item_name),
+                            2 => col.text(&a.description),
+                            3 => col.int(a.initial_bid),
+                            4 => col.int(a.reserve),
+                            5 => col.time(a.date_time),
+                            6 => col.time(a.expires),
+                            7 => col.int(a.seller),
+                            8 => col.int(a.category),
+                            _ => col.text(&a.extra),
+                        }
+                    }
+                }
+                Kind::Bid => {
+                    let b = g.bid(n);
+                    for (&f, col) in fields {
+                        match f {
+                            0 => col.int(b.auction),
+                            1 => col.int(b.bidder),
+                            2 => col.int(b.price),
+                            3 => col.text(&b.channel),
+                            4 => col.text(&b.url),
+                            5 => col.time(b.date_time),
+                            _ => col.text(&b.extra),
+                        }
+                    }
+                }
+            }
         }
-    }
-
-    fn text(s: &str) -> ScalarValue {
-        ScalarValue::Utf8(Some(s.to_string()))
-    }
-
-    /// The declared columns of event `n` (of the spec's kind).
-    pub fn row(g: &Generator, spec: &Spec, types: &[DataType], n: u64) -> Vec<ScalarValue> {
-        let mut out = Vec::with_capacity(spec.fields.len() + 1);
-        match spec.kind {
-            Kind::Person => {
-                let p = g.person(n);
-                for (&f, ty) in spec.fields.iter().zip(types) {
-                    out.push(match f {
-                        0 => int(p.id, ty),
-                        1 => text(&p.name),
-                        2 => text(&p.email_address),
-                        3 => text(&p.credit_card),
-                        4 => text(&p.city),
-                        5 => text(&p.state),
-                        6 => time(p.date_time, ty),
-                        _ => text(&p.extra),
-                    });
-                }
-            }
-            Kind::Auction => {
-                let a = g.auction(n);
-                for (&f, ty) in spec.fields.iter().zip(types) {
-                    out.push(match f {
-                        0 => int(a.id, ty),
-                        1 => text(&a.item_name),
-                        2 => text(&a.description),
-                        3 => int(a.initial_bid, ty),
-                        4 => int(a.reserve, ty),
-                        5 => time(a.date_time, ty),
-                        6 => time(a.expires, ty),
-                        7 => int(a.seller, ty),
-                        8 => int(a.category, ty),
-                        _ => text(&a.extra),
-                    });
-                }
-            }
-            Kind::Bid => {
-                let b = g.bid(n);
-                for (&f, ty) in spec.fields.iter().zip(types) {
-                    out.push(match f {
-                        0 => int(b.auction, ty),
-                        1 => int(b.bidder, ty),
-                        2 => int(b.price, ty),
-                        3 => text(&b.channel),
-                        4 => text(&b.url),
-                        5 => time(b.date_time, ty),
-                        _ => text(&b.extra),
-                    });
-                }
-            }
-        }
-        out
+        let columns: Vec<ArrayRef> = cols.iter_mut().map(Col::finish).collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
+            .map_err(|e| e.to_string())
     }
 
     /// How a nexmark source or table is read (see [`crate::generated`]).
@@ -814,10 +876,7 @@ pub mod source {
         let c = def.connector.as_ref().ok_or("no connector")?;
         let spec = spec(def, c)?;
         let generator = Generator::new(spec.config.clone());
-        let types: Vec<DataType> = def
-            .visible_columns()
-            .map(|(_, c)| c.ty.to_arrow())
-            .collect();
+        let schema = crate::generated::schema(def);
         let sp = spec.clone();
         Ok(crate::generated::Blocks {
             state: STATE,
@@ -825,12 +884,7 @@ pub mod source {
             chunk: spec.chunk,
             splits: spec.splits,
             rate: spec.rate_limit,
-            rows: Arc::new(move |first, last| {
-                (first..last)
-                    .filter(|n| kind_of(*n) == sp.kind)
-                    .map(|n| row(&generator, &sp, &types, n))
-                    .collect()
-            }),
+            rows: Arc::new(move |first, last| batch(&generator, &sp, &schema, first, last)),
         })
     }
 }

@@ -7,9 +7,16 @@
 //! consumed sequence number and deletes the consumed entries in the same batch as the
 //! views' new state. After a crash, the entries still in the log are exactly the committed
 //! writes the views have not seen yet, so nothing is lost and nothing is applied twice.
+//!
+//! Rows of sources can also come as whole Arrow batches ([`SourceBatch`]): they are kept
+//! in memory as they are and persisted as Arrow IPC, so a generator or file reader hands
+//! its columns to the views without turning each row into values and back.
 
 use std::collections::VecDeque;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use strom_catalog::TableId;
 
 use crate::error::{EngineError, Result};
@@ -38,6 +45,28 @@ pub struct LogEntry {
     /// [`crate::watermark::encode`]). Encoded after the changes, and only when there are
     /// any, so entries written before watermarks existed still decode.
     pub watermarks: Vec<(TableId, Vec<u8>)>,
+    /// New rows of sources, column-wise. Encoded after the watermarks, only when there
+    /// are any (an entry without batches reads as before).
+    pub batches: Vec<SourceBatch>,
+}
+
+/// New rows of a source as one Arrow batch: its visible columns, in the declared types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBatch {
+    pub table: TableId,
+    pub data: RecordBatch,
+}
+
+impl LogEntry {
+    /// How many row changes the entry holds (batches count their rows).
+    pub fn rows(&self) -> usize {
+        self.changes.len()
+            + self
+                .batches
+                .iter()
+                .map(|b| b.data.num_rows())
+                .sum::<usize>()
+    }
 }
 
 #[derive(Debug)]
@@ -96,7 +125,7 @@ fn corrupt(reason: &str) -> EngineError {
     }
 }
 
-pub fn encode(entry: &LogEntry) -> Vec<u8> {
+pub fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     out.extend_from_slice(&entry.seq.to_be_bytes());
     out.extend_from_slice(&(entry.changes.len() as u32).to_be_bytes());
@@ -106,14 +135,26 @@ pub fn encode(entry: &LogEntry) -> Vec<u8> {
         put_bytes(&mut out, c.old.as_deref());
         put_bytes(&mut out, c.new.as_deref());
     }
-    if !entry.watermarks.is_empty() {
+    if !entry.watermarks.is_empty() || !entry.batches.is_empty() {
         out.extend_from_slice(&(entry.watermarks.len() as u32).to_be_bytes());
         for (t, v) in &entry.watermarks {
             out.extend_from_slice(&t.0.to_be_bytes());
             put_bytes(&mut out, Some(v));
         }
     }
-    out
+    if !entry.batches.is_empty() {
+        out.extend_from_slice(&(entry.batches.len() as u32).to_be_bytes());
+        for b in &entry.batches {
+            out.extend_from_slice(&b.table.0.to_be_bytes());
+            let mut ipc = Vec::new();
+            let mut w = StreamWriter::try_new(&mut ipc, &b.data.schema())?;
+            w.write(&b.data)?;
+            w.finish()?;
+            drop(w);
+            put_bytes(&mut out, Some(&ipc));
+        }
+    }
+    Ok(out)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
@@ -153,6 +194,18 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
             watermarks.push((table, v));
         }
     }
+    let mut batches = Vec::new();
+    if !r.0.is_empty() {
+        let n = r.u32()?;
+        for _ in 0..n {
+            let table = TableId(r.u32()?);
+            let ipc = r.bytes()?.ok_or_else(|| corrupt("missing batch"))?;
+            let reader = StreamReader::try_new(ipc.as_slice(), None)?;
+            for data in reader {
+                batches.push(SourceBatch { table, data: data? });
+            }
+        }
+    }
     if !r.0.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
@@ -160,6 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
         seq,
         changes,
         watermarks,
+        batches,
     })
 }
 
@@ -216,9 +270,51 @@ mod tests {
                 },
             ],
             watermarks: vec![(TableId(3), vec![1, 2, 3])],
+            batches: Vec::new(),
         };
-        let b = encode(&e);
+        let b = encode(&e).unwrap();
         assert_eq!(decode(&b).unwrap(), e);
         assert!(decode(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn source_batches_round_trip_with_and_without_watermarks() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let data = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(vec![Some("x"), Some(""), None])),
+            ],
+        )
+        .unwrap();
+        for watermarks in [vec![], vec![(TableId(5), vec![7])]] {
+            let e = LogEntry {
+                seq: 9,
+                changes: Vec::new(),
+                watermarks,
+                batches: vec![
+                    SourceBatch {
+                        table: TableId(5),
+                        data: data.clone(),
+                    },
+                    SourceBatch {
+                        table: TableId(6),
+                        data: data.slice(1, 2),
+                    },
+                ],
+            };
+            let b = encode(&e).unwrap();
+            let back = decode(&b).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(back.rows(), 5);
+            assert!(decode(&b[..b.len() - 3]).is_err());
+        }
     }
 }

@@ -15,7 +15,7 @@ use rocksdb::WriteBatch;
 use strom_catalog::{Catalog, TableDef, TableId};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::changelog::{self, ChangeQueue, LogEntry, RowChange};
+use crate::changelog::{self, ChangeQueue, LogEntry, RowChange, SourceBatch};
 use crate::error::{EngineError, Result};
 use crate::keys::{self, META_PREFIX};
 use crate::store::{Snapshot, Store, StoreOptions};
@@ -143,6 +143,7 @@ impl Database {
             batch: WriteBatch::default(),
             overlay: BTreeMap::new(),
             appended: Vec::new(),
+            appended_batches: Vec::new(),
             row_ids_used: 0,
             managed: BTreeMap::new(),
             judged: None,
@@ -200,6 +201,8 @@ pub struct WriteTxn<'a> {
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Rows of sources: handed to views, never stored.
     appended: Vec<RowChange>,
+    /// Rows of sources that came column-wise (see [`WriteTxn::append_batch`]).
+    appended_batches: Vec<SourceBatch>,
     row_ids_used: i64,
     /// Watermarks the writer sets itself (see [`WriteTxn::set_watermark`]).
     managed: BTreeMap<TableId, Option<ScalarValue>>,
@@ -276,6 +279,41 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// New rows of a source as one Arrow batch of its visible columns, in the declared
+    /// types and order: like [`WriteTxn::append`] for each row, without turning rows into
+    /// values (generators and file readers make columns). Sources keep no hidden row id
+    /// for such rows; views never see one.
+    pub fn append_batch(
+        &mut self,
+        table: TableId,
+        data: datafusion::arrow::array::RecordBatch,
+    ) -> Result<()> {
+        let def = self
+            .catalog()
+            .table(table)
+            .ok_or_else(|| EngineError::Internal(format!("no relation {}", table.0)))?;
+        let want: Vec<DataType> = def
+            .visible_columns()
+            .map(|(_, c)| c.ty.to_arrow())
+            .collect();
+        let got: Vec<&DataType> = data
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.data_type())
+            .collect();
+        if !def.is_source() || want.iter().ne(got.iter().copied()) {
+            return Err(EngineError::Internal(format!(
+                "a batch for \"{}\" must be a source's visible columns ({want:?}), not {got:?}",
+                def.name
+            )));
+        }
+        if data.num_rows() > 0 {
+            self.appended_batches.push(SourceBatch { table, data });
+        }
+        Ok(())
+    }
+
     /// Takes over a relation's watermark for this transaction: at commit it becomes the
     /// larger of its current value and `value`, and the rows of the transaction do not
     /// raise it themselves (a Kafka source computes it as the smallest of its active
@@ -319,7 +357,8 @@ impl WriteTxn<'_> {
                 .filter(|&i| self.appended[i].table == def.id && self.appended[i].new.is_some())
                 .collect();
             let managed = self.managed.remove(&def.id);
-            if stored.is_empty() && appended.is_empty() && managed.is_none() {
+            let has_batches = self.appended_batches.iter().any(|b| b.table == def.id);
+            if stored.is_empty() && appended.is_empty() && managed.is_none() && !has_batches {
                 continue;
             }
             let marker = self.db.watermarker(def)?.expect("has a watermark");
@@ -349,38 +388,14 @@ impl WriteTxn<'_> {
                 } else {
                     late_appended.insert(appended[i - stored.len()]);
                 }
-                // Into the relation's late_data.table, if it has one (and it still
-                // exists); else into the late rows store.
-                if let Some(late_def) = def
-                    .watermark
-                    .as_ref()
-                    .and_then(|w| w.late_table)
-                    .and_then(|id| catalog.table(id))
-                {
-                    let mut row: Vec<ScalarValue> = rows[i][..visible].to_vec();
-                    row.push(ScalarValue::Utf8(Some(reason.clone())));
-                    row.push(match &current {
-                        Some(w) => w.clone(),
-                        None => ScalarValue::try_from(&def.columns[marker.column()].ty.to_arrow())?,
-                    });
-                    row.push(ScalarValue::Int64(Some(self.alloc_row_ids(1))));
-                    let key = table::key_of(late_def, &row)?;
-                    self.put(key, &row)?;
-                    continue;
-                }
-                let late = watermark::LateRow {
-                    reason: reason.clone(),
-                    watermark: current.as_ref().map(watermark::display).unwrap_or_default(),
-                    event_time: watermark::display(&rows[i][marker.column()]),
-                    row: rows[i][..visible]
-                        .iter()
-                        .map(|v| (!v.is_null()).then(|| watermark::display(v)))
-                        .collect(),
-                };
-                let id = self.alloc_row_ids(1);
-                let json =
-                    serde_json::to_vec(&late).map_err(|e| EngineError::Internal(e.to_string()))?;
-                self.batch.put(watermark::late_key(def.id, id), json);
+                self.set_late_aside(
+                    &catalog,
+                    def,
+                    &marker,
+                    &rows[i][..visible],
+                    reason,
+                    &current,
+                )?;
             }
             if !late_appended.is_empty() {
                 let mut i = 0;
@@ -390,9 +405,34 @@ impl WriteTxn<'_> {
                     keep
                 });
             }
+            // Column-wise rows: judged with Arrow kernels; late ones are set aside one by
+            // one (rare), the on-time ones kept as a filtered batch.
+            let mut batch_max = None;
+            if has_batches {
+                let mut batches = std::mem::take(&mut self.appended_batches);
+                for b in batches.iter_mut().filter(|b| b.table == def.id) {
+                    let bs = marker.split_batch(&b.data, current.as_ref())?;
+                    batch_max = watermark::max(batch_max, bs.max);
+                    if bs.late.is_empty() {
+                        continue;
+                    }
+                    late_count += bs.late.len();
+                    for (i, reason) in &bs.late {
+                        let row = (0..b.data.num_columns())
+                            .map(|c| ScalarValue::try_from_array(b.data.column(c), *i))
+                            .collect::<std::result::Result<Vec<_>, _>>()?;
+                        self.set_late_aside(&catalog, def, &marker, &row, reason, &current)?;
+                    }
+                    if let Some(keep) = &bs.on_time {
+                        b.data = datafusion::arrow::compute::filter_record_batch(&b.data, keep)?;
+                    }
+                }
+                batches.retain(|b| b.data.num_rows() > 0);
+                self.appended_batches = batches;
+            }
             let new = match managed {
                 Some(set) => watermark::max(current.clone(), set),
-                None => watermark::max(current.clone(), split.max),
+                None => watermark::max(current.clone(), watermark::max(split.max, batch_max)),
             };
             let ttl = def.watermark.as_ref().is_some_and(|w| w.ttl) && !def.is_source();
             if ttl {
@@ -451,6 +491,48 @@ impl WriteTxn<'_> {
         Ok((moved, late_count))
     }
 
+    /// Keeps a late row (its visible columns) in the relation's `late_data.table`, if it
+    /// has one (and it still exists), else in the late rows store.
+    fn set_late_aside(
+        &mut self,
+        catalog: &Catalog,
+        def: &TableDef,
+        marker: &Watermarker,
+        row: &[ScalarValue],
+        reason: &str,
+        current: &Option<ScalarValue>,
+    ) -> Result<()> {
+        if let Some(late_def) = def
+            .watermark
+            .as_ref()
+            .and_then(|w| w.late_table)
+            .and_then(|id| catalog.table(id))
+        {
+            let mut row: Vec<ScalarValue> = row.to_vec();
+            row.push(ScalarValue::Utf8(Some(reason.to_string())));
+            row.push(match current {
+                Some(w) => w.clone(),
+                None => ScalarValue::try_from(&def.columns[marker.column()].ty.to_arrow())?,
+            });
+            row.push(ScalarValue::Int64(Some(self.alloc_row_ids(1))));
+            let key = table::key_of(late_def, &row)?;
+            return self.put(key, &row);
+        }
+        let late = watermark::LateRow {
+            reason: reason.to_string(),
+            watermark: current.as_ref().map(watermark::display).unwrap_or_default(),
+            event_time: watermark::display(&row[marker.column()]),
+            row: row
+                .iter()
+                .map(|v| (!v.is_null()).then(|| watermark::display(v)))
+                .collect(),
+        };
+        let id = self.alloc_row_ids(1);
+        let json = serde_json::to_vec(&late).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.batch.put(watermark::late_key(def.id, id), json);
+        Ok(())
+    }
+
     /// Stages a raw write outside the table space (stream runtime bookkeeping).
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.batch.put(key, value);
@@ -503,20 +585,25 @@ impl WriteTxn<'_> {
         Ok(out)
     }
 
-    /// The net change of every touched row of a table that some view reads.
-    fn row_changes(&mut self) -> Result<Vec<RowChange>> {
+    /// The net change of every touched row of a table that some view reads, and the
+    /// column-wise source rows some view reads.
+    fn row_changes(&mut self) -> Result<(Vec<RowChange>, Vec<SourceBatch>)> {
         let catalog = self.catalog();
         let watched: HashSet<TableId> = catalog
             .tables()
             .filter_map(|t| t.view.as_ref())
             .flat_map(|v| v.depends_on.iter().copied())
             .collect();
+        let batches: Vec<SourceBatch> = std::mem::take(&mut self.appended_batches)
+            .into_iter()
+            .filter(|b| watched.contains(&b.table))
+            .collect();
         let appended: Vec<RowChange> = std::mem::take(&mut self.appended)
             .into_iter()
             .filter(|c| watched.contains(&c.table))
             .collect();
         if watched.is_empty() {
-            return Ok(appended);
+            return Ok((appended, batches));
         }
         type Touched<'k> = (TableId, &'k Vec<u8>, &'k Option<Vec<u8>>);
         let touched: Vec<Touched<'_>> = self
@@ -531,7 +618,7 @@ impl WriteTxn<'_> {
                 .map(|(_, k, _)| (*k).clone())
                 .collect::<Vec<_>>(),
         )?;
-        Ok(touched
+        let changes = touched
             .into_iter()
             .zip(old)
             .filter(|((_, _, new), old)| *new != old)
@@ -542,7 +629,8 @@ impl WriteTxn<'_> {
                 new: new.clone(),
             })
             .chain(appended)
-            .collect())
+            .collect();
+        Ok((changes, batches))
     }
 
     /// Makes every staged change durable and visible at once. Returns the sequence number
@@ -553,7 +641,7 @@ impl WriteTxn<'_> {
             Some(moved) => moved,
             None => self.apply_watermarks()?.0,
         };
-        let changes = self.row_changes()?;
+        let (changes, batches) = self.row_changes()?;
         for (k, v) in self.index_writes()? {
             match v {
                 Some(v) => self.batch.put(k, v),
@@ -572,16 +660,17 @@ impl WriteTxn<'_> {
             self.batch.put(CATALOG_KEY, c.to_bytes());
         }
         let mut queue = self.db.queue();
-        let seq = if changes.is_empty() && watermarks.is_empty() {
+        let seq = if changes.is_empty() && watermarks.is_empty() && batches.is_empty() {
             None
         } else {
             let entry = LogEntry {
                 seq: queue.next_seq,
                 changes,
                 watermarks,
+                batches,
             };
             self.batch
-                .put(changelog::log_key(entry.seq), changelog::encode(&entry));
+                .put(changelog::log_key(entry.seq), changelog::encode(&entry)?);
             Some(entry)
         };
         self.db.store.write(std::mem::take(&mut self.batch))?;

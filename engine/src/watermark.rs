@@ -104,6 +104,17 @@ pub struct Watermarker {
     schema: SchemaRef,
 }
 
+/// What an Arrow batch of new rows does to a watermark (see [`Watermarker::split_batch`]).
+#[derive(Debug, Default)]
+pub struct BatchSplit {
+    /// The late rows: index in the batch and why.
+    pub late: Vec<(usize, String)>,
+    /// The rows to keep (`None`: all of them).
+    pub on_time: Option<datafusion::arrow::array::BooleanArray>,
+    /// The largest watermark expression value over the on-time rows.
+    pub max: Option<ScalarValue>,
+}
+
 /// What a batch of new rows does to a watermark.
 #[derive(Debug, Default)]
 pub struct Split {
@@ -189,6 +200,61 @@ impl Watermarker {
             }
             out.late.push(late);
         }
+        Ok(out)
+    }
+
+    /// [`Watermarker::split`] for rows that come as one Arrow batch of the relation's
+    /// visible columns: the same rules, computed with Arrow kernels.
+    pub fn split_batch(
+        &self,
+        batch: &RecordBatch,
+        current: Option<&ScalarValue>,
+    ) -> Result<BatchSplit> {
+        use datafusion::arrow::compute::kernels::{boolean, cmp};
+        use datafusion::arrow::compute::{filter, is_null};
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(BatchSplit::default());
+        }
+        let ts = batch.column(self.column);
+        let nulls = is_null(ts)?;
+        let late = match current {
+            Some(w) => {
+                let w = datafusion::arrow::array::Scalar::new(w.to_array()?);
+                boolean::or_kleene(&nulls, &cmp::lt(ts, &w)?)?
+            }
+            None => nulls,
+        };
+        let values = self.expr.evaluate(batch)?.into_array(n)?;
+        let mut out = BatchSplit::default();
+        let values = if late.true_count() == 0 {
+            values
+        } else {
+            let name = self.schema.field(self.column).name();
+            for i in (0..n).filter(|&i| late.is_valid(i) && late.value(i)) {
+                let v = ScalarValue::try_from_array(ts, i)?;
+                out.late.push((
+                    i,
+                    match current {
+                        Some(w) if !v.is_null() => format!(
+                            "behind the watermark: \"{name}\" = {} < {}",
+                            display(&v),
+                            display(w)
+                        ),
+                        _ => format!("no event time: \"{name}\" is NULL"),
+                    },
+                ));
+            }
+            let keep = boolean::not(&late)?;
+            let kept = filter(&values, &keep)?;
+            out.on_time = Some(keep);
+            kept
+        };
+        let mut acc =
+            datafusion::functions_aggregate::min_max::MaxAccumulator::try_new(values.data_type())?;
+        datafusion::logical_expr::Accumulator::update_batch(&mut acc, &[values])?;
+        let max = datafusion::logical_expr::Accumulator::evaluate(&mut acc)?;
+        out.max = (!max.is_null()).then_some(max);
         Ok(out)
     }
 

@@ -871,10 +871,14 @@ impl Graph {
         let (snapshot, entries) = self.db.cut_changes();
         let last_seq = entries.last().map(|e| e.seq);
         let mut table_changes: HashMap<TableId, Vec<&RowChange>> = HashMap::new();
+        let mut table_batches: HashMap<TableId, Vec<&RecordBatch>> = HashMap::new();
         let mut watermarks_moved = false;
         for e in &entries {
             for c in &e.changes {
                 table_changes.entry(c.table).or_default().push(c);
+            }
+            for b in &e.batches {
+                table_batches.entry(b.table).or_default().push(&b.data);
             }
             for (t, v) in &e.watermarks {
                 self.watermarks.insert(*t, v.clone());
@@ -913,6 +917,7 @@ impl Graph {
                     &EpochInput {
                         snapshot: &snapshot,
                         table_changes: &table_changes,
+                        table_batches: &table_batches,
                         watermarks,
                         now,
                         outputs: &outputs,
@@ -1269,6 +1274,8 @@ fn build(
 struct EpochInput<'a> {
     snapshot: &'a Snapshot,
     table_changes: &'a HashMap<TableId, Vec<&'a RowChange>>,
+    /// Column-wise rows of sources (see [`crate::changelog::SourceBatch`]).
+    table_batches: &'a HashMap<TableId, Vec<&'a RecordBatch>>,
     watermarks: &'a HashMap<TableId, Vec<u8>>,
     now: i64,
     outputs: &'a HashMap<TableId, Changes>,
@@ -1283,6 +1290,7 @@ fn step(
     let EpochInput {
         snapshot,
         table_changes,
+        table_batches,
         watermarks,
         now,
         outputs,
@@ -1307,6 +1315,9 @@ fn step(
             continue;
         };
         let visible = src.schema.fields().len();
+        // Whether the source was past its backfill before this epoch: then, and only
+        // then, this epoch's changes are forwarded (the same rule for rows and batches).
+        let live = src.position == Position::Done;
         let forward = |key: &[u8], position: &Position| match position {
             Position::Done => true,
             Position::At(p) => !p.is_empty() && key <= p.as_slice(),
@@ -1349,6 +1360,17 @@ fn step(
             }
             rows_read += scan(src, &def, snapshot, batch_rows, &mut rows)?;
         }
+        // Column-wise source rows go to the dataflow as they are: one insert chunk. Like
+        // row-wise changes (`forward` is false before the scan finishes), they count
+        // from the epoch after the view's first one.
+        let mut chunks = Vec::new();
+        if live && !def.is_view() {
+            if let Some(batches) = table_batches.get(&def.id) {
+                if let Some(chunk) = insert_chunk(&src.schema, batches)? {
+                    chunks.push(chunk);
+                }
+            }
+        }
         // A source's watermark reaches the dataflow once its backfill has delivered
         // everything (before, rows behind it may still come from the scan); the epoch
         // whose scan finishes already carries it.
@@ -1364,11 +1386,10 @@ fn step(
             }
         }
         input_watermarks.push(wms);
-        inputs.push(if rows.is_empty() {
-            None
-        } else {
-            Some(vec![StreamChunk::from_rows(&src.schema, &rows)?])
-        });
+        if !rows.is_empty() {
+            chunks.push(StreamChunk::from_rows(&src.schema, &rows)?);
+        }
+        inputs.push((!chunks.is_empty()).then_some(chunks));
     }
     view.rows_read += rows_read;
     let (out, _) = view.root.run(
@@ -1379,6 +1400,10 @@ fn step(
         parallel_min_rows,
     )?;
     let mut changes = Vec::new();
+    if is_blackhole(&view.def) {
+        // Computed, and dropped: no rows to make, and no view reads a sink.
+        return Ok(changes);
+    }
     for chunk in out {
         // The dataflow computes DataFusion's types (row_number() is UInt64, a grouping id
         // UInt8); the view stores its catalog types.
@@ -1417,6 +1442,33 @@ fn step(
         }
     }
     Ok(changes)
+}
+
+/// Source batches (visible columns, declared types) as one chunk of inserts in the
+/// dataflow's input schema.
+fn insert_chunk(schema: &SchemaRef, batches: &[&RecordBatch]) -> Result<Option<StreamChunk>> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
+        return Ok(None);
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (c, field) in schema.fields().iter().enumerate() {
+        let parts: Vec<&dyn datafusion::arrow::array::Array> =
+            batches.iter().map(|b| b.column(c).as_ref()).collect();
+        let col = if parts.len() == 1 {
+            Arc::clone(batches[0].column(c))
+        } else {
+            datafusion::arrow::compute::concat(&parts)?
+        };
+        columns.push(if col.data_type() == field.data_type() {
+            col
+        } else {
+            datafusion::arrow::compute::cast(&col, field.data_type())?
+        });
+    }
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    let data = RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?;
+    Ok(Some(StreamChunk::new(vec![Op::Insert; rows], data)?))
 }
 
 /// Reads the next backfill rows of a source, as inserts; advances its position.
