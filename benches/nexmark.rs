@@ -8,7 +8,11 @@
 //! - `STROM_NEXMARK_GAP_NS` spaces events in event time (default 100,000 ns: 10,000
 //!   events per second of event time, so 1M events span 100 s and windowed queries close
 //!   windows and sessions as they go);
-//! - `STROM_NEXMARK_OUT=path` also writes the results as a Markdown table.
+//! - `STROM_NEXMARK_OUT=path` also writes the results as a Markdown table;
+//! - `STROM_NEXMARK_CSV=dir` reads bids from the CSV files in `dir` instead (a
+//!   `connector = 'posix_fs'` source `bid`, no header; `STROM_NEXMARK_EVENTS` is then the
+//!   number of rows in them), and `STROM_NEXMARK_DIR=dir` takes the queries from another
+//!   directory: `bench/flink/compare.py` runs Strom this way, beside Apache Flink.
 //!
 //! The clock runs from `CREATE SINK` (the sources start when it reads them) until every
 //! event is in the sources and the dataflow has consumed them (`FLUSH`). Each source
@@ -80,16 +84,28 @@ impl Result {
     }
 }
 
-async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
+async fn run(name: &str, sql: &str, events: u64, gap_ns: u64, csv: Option<&str>) -> Result {
     let server = BenchServer::start();
     let c = connect(server.port).await;
-    let with = |kind: &str| {
-        format!(
+    if let Some(dir) = csv {
+        c.batch_execute(&format!(
+            "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+                                date_time TIMESTAMP, extra VARCHAR,
+                                WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+             WITH (connector = 'posix_fs', posix_fs.root = '{dir}', match_pattern = '*.csv',
+                   posix_fs.poll.interval = '20ms')
+             FORMAT PLAIN ENCODE CSV (without_header = 'true')"
+        ))
+        .await
+        .unwrap();
+    } else {
+        let with = |kind: &str| {
+            format!(
             "WITH (connector = 'nexmark', nexmark.table.type = '{kind}', nexmark.event.num = '{events}',
                    nexmark.min.event.gap.in.ns = '{gap_ns}')"
         )
-    };
-    c.batch_execute(&format!(
+        };
+        c.batch_execute(&format!(
         "CREATE TABLE side_input (key BIGINT PRIMARY KEY, value VARCHAR);
          INSERT INTO side_input SELECT i, 'v' || i FROM generate_series(0, 9999) AS g(i);
          CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR,
@@ -107,6 +123,7 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
     ))
     .await
     .unwrap();
+    }
     let pid = server.pid();
     let cpu0 = cpu_seconds(pid);
     let started = Instant::now();
@@ -141,7 +158,12 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64) -> Result {
             && running.iter().all(|r| {
                 let name: String = r.get(0);
                 let rows: Option<i64> = r.get(1);
-                rows.unwrap_or(0) as u64 >= rows_of(&name, events)
+                let want = if csv.is_some() {
+                    events
+                } else {
+                    rows_of(&name, events)
+                };
+                rows.unwrap_or(0) as u64 >= want
             });
         if done {
             break;
@@ -186,7 +208,11 @@ async fn main() {
     let wanted: Option<Vec<String>> = std::env::var("STROM_NEXMARK_QUERIES")
         .ok()
         .map(|s| s.split(',').map(|q| q.trim().to_string()).collect());
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/nexmark");
+    let csv = std::env::var("STROM_NEXMARK_CSV").ok();
+    let dir = match std::env::var("STROM_NEXMARK_DIR") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/nexmark"),
+    };
     let mut queries: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| {
@@ -202,9 +228,12 @@ async fn main() {
     let mut table = String::from(
         "| query | events/s | CPU s | events per CPU-s | peak memory MiB | state MiB |\n|---|---|---|---|---|---|\n",
     );
-    println!("{events} events per query, {gap_ns} ns apart in event time");
+    match &csv {
+        Some(dir) => println!("{events} bids per query, from the CSV files in {dir}"),
+        None => println!("{events} events per query, {gap_ns} ns apart in event time"),
+    }
     for (name, sql) in &queries {
-        let r = run(name, sql, events, gap_ns).await;
+        let r = run(name, sql, events, gap_ns, csv.as_deref()).await;
         let line = match &r.error {
             Some(e) => format!("| {} | not run: {e} | | | | |", r.query),
             None => format!(

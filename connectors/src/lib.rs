@@ -15,6 +15,7 @@ pub mod generated;
 pub mod kafka;
 pub mod lookup;
 pub mod nexmark;
+pub mod posix_fs;
 pub mod sink;
 
 use std::collections::{BTreeMap, HashSet};
@@ -98,12 +99,10 @@ pub struct Connectors {
     stopping: Mutex<BTreeMap<TableId, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-/// Runs `attempt` until it returns `Ok` or `stop` is set; after an error the error is
-/// logged and shown in the status, and the next attempt starts a second later.
-/// Blocks (change-log entries) a generator source may be ahead of the views before it
-/// waits: 128 blocks of ~1,000 rows keep epochs large (cheaper per row) while bounding
+/// Change-log entries a generator source may be ahead of the views before it waits:
+/// 32 entries of up to ~8,000 rows keep epochs large (cheaper per row) while bounding
 /// the memory the queue of changes takes.
-pub const MAX_PENDING_BLOCKS: usize = 128;
+pub const MAX_PENDING_BLOCKS: usize = 32;
 
 /// Sleeps until `due` after `started` (a generator's rate), waking every 100 ms to
 /// return early once `stop` is set; `Duration::MAX` waits until stopped (paused).
@@ -119,6 +118,8 @@ async fn pause_until(stop: &Stop, started: std::time::Instant, due: Duration) {
     }
 }
 
+/// Runs `attempt` until it returns `Ok` or `stop` is set; after an error the error is
+/// logged and shown in the status, and the next attempt starts a second later.
 async fn retry_until_stopped<F, Fut>(what: &str, stop: &Stop, status: &SourceStatus, mut attempt: F)
 where
     F: FnMut() -> Fut,
@@ -191,8 +192,9 @@ pub fn validate(def: &TableDef) -> Result<(), String> {
         Some("postgres" | "mysql") => lookup::validate(def, c),
         Some("nexmark") => nexmark::source::spec(def, c).map(|_| ()),
         Some("datagen") => datagen::spec(def, c).map(|_| ()),
+        Some("posix_fs") => posix_fs::spec(def, c).map(|_| ()),
         Some(other) => Err(format!(
-            "unknown connector \"{other}\" (supported: kafka, nexmark, datagen; postgres and mysql with mode = 'lookup')"
+            "unknown connector \"{other}\" (supported: kafka, nexmark, datagen, posix_fs; postgres and mysql with mode = 'lookup')"
         )),
         None => Err("option \"connector\" is required".into()),
     }
@@ -276,6 +278,8 @@ impl Connectors {
                 "datagen" => c
                     .and_then(|c| datagen::spec(def, c).ok())
                     .map_or(1, |s| s.splits),
+                // One reader: files are read in name order.
+                "posix_fs" => 1,
                 _ => readers(),
             };
             let mut handles = Vec::with_capacity(workers);
@@ -298,6 +302,8 @@ impl Connectors {
                         generated::run(dbc, shared, stop2, status2, worker, prepare).await
                     } else if connector == "datagen" {
                         generated::run(dbc, shared, stop2, status2, worker, datagen::blocks).await
+                    } else if connector == "posix_fs" {
+                        posix_fs::run(dbc, shared, stop2, status2).await
                     } else {
                         let share = kafka::Share { worker, workers };
                         kafka::run(dbc, shared, stop2, status2, share).await

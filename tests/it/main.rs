@@ -7,6 +7,7 @@
 
 mod event_time;
 mod fidelity;
+mod files;
 mod kafka;
 mod kafka_txn;
 mod lookup;

@@ -1,0 +1,170 @@
+//! `connector = 'posix_fs'` sources against a real directory: files complete, in writing,
+//! renamed into place, corrupt; exactly once per file across `kill -9` mid-file.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::server::{text_rows, TestServer};
+
+/// `n` rows `i,i*2,2024-01-01 00:00:00 + i s` from `from`.
+fn rows(from: i64, n: i64) -> String {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{i},{},2024-01-01 {:02}:{:02}:{:02}\n",
+                i * 2,
+                (i / 3600) % 24,
+                (i / 60) % 60,
+                i % 60
+            )
+        })
+        .collect()
+}
+
+async fn wait_for(c: &tokio_postgres::Client, sql: &str, want: &[&str], secs: u64) {
+    let want: Vec<Vec<Option<String>>> = vec![want.iter().map(|s| Some(s.to_string())).collect()];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = text_rows(c, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn create(dir: &Path, poll: &str, extra: &str) -> String {
+    format!(
+        "CREATE SOURCE f (a BIGINT, b BIGINT, ts TIMESTAMP)
+           WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.csv',
+                 posix_fs.poll.interval = '{poll}'{extra})
+           FORMAT PLAIN ENCODE CSV (without_header = 'true');
+         CREATE MATERIALIZED VIEW fv AS SELECT count(*) AS n, sum(a) AS s, sum(b) AS s2 FROM f;",
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_read_once_when_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let c = server.client().await;
+    std::fs::write(dir.path().join("a.csv"), rows(1, 100)).unwrap();
+    // Not matching the pattern, or still being written: never read.
+    std::fs::write(dir.path().join("b.txt"), rows(1000, 10)).unwrap();
+    std::fs::write(dir.path().join("c.csv.part"), rows(1000, 10)).unwrap();
+    std::fs::write(dir.path().join(".d.csv"), rows(1000, 10)).unwrap();
+    c.batch_execute(&create(dir.path(), "200ms", ""))
+        .await
+        .unwrap();
+    wait_for(&c, "SELECT n, s FROM fv", &["100", "5050"], 20).await;
+    // Renamed into place: read.
+    std::fs::rename(dir.path().join("c.csv.part"), dir.path().join("c.csv")).unwrap();
+    wait_for(&c, "SELECT n, s FROM fv", &["110", "15095"], 20).await;
+    // Written slowly in pieces, the last line without a newline: read once complete,
+    // as one file (not a prefix and then the rest).
+    let slow = dir.path().join("e.csv");
+    let mut f = std::fs::File::create(&slow).unwrap();
+    let text = rows(2000, 50);
+    let text = text.trim_end();
+    for piece in text.as_bytes().chunks(97) {
+        f.write_all(piece).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(f);
+    let want_s = 15095 + (2000..2050).sum::<i64>();
+    wait_for(&c, "SELECT n, s FROM fv", &["160", &want_s.to_string()], 20).await;
+    // A corrupt file: its only batch fails to decode, so none of it is ingested (rows are
+    // not yet rejected one by one); the failure names the file, and the files after it
+    // are still read.
+    std::fs::write(
+        dir.path().join("f.csv"),
+        format!("{}x,1,2024-01-01 00:00:00\n", rows(3000, 2)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("g.csv"), rows(4000, 1)).unwrap();
+    let want_s = want_s + 4000;
+    wait_for(&c, "SELECT n, s FROM fv", &["161", &want_s.to_string()], 20).await;
+    let errors = text_rows(
+        &c,
+        "SELECT topic, reason FROM strom_catalog.source_errors WHERE source_name = 'f'",
+    )
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0][0].as_deref(), Some("f.csv"));
+    assert!(
+        errors[0][1].as_deref().unwrap().contains("file \"f.csv\""),
+        "{errors:?}"
+    );
+    // Nothing is read twice, however long we wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        &c,
+        "SELECT n, s, s2 FROM fv",
+        &["161", &want_s.to_string(), &(want_s * 2).to_string()],
+        1,
+    )
+    .await;
+    // Bad declarations name what is wrong.
+    for (sql, msg) in [
+        ("CREATE SOURCE x (a INT) WITH (connector = 'posix_fs') FORMAT PLAIN ENCODE CSV", "posix_fs.root"),
+        ("CREATE SOURCE x (a INT) WITH (connector = 'posix_fs', posix_fs.root = '/tmp')", "ENCODE CSV"),
+        ("CREATE SOURCE x (a INT) WITH (connector = 'posix_fs', posix_fs.root = '/tmp', nope = '1') FORMAT PLAIN ENCODE CSV", "unknown option \"nope\""),
+        ("CREATE SOURCE x (a INT) WITH (connector = 'posix_fs', posix_fs.root = '/tmp') FORMAT PLAIN ENCODE CSV (delimiter = '||')", "one ASCII character"),
+        ("CREATE SOURCE x (a INTERVAL) WITH (connector = 'posix_fs', posix_fs.root = '/tmp') FORMAT PLAIN ENCODE CSV", "cannot read type"),
+    ] {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        let m = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(m.contains(msg), "{sql}: {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_resumes_exactly_after_kill_9_mid_file() {
+    const N: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.csv"), rows(1, N)).unwrap();
+    let mut server = TestServer::start();
+    let c = server.client().await;
+    // 20,000 rows/s in batches of 2,000: the kill lands mid-file.
+    c.batch_execute(&create(dir.path(), "50ms", ", source_rate_limit = '20000'"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = c
+            .query_one("SELECT coalesce(n, 0) FROM fv", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            assert!(n < N, "finished before the kill; slow the source down");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rows arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    server.kill();
+    server.spawn();
+    let c = server.client().await;
+    let s = N * (N + 1) / 2;
+    wait_for(
+        &c,
+        "SELECT n, s, s2 FROM fv",
+        &[&N.to_string(), &s.to_string(), &(2 * s).to_string()],
+        60,
+    )
+    .await;
+    // The file is marked done (its last, empty, read commits after the rows).
+    wait_for(
+        &c,
+        "SELECT next_offset FROM strom_catalog.source_offsets WHERE source_name = 'f'",
+        &[&i64::MAX.to_string()],
+        10,
+    )
+    .await;
+}
