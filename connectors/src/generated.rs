@@ -89,11 +89,7 @@ async fn run_once(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        // Backpressure: wait while the views are behind (as Kafka sources do), so
-        // changes do not pile up in memory.
-        while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        crate::wait_for_views(db, stop).await;
         // Without a rate, as many blocks as make about ROWS_PER_TXN rows.
         let blocks = match b.rate {
             None => (crate::generated::ROWS_PER_TXN / b.chunk.max(1)).max(1),

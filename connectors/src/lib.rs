@@ -104,6 +104,14 @@ pub struct Connectors {
 /// the memory the queue of changes takes.
 pub const MAX_PENDING_BLOCKS: usize = 32;
 
+/// Back-pressure for in-process readers (generators, files): waits while the views are
+/// more than [`MAX_PENDING_BLOCKS`] entries behind, so changes do not pile up in memory.
+async fn wait_for_views(db: &Database, stop: &Stop) {
+    while db.pending_changes() > MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Sleeps until `due` after `started` (a generator's rate), waking every 100 ms to
 /// return early once `stop` is set; `Duration::MAX` waits until stopped (paused).
 async fn pause_until(stop: &Stop, started: std::time::Instant, due: Duration) {

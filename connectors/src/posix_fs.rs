@@ -414,10 +414,7 @@ async fn read_file(
             let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
             crate::pause_until(stop, started, due).await;
         }
-        // Backpressure, as for generated rows.
-        while db.pending_changes() > crate::MAX_PENDING_BLOCKS && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        crate::wait_for_views(db, stop).await;
     }
 }
 
