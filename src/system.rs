@@ -369,7 +369,10 @@ impl StromCatalogSchema {
             Field::new("rows", DataType::Int64, true),
             Field::new("rejected", DataType::Int64, true),
             Field::new("last_error", DataType::Utf8, true),
+            Field::new("ingest_latency_ms", DataType::Int64, true),
+            Field::new("skipped_blocks", DataType::Int64, true),
         ]));
+        let (mut latency, mut skipped) = (vec![], vec![]);
         let (mut sch, mut name, mut kind, mut running) = (vec![], vec![], vec![], vec![]);
         let (mut parts, mut rows, mut rejected, mut error) = (vec![], vec![], vec![], vec![]);
         for (schema_name, t) in self.sources() {
@@ -383,6 +386,8 @@ impl StromCatalogSchema {
             rows.push(st.as_ref().map(|s| s.rows.load(Relaxed) as i64));
             rejected.push(st.as_ref().map(|s| s.rejected.load(Relaxed) as i64));
             error.push(st.as_ref().and_then(|s| s.last_error()));
+            latency.push(st.as_ref().and_then(|s| s.latency_ms()));
+            skipped.push(st.as_ref().map(|s| s.skipped_blocks.load(Relaxed) as i64));
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(sch)),
@@ -393,6 +398,8 @@ impl StromCatalogSchema {
             Arc::new(Int64Array::from(rows)),
             Arc::new(Int64Array::from(rejected)),
             Arc::new(StringArray::from(error)),
+            Arc::new(Int64Array::from(latency)),
+            Arc::new(Int64Array::from(skipped)),
         ];
         Ok(RecordBatch::try_new(schema, cols)?)
     }

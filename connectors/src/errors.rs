@@ -84,6 +84,11 @@ pub fn stage_offset(
     );
 }
 
+/// Stages forgetting one partition's offset (a file that left the directory).
+pub fn stage_forget_offset(txn: &mut WriteTxn<'_>, source: TableId, topic: &str, partition: i32) {
+    txn.delete_raw(partition_key(OFFSET_TAG, source, topic, partition), None);
+}
+
 /// A message a source could not turn into a row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejected {

@@ -252,6 +252,29 @@ pub fn validate(def: &TableDef, c: &ConnectorDef) -> Result<(), String> {
             ));
         }
     }
+    for inc in &c.includes {
+        const KAFKA: &[&str] = &[
+            "key",
+            "partition",
+            "offset",
+            "timestamp",
+            "topic",
+            "header",
+            "topic_system",
+            "topic_domain",
+            "topic_datatype",
+            "topic_company1",
+            "topic_company2",
+            "topic_ok",
+        ];
+        if !KAFKA.contains(&inc.kind.as_str()) {
+            return Err(format!(
+                "connector kafka cannot INCLUDE {} (it includes {})",
+                inc.kind,
+                KAFKA.join(", ")
+            ));
+        }
+    }
     if c.is_source && def.has_declared_pk() {
         return Err("a source cannot have a PRIMARY KEY (its rows are not stored, so a key cannot replace earlier rows): use CREATE TABLE".into());
     }

@@ -10,13 +10,17 @@
 pub mod cdc;
 pub mod datagen;
 pub mod decode;
+pub mod delimited;
+pub mod efile;
 pub mod errors;
+pub mod file_name;
 pub mod generated;
 pub mod kafka;
 pub mod lookup;
 pub mod nexmark;
 pub mod posix_fs;
 pub mod sink;
+pub mod text_rows;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +49,11 @@ pub struct SourceStatus {
     /// Partitions assigned, per reader.
     partitions: Mutex<BTreeMap<usize, usize>>,
     last_error: Mutex<Option<String>>,
+    /// File sources: blocks of classes the source does not read.
+    pub skipped_blocks: AtomicU64,
+    /// File sources: ingest time minus snapshot time of the last file begun, in ms
+    /// (`None` before any file with a snapshot time).
+    latency_ms: Mutex<Option<i64>>,
 }
 
 impl SourceStatus {
@@ -52,6 +61,19 @@ impl SourceStatus {
         self.rows.fetch_add(rows, Ordering::Relaxed);
         self.rejected.fetch_add(rejected, Ordering::Relaxed);
         *self.last_error.lock().expect("status lock") = None;
+    }
+
+    fn add_skipped(&self, n: u64) {
+        self.skipped_blocks.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn set_latency_ms(&self, ms: i64) {
+        *self.latency_ms.lock().expect("status lock") = Some(ms);
+    }
+
+    /// File sources: the ingest latency of the last file begun (ms).
+    pub fn latency_ms(&self) -> Option<i64> {
+        *self.latency_ms.lock().expect("status lock")
     }
 
     fn set_error(&self, e: String) {

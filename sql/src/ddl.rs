@@ -142,9 +142,17 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             "key" | "topic" | "header" | "topic_system" | "topic_domain" | "topic_datatype"
             | "topic_company1" | "topic_company2" => SqlType::Varchar(None),
             "topic_ok" => SqlType::Boolean,
+            // File sources (connector posix_fs).
+            "file_name" | "file_path" | "company" | "subcompany" | "system" | "suffix"
+            | "class" | "entity" | "object" | "block_attr" | "unit" => SqlType::Varchar(None),
+            "file_size" | "line" => SqlType::BigInt,
+            "snapshot_time" | "ingest_time" | "block_time" => SqlType::Timestamptz,
+            "ingest_latency" => SqlType::Interval,
+            "name_ok" => SqlType::Boolean,
+            "limit_min" | "limit_max" => SqlType::Double,
             other => {
                 return Err(SqlError::InvalidDefinition(format!(
-                    "unknown INCLUDE \"{other}\" (expected key, partition, offset, timestamp, topic, topic_system, topic_domain, topic_datatype, topic_company1, topic_company2, topic_ok or header)"
+                    "unknown INCLUDE \"{other}\" (Kafka: key, partition, offset, timestamp, topic, topic_system, topic_domain, topic_datatype, topic_company1, topic_company2, topic_ok, header; files: file_name, file_path, file_size, company, subcompany, system, suffix, snapshot_time, ingest_time, ingest_latency, name_ok, line, class, entity, object, block_time, block_attr, unit, limit_min, limit_max)"
                 )))
             }
         };
@@ -157,7 +165,12 @@ pub fn bind_create_table(ct: &CreateTable) -> Result<CreateTablePlan> {
             inc.alias.clone()
         } else if inc.kind == "key" {
             "_rw_key".into()
-        } else if inc.kind.starts_with("topic_") {
+        } else if inc.kind.starts_with("topic_")
+            || !matches!(
+                inc.kind.as_str(),
+                "partition" | "offset" | "timestamp" | "topic" | "header"
+            )
+        {
             format!("_{}", inc.kind)
         } else {
             format!("_rw_kafka_{}", inc.kind)

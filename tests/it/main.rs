@@ -8,6 +8,7 @@
 mod event_time;
 mod fidelity;
 mod files;
+mod grid_files;
 mod kafka;
 mod kafka_txn;
 mod lookup;

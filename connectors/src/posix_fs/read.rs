@@ -1,0 +1,575 @@
+//! Reading one file: E and `||` files line by line through [`LineDecoder`]s into a
+//! [`RowBuilder`], CSV files with Arrow's decoder; each batch committed with the file's
+//! offset (see the parent module for the exactly-once rules).
+
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::csv::ReaderBuilder;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::scalar::ScalarValue;
+use strom_catalog::TableDef;
+use strom_engine::Database;
+
+use super::{
+    spec, state_topic, FileFormat, Outcome, Spec, BATCH_ROWS, DONE, FAILED, MAX_KEPT_REJECTIONS,
+    STAMP_PARTITION,
+};
+use crate::errors::{self, Rejected};
+use crate::text_rows::{FileFacts, LineDecoder, Meta, RowBuilder, Sink, MAX_LINE_BYTES};
+use crate::{delimited, efile, SourceStatus, Stop};
+
+/// One line of a file, copied out of the reader.
+struct Lines<R> {
+    r: R,
+    buf: Vec<u8>,
+    pos: u64,
+    line_no: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next line into `buf` (without its `\n`): whether it was longer than
+    /// [`MAX_LINE_BYTES`] (then `buf` is empty), and the offset after it.
+    fn next(&mut self) -> std::io::Result<Option<(bool, u64)>> {
+        self.buf.clear();
+        let (mut too_long, mut any) = (false, false);
+        loop {
+            let avail = self.r.fill_buf()?;
+            if avail.is_empty() {
+                if !any {
+                    return Ok(None);
+                }
+                break;
+            }
+            any = true;
+            let (take, done) = match memchr::memchr(b'\n', avail) {
+                Some(p) => (p, true),
+                None => (avail.len(), false),
+            };
+            if !too_long {
+                if self.buf.len() + take > MAX_LINE_BYTES {
+                    too_long = true;
+                    self.buf = Vec::new();
+                } else {
+                    self.buf.extend_from_slice(&avail[..take]);
+                }
+            }
+            let used = take + done as usize;
+            self.r.consume(used);
+            self.pos += used as u64;
+            if done {
+                break;
+            }
+        }
+        self.line_no += 1;
+        Ok(Some((too_long, self.pos)))
+    }
+}
+
+/// Collects records as rows and problems as rejections.
+struct Collect<'a> {
+    rows: RowBuilder,
+    name: &'a str,
+    /// What was committed before a restart: records and problems at or before this offset
+    /// are not handed out again.
+    skip_until: u64,
+    pending: Vec<Rejected>,
+    /// Problems since the last commit, and in all.
+    uncommitted_problems: u64,
+    problems: u64,
+    good: u64,
+    reasons: Vec<String>,
+    /// Blocks of other classes since the last commit.
+    skipped: u64,
+}
+
+impl Sink for Collect<'_> {
+    fn skipped_block(&mut self) {
+        self.skipped += 1;
+    }
+
+    fn record(&mut self, r: &crate::text_rows::Record<'_>) {
+        if r.end <= self.skip_until {
+            return;
+        }
+        match self.rows.push(r) {
+            Ok(()) => self.good += 1,
+            Err(reason) => self.problem(
+                r.line,
+                r.end,
+                format!("line {}: {reason}", r.line),
+                r.raw.as_bytes(),
+            ),
+        }
+    }
+
+    fn problem(&mut self, line: u64, end: u64, reason: String, raw: &[u8]) {
+        if end <= self.skip_until {
+            return;
+        }
+        self.problems += 1;
+        self.uncommitted_problems += 1;
+        if self.reasons.len() < 20 {
+            self.reasons.push(reason.clone());
+        }
+        if self.problems <= MAX_KEPT_REJECTIONS + 1 {
+            let reason = if self.problems > MAX_KEPT_REJECTIONS {
+                format!(
+                    "file \"{}\": more bad lines from line {line} on are counted, not kept",
+                    self.name
+                )
+            } else {
+                format!("file \"{}\": {reason}", self.name)
+            };
+            self.pending.push(Rejected {
+                topic: self.name.to_string(),
+                partition: 0,
+                offset: line as i64,
+                reason,
+                payload: raw[..raw.len().min(errors::MAX_KEPT_PAYLOAD)].to_vec(),
+            });
+        }
+    }
+}
+
+/// Commits the collected rows and rejections with the file's offset; `false` when the
+/// source was dropped meanwhile.
+async fn commit(
+    db: &Arc<Database>,
+    def: &Arc<TableDef>,
+    status: &Arc<SourceStatus>,
+    sink: &mut Collect<'_>,
+    offset: i64,
+) -> Result<bool, String> {
+    let batch = if sink.rows.rows() > 0 {
+        Some(sink.rows.finish()?)
+    } else {
+        None
+    };
+    let rows = batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+    let mut txn = db.begin_write().await;
+    if txn.catalog().table(def.id).is_none() {
+        return Ok(false);
+    }
+    if let Some(batch) = batch {
+        txn.append_batch(def.id, batch).map_err(|e| e.to_string())?;
+    }
+    for r in sink.pending.drain(..) {
+        errors::stage_rejection(&mut txn, def.id, &r);
+    }
+    let topic = state_topic(sink.name);
+    errors::stage_offset(&mut txn, def.id, &topic, 0, offset);
+    errors::stage_offset(
+        &mut txn,
+        def.id,
+        &topic,
+        STAMP_PARTITION,
+        sink.rows.facts.stamp,
+    );
+    txn.commit().map_err(|e| e.to_string())?;
+    status.add(rows, std::mem::take(&mut sink.uncommitted_problems));
+    status.add_skipped(std::mem::take(&mut sink.skipped));
+    Ok(true)
+}
+
+fn open_lines(path: &Path) -> Result<Lines<std::io::BufReader<std::fs::File>>, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
+    Ok(Lines {
+        r: std::io::BufReader::with_capacity(1 << 20, file),
+        buf: Vec::new(),
+        pos: 0,
+        line_no: 0,
+    })
+}
+
+fn decoder(spec: &Spec, rows: &RowBuilder) -> Box<dyn LineDecoder + Send> {
+    match &spec.format {
+        FileFormat::EFile(o) => Box::new(efile::Parser::new(o.clone())),
+        FileFormat::Delimited(o) => Box::new(delimited::Parser::new(
+            o.clone(),
+            rows.data_names().to_vec(),
+        )),
+        FileFormat::Csv { .. } => unreachable!("invariant: CSV files are read by read_csv"),
+    }
+}
+
+/// Feeds one line to the decoder (a line too long to keep is a problem, and the decoder
+/// sees an empty line so its line numbers stay right).
+fn feed(
+    lines: &Lines<impl BufRead>,
+    too_long: bool,
+    end: u64,
+    dec: &mut dyn LineDecoder,
+    sink: &mut dyn Sink,
+) {
+    if too_long {
+        let n = lines.line_no;
+        sink.problem(
+            n,
+            end,
+            format!("line {n}: longer than {MAX_LINE_BYTES} bytes"),
+            b"",
+        );
+        dec.line(b"", end, sink);
+    } else {
+        dec.line(&lines.buf, end, sink);
+    }
+}
+
+/// Reads an E or delimited file, line by line.
+pub(super) async fn read_text(
+    db: &Arc<Database>,
+    def: &Arc<TableDef>,
+    spec: &Spec,
+    stop: &Stop,
+    status: &Arc<SourceStatus>,
+    facts: FileFacts,
+    offset: i64,
+) -> Result<Option<Outcome>, String> {
+    let name = facts.name.clone();
+    let path = spec.root.join(&name);
+    let io = |e: std::io::Error| format!("cannot read \"{}\": {e}", path.display());
+    let mut rows = RowBuilder::new(def, spec.tz)?;
+    rows.facts = facts;
+    if spec.strict {
+        // Strict: the whole file is checked first, and read only if nothing is wrong.
+        let mut check = Collect {
+            rows: RowBuilder::new(def, spec.tz)?,
+            name: &name,
+            skip_until: 0,
+            pending: Vec::new(),
+            uncommitted_problems: 0,
+            problems: 0,
+            good: 0,
+            reasons: Vec::new(),
+            skipped: 0,
+        };
+        let mut dec = decoder(spec, &rows);
+        let mut lines = open_lines(&path)?;
+        while let Some((too_long, end)) = lines.next().map_err(io)? {
+            feed(&lines, too_long, end, dec.as_mut(), &mut check);
+            if check.rows.rows() >= BATCH_ROWS {
+                check.rows.finish()?; // only checked
+            }
+        }
+        dec.finish(lines.pos, &mut check);
+        check.rows.finish()?;
+        if check.problems > 0 {
+            check.good = 0;
+            if !commit(db, def, status, &mut check, FAILED).await? {
+                return Ok(None);
+            }
+            let mut reasons = vec![format!(
+                "strict: {} problem(s); no row of the file was read",
+                check.problems
+            )];
+            reasons.append(&mut check.reasons);
+            return Ok(Some(Outcome {
+                failed: true,
+                reasons,
+            }));
+        }
+    }
+    let mut dec = decoder(spec, &rows);
+    let mut sink = Collect {
+        rows,
+        name: &name,
+        skip_until: offset as u64,
+        pending: Vec::new(),
+        uncommitted_problems: 0,
+        problems: 0,
+        good: 0,
+        reasons: Vec::new(),
+        skipped: 0,
+    };
+    let mut lines = open_lines(&path)?;
+    let batch_rows = spec.batch_rows();
+    let (started, mut emitted) = (std::time::Instant::now(), 0u64);
+    loop {
+        let next = lines.next().map_err(io)?;
+        let at_end = next.is_none();
+        match next {
+            Some((too_long, end)) => feed(&lines, too_long, end, dec.as_mut(), &mut sink),
+            None => dec.finish(lines.pos, &mut sink),
+        }
+        let full = sink.rows.rows() >= batch_rows || sink.pending.len() >= BATCH_ROWS;
+        // Commit at the end, or when a batch is full past what was committed before.
+        if !(at_end || full && lines.pos > sink.skip_until) {
+            continue;
+        }
+        let failed = at_end && sink.good == 0 && sink.problems > 0 && offset == 0;
+        let mark = match (at_end, failed) {
+            (false, _) => lines.pos as i64,
+            (true, false) => DONE,
+            (true, true) => FAILED,
+        };
+        let n = sink.rows.rows() as u64;
+        if !commit(db, def, status, &mut sink, mark).await? {
+            return Ok(None);
+        }
+        if at_end {
+            let mut reasons = sink.reasons;
+            if failed {
+                reasons.insert(0, "no row of the file could be read".into());
+            }
+            return Ok(Some(Outcome { failed, reasons }));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        emitted += n;
+        if let Some(limit) = spec.rate {
+            let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
+            crate::pause_until(stop, started, due).await;
+        }
+        crate::wait_for_views(db, stop).await;
+    }
+}
+
+/// Decodes an E or `||` file held in memory as the source reads one (for benchmarks and
+/// tests): its batches, and how many problems it had.
+pub fn decode_bytes(def: &TableDef, bytes: &[u8]) -> Result<(Vec<RecordBatch>, u64), String> {
+    let c = def.connector.as_ref().ok_or("no connector")?;
+    let spec = spec(def, c)?;
+    if matches!(spec.format, FileFormat::Csv { .. }) {
+        return Err("decode_bytes reads ENCODE E_FILE or DELIMITED".into());
+    }
+    let rows = RowBuilder::new(def, spec.tz)?;
+    let mut dec = decoder(&spec, &rows);
+    let mut sink = Collect {
+        rows,
+        name: "memory",
+        skip_until: 0,
+        pending: Vec::new(),
+        uncommitted_problems: 0,
+        problems: 0,
+        good: 0,
+        reasons: Vec::new(),
+        skipped: 0,
+    };
+    let mut lines = Lines {
+        r: bytes,
+        buf: Vec::new(),
+        pos: 0,
+        line_no: 0,
+    };
+    let mut out = Vec::new();
+    while let Some((too_long, end)) = lines.next().map_err(|e| e.to_string())? {
+        feed(&lines, too_long, end, dec.as_mut(), &mut sink);
+        if sink.rows.rows() >= BATCH_ROWS {
+            out.push(sink.rows.finish()?);
+            sink.pending.clear();
+        }
+    }
+    dec.finish(lines.pos, &mut sink);
+    if sink.rows.rows() > 0 {
+        out.push(sink.rows.finish()?);
+    }
+    Ok((out, sink.problems))
+}
+
+/// The columns of a CSV batch plus the file's `INCLUDE` values.
+fn with_file_columns(
+    def: &TableDef,
+    data: RecordBatch,
+    facts: &FileFacts,
+) -> Result<RecordBatch, String> {
+    let c = def.connector.as_ref().ok_or("no connector")?;
+    let n = data.num_rows();
+    let mut data_cols = data.columns().iter();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (i, col) in def.visible_columns() {
+        let dt = col.ty.to_arrow();
+        match c.includes.iter().find(|inc| inc.column == i) {
+            None => arrays.push(
+                data_cols
+                    .next()
+                    .ok_or("invariant: a decoded column per data column")?
+                    .clone(),
+            ),
+            Some(inc) => {
+                let m = Meta::from_include(&inc.kind, inc.argument.as_deref())?;
+                let text = |v: &Option<String>| ScalarValue::Utf8(v.clone());
+                let ts = |v: Option<i64>| ScalarValue::TimestampMicrosecond(v, None);
+                let value = match m {
+                    Meta::FileName => ScalarValue::Utf8(Some(facts.name.clone())),
+                    Meta::FilePath => ScalarValue::Utf8(Some(facts.path.clone())),
+                    Meta::FileSize => ScalarValue::Int64(Some(facts.size)),
+                    Meta::Company => text(&facts.company),
+                    Meta::Subcompany => text(&facts.subcompany),
+                    Meta::System => text(&facts.system),
+                    Meta::Suffix => text(&facts.suffix),
+                    Meta::SnapshotTime => ts(facts.snapshot),
+                    Meta::IngestTime => ts(Some(facts.ingest)),
+                    Meta::IngestLatency => {
+                        ScalarValue::IntervalMonthDayNano(facts.snapshot.map(|s| {
+                            datafusion::arrow::datatypes::IntervalMonthDayNano::new(
+                                0,
+                                0,
+                                (facts.ingest - s) * 1000,
+                            )
+                        }))
+                    }
+                    Meta::NameOk => ScalarValue::Boolean(Some(facts.name_ok)),
+                    _ => ScalarValue::try_from(&dt).map_err(|e| e.to_string())?,
+                };
+                let value = value.cast_to(&dt).map_err(|e| e.to_string())?;
+                arrays.push(value.to_array_of_size(n).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    RecordBatch::try_new(crate::generated::schema(def), arrays).map_err(|e| e.to_string())
+}
+
+/// Reads a CSV file from byte `offset` to its end, one transaction per batch.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn read_csv(
+    db: &Arc<Database>,
+    def: &Arc<TableDef>,
+    spec: &Spec,
+    stop: &Stop,
+    status: &Arc<SourceStatus>,
+    facts: FileFacts,
+    offset: i64,
+    delimiter: u8,
+    header: bool,
+) -> Result<Option<Outcome>, String> {
+    let name = facts.name.clone();
+    let path = spec.root.join(&name);
+    let topic = state_topic(&name);
+    let c = def.connector.as_ref().ok_or("no connector")?;
+    let file = std::fs::File::open(&path)
+        .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    reader
+        .seek(SeekFrom::Start(offset as u64))
+        .map_err(|e| format!("cannot seek in \"{}\": {e}", path.display()))?;
+    let full = crate::generated::schema(def);
+    let data_schema = Arc::new(Schema::new(
+        def.visible_columns()
+            .zip(full.fields().iter())
+            .filter(|((i, _), _)| !c.includes.iter().any(|inc| inc.column == *i))
+            .map(|(_, f)| f.as_ref().clone())
+            .collect::<Vec<_>>(),
+    ));
+    let mut decoder = ReaderBuilder::new(data_schema)
+        .with_delimiter(delimiter)
+        .with_header(header && offset == 0)
+        .with_batch_size(spec.batch_rows())
+        .build_decoder();
+    let mut pos = offset;
+    if offset == 0 {
+        // A UTF-8 byte-order mark is not data.
+        let buf = reader
+            .fill_buf()
+            .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+        if buf.starts_with(b"\xEF\xBB\xBF") {
+            reader.consume(3);
+            pos = 3;
+        }
+    }
+    let (started, mut emitted) = (std::time::Instant::now(), 0u64);
+    loop {
+        // Decode until a batch is full or the file ends (the offset is then at a row
+        // boundary).
+        let mut at_end = false;
+        let batch_start = pos;
+        // An I/O error returns (the file is tried again from its committed offset); a
+        // decode error is the file's content, kept as a rejection.
+        let mut io_error = None;
+        let decoded: Result<Option<RecordBatch>, String> = (|| {
+            loop {
+                let buf = match reader.fill_buf() {
+                    Ok(buf) => buf,
+                    Err(e) => {
+                        io_error = Some(format!("cannot read \"{}\": {e}", path.display()));
+                        return Ok(None);
+                    }
+                };
+                let n = decoder.decode(buf).map_err(|e| e.to_string())?;
+                let empty = buf.is_empty();
+                reader.consume(n);
+                pos += n as i64;
+                if empty && n == 0 {
+                    at_end = true;
+                    break;
+                }
+                if decoder.capacity() == 0 {
+                    break;
+                }
+            }
+            decoder.flush().map_err(|e| e.to_string())
+        })();
+        if let Some(e) = io_error {
+            return Err(e);
+        }
+        let decoded = match decoded {
+            Ok(Some(b)) => with_file_columns(def, b, &facts).map(Some),
+            other => other,
+        };
+        let mut txn = db.begin_write().await;
+        if txn.catalog().table(def.id).is_none() {
+            return Ok(None); // dropped meanwhile
+        }
+        let rows = match decoded {
+            Ok(batch) => {
+                let rows = batch.as_ref().map_or(0, |b| b.num_rows() as u64);
+                if let Some(batch) = batch {
+                    txn.append_batch(def.id, batch).map_err(|e| e.to_string())?;
+                }
+                errors::stage_offset(&mut txn, def.id, &topic, 0, if at_end { DONE } else { pos });
+                errors::stage_offset(&mut txn, def.id, &topic, STAMP_PARTITION, facts.stamp);
+                rows
+            }
+            Err(reason) => {
+                // The batches before are kept; the failing batch is not (CSV rows are not
+                // rejected one by one).
+                let reason = format!("file \"{name}\": {reason}");
+                tracing::warn!(source = %def.name, %reason, "CSV file failed");
+                errors::stage_rejection(
+                    &mut txn,
+                    def.id,
+                    &Rejected {
+                        topic: name.to_string(),
+                        partition: 0,
+                        // Where the failing batch starts.
+                        offset: batch_start,
+                        reason: reason.clone(),
+                        payload: Vec::new(),
+                    },
+                );
+                errors::stage_offset(&mut txn, def.id, &topic, 0, FAILED);
+                errors::stage_offset(&mut txn, def.id, &topic, STAMP_PARTITION, facts.stamp);
+                txn.commit().map_err(|e| e.to_string())?;
+                status.add(0, 1);
+                status.set_error(reason.clone());
+                return Ok(Some(Outcome {
+                    failed: true,
+                    reasons: vec![reason],
+                }));
+            }
+        };
+        txn.commit().map_err(|e| e.to_string())?;
+        status.add(rows, 0);
+        if at_end {
+            return Ok(Some(Outcome {
+                failed: false,
+                reasons: Vec::new(),
+            }));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        emitted += rows;
+        if let Some(limit) = spec.rate {
+            let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
+            crate::pause_until(stop, started, due).await;
+        }
+        crate::wait_for_views(db, stop).await;
+    }
+}
