@@ -34,7 +34,8 @@
 
 use crate::posix_fs::glob_match;
 use crate::text_rows::{
-    decode_line, recycle, BlockInfo, ColumnMeta, Encoding, LineDecoder, Record, Sink,
+    decode_line, recycle, trim_blanks, BlockInfo, ColumnMeta, Encoding, LineDecoder, NullTokens,
+    Record, Sink,
 };
 
 /// The most a `@@` object or a `@#` block may hold before it is reported and dropped.
@@ -115,6 +116,9 @@ struct Block {
 /// The E-file decoder of one file.
 pub struct Parser {
     opts: Options,
+    nulls: NullTokens,
+    /// Finds `//` in a line.
+    slashes: memchr::memmem::Finder<'static>,
     encoding: Encoding,
     /// The declaration's attributes (keys as written).
     pub declaration: Vec<(String, String)>,
@@ -131,6 +135,8 @@ impl Parser {
     pub fn new(opts: Options) -> Parser {
         Parser {
             encoding: opts.encoding.unwrap_or(Encoding::Utf8),
+            nulls: NullTokens::new(&opts.null_tokens),
+            slashes: memchr::memmem::Finder::new(b"//").into_owned(),
             opts,
             declaration: Vec::new(),
             stack: Vec::new(),
@@ -143,7 +149,7 @@ impl Parser {
     }
 
     fn is_null(&self, t: &str) -> bool {
-        t.is_empty() || self.opts.null_tokens.iter().any(|n| n == t)
+        self.nulls.is_null(t)
     }
 
     /// Splits the text after a marker into fields (see the module docs).
@@ -165,22 +171,28 @@ impl Parser {
             if b[0] == b'\t' {
                 i = 1;
             }
+            // The TABs of the line in one SIMD pass; comments are looked for in fields
+            // only if the line holds a `//` at all.
+            let comments = self.opts.trailing_comments && self.slashes.find(&b[i..]).is_some();
+            let mut tabs = memchr::memchr_iter(b'\t', &b[i..]).map(|p| p + i);
+            let mut start = i;
             loop {
-                // A field runs from i to the next TAB (it cannot hold one).
-                let end = memchr::memchr(b'\t', &b[i..]).map_or(len, |p| i + p);
-                let raw = rest[i..end].trim_matches(' ');
-                if self.opts.trailing_comments && raw.starts_with("//") {
+                let next = tabs.next();
+                let k = next.unwrap_or(len);
+                // A field runs from `start` to `k` (it cannot hold a TAB).
+                let raw = trim_blanks(&rest[start..k]);
+                let rb = raw.as_bytes();
+                if comments && is_comment(rb) {
                     return;
                 }
-                let rb = raw.as_bytes();
                 let quoted = !rb.is_empty() && (rb[0] == b'\'' || rb[0] == b'"');
                 let field = if quoted {
                     // Quotes are stripped; an unterminated one runs to the TAB.
                     let q = rb[0] as char;
                     let inner = &raw[1..];
                     inner.strip_suffix(q).unwrap_or(inner)
-                } else if self.opts.trailing_comments {
-                    if let Some(p) = raw.find(" //") {
+                } else if comments {
+                    if let Some(p) = comment_start(raw) {
                         let f = raw[..p].trim_end_matches(' ');
                         out.push(if nulls && self.is_null(f) {
                             None
@@ -198,11 +210,11 @@ impl Parser {
                 } else {
                     Some(field)
                 });
-                if end == len {
+                if next.is_none() {
                     return;
                 }
-                i = end + 1;
-                if i == len {
+                start = k + 1;
+                if start == len {
                     // A trailing TAB: one more, empty, field.
                     out.push(if nulls { None } else { Some("") });
                     return;
@@ -216,7 +228,7 @@ impl Parser {
                 if i == len {
                     return;
                 }
-                if self.opts.trailing_comments && b[i..].starts_with(b"//") {
+                if self.opts.trailing_comments && is_comment(&b[i..]) {
                     return;
                 }
                 if b[i] == b'\'' || b[i] == b'"' {
@@ -780,7 +792,7 @@ impl LineDecoder for Parser {
         if top.is_some_and(|b| !b.bound) && head[0] != b'<' {
             return;
         }
-        if head.starts_with(b"//")
+        if is_comment(head)
             && !top
                 .is_some_and(|b| b.bound && b.after_header && b.layout == Some(Layout::Horizontal))
         {
@@ -818,6 +830,27 @@ impl LineDecoder for Parser {
             self.end_block(sink);
         }
     }
+}
+
+/// Whether `b` starts with `//`.
+#[inline]
+fn is_comment(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == b'/' && b[1] == b'/'
+}
+
+/// Where a ` //` comment starts inside a TAB field (at its blank), if it has one.
+#[inline]
+fn comment_start(f: &str) -> Option<usize> {
+    let b = f.as_bytes();
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(b'/', &b[from..]) {
+        let at = from + p;
+        if at > 0 && b[at - 1] == b' ' && b.get(at + 1) == Some(&b'/') {
+            return Some(at - 1);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// The quote closing the field that opens at `open`: the first matching quote followed

@@ -23,7 +23,7 @@ use arrow::datatypes::{
     DataType, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
     IntervalMonthDayNano, SchemaRef,
 };
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{NaiveDate, NaiveDateTime};
 use strom_catalog::TableDef;
 
 /// The longest line a decoder keeps; a longer one is a problem and is skipped.
@@ -55,9 +55,13 @@ pub fn decode_line(
     fallback: Option<Encoding>,
 ) -> Result<Cow<'_, str>, String> {
     let first = match enc {
-        Encoding::Utf8 => std::str::from_utf8(raw)
-            .map(Cow::Borrowed)
-            .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1)),
+        // SIMD validation; the standard one only to name the bad byte.
+        Encoding::Utf8 => match simdutf8::basic::from_utf8(raw) {
+            Ok(t) => Ok(Cow::Borrowed(t)),
+            Err(_) => std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1)),
+        },
         Encoding::Gbk => decode_gbk(raw),
     };
     match (first, fallback) {
@@ -161,6 +165,56 @@ pub trait LineDecoder {
     fn finish(&mut self, end: u64, sink: &mut dyn Sink);
 }
 
+/// Null tokens, checked without comparing most fields: only a field as short as the
+/// longest token and starting with a token's first byte is compared.
+#[derive(Debug, Clone)]
+pub struct NullTokens {
+    tokens: Vec<String>,
+    max_len: usize,
+    first: [bool; 256],
+}
+
+impl NullTokens {
+    pub fn new(tokens: &[String]) -> NullTokens {
+        let mut first = [false; 256];
+        for t in tokens {
+            if let Some(&b) = t.as_bytes().first() {
+                first[b as usize] = true;
+            }
+        }
+        NullTokens {
+            tokens: tokens.to_vec(),
+            max_len: tokens.iter().map(String::len).max().unwrap_or(0),
+            first,
+        }
+    }
+
+    /// Whether `t` is empty or a null token.
+    #[inline]
+    pub fn is_null(&self, t: &str) -> bool {
+        let b = t.as_bytes();
+        match b.first() {
+            None => true,
+            Some(&c) => {
+                b.len() <= self.max_len
+                    && self.first[c as usize]
+                    && self.tokens.iter().any(|n| n.as_bytes() == b)
+            }
+        }
+    }
+}
+
+/// Trims blanks (spaces, TABs, CR) at both ends, checking the ends first.
+#[inline]
+pub fn trim_blanks(t: &str) -> &str {
+    let b = t.as_bytes();
+    let blank = |c: u8| c == b' ' || c == b'\t' || c == b'\r';
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) if blank(f) || blank(l) => t.trim_matches([' ', '\t', '\r']),
+        _ => t,
+    }
+}
+
 /// Reuses a vector's allocation for a shorter lifetime (in-place collect of an empty
 /// vector keeps its capacity).
 pub fn recycle<'b>(mut v: Vec<Option<&'_ str>>) -> Vec<Option<&'b str>> {
@@ -177,7 +231,46 @@ pub fn recycle<'b>(mut v: Vec<Option<&'_ str>>) -> Vec<Option<&'b str>> {
 /// times written `HH-MM-SS`, and a date alone (midnight). Invalid calendar values
 /// (month 13, 30 February, hour 24) are `None`.
 pub fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
-    let b = s.trim().as_bytes();
+    let (y, mo, d, (h, mi, sec, us)) = parse_parts(s)?;
+    NaiveDate::from_ymd_opt(y, mo, d)?.and_hms_micro_opt(h, mi, sec, us)
+}
+
+/// [`parse_datetime`] as microseconds since the epoch (of the same wall clock), without
+/// building calendar types: the hot path of every timestamp field.
+pub fn parse_datetime_micros(s: &str) -> Option<i64> {
+    let (y, mo, d, (h, mi, sec, us)) = parse_parts(s)?;
+    let days = days_from_civil(y, mo, d);
+    Some(
+        ((days * 24 + h as i64) * 60 + mi as i64) * 60_000_000 + sec as i64 * 1_000_000 + us as i64,
+    )
+}
+
+/// Days since 1970-01-01 of a valid proleptic Gregorian date (Hinnant's algorithm).
+fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y as i64 - 1 } else { y as i64 };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(y: i32, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Hour, minute, second, microsecond.
+type Clock = (u32, u32, u32, u32);
+
+/// Year, month, day and time of day, validated as a calendar time.
+fn parse_parts(s: &str) -> Option<(i32, u32, u32, Clock)> {
+    let b = trim_blanks(s).as_bytes();
     let mut i = 0;
     let year = digits(b, &mut i, 4, 4)? as i32;
     let compact = i < b.len() && b[i].is_ascii_digit();
@@ -196,9 +289,11 @@ pub fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
         i += 1;
         (m, digits(b, &mut i, 1, 2)?)
     };
-    let date = NaiveDate::from_ymd_opt(year, month, day)?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
     if i == b.len() {
-        return Some(date.and_time(NaiveTime::MIN));
+        return Some((year, month, day, (0, 0, 0, 0)));
     }
     // Date and time are separated by spaces, `T` or `_`, or nothing (`YYYYMMDDHHMMSS`).
     let before = i;
@@ -209,11 +304,11 @@ pub fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
         return None;
     }
     let time = parse_time_at(b, &mut i)?;
-    (i == b.len()).then(|| date.and_time(time))
+    (i == b.len()).then_some((year, month, day, time))
 }
 
-/// `HH:MM[:SS[.f]]`, `HH-MM-SS`, `HHMMSS`.
-fn parse_time_at(b: &[u8], i: &mut usize) -> Option<NaiveTime> {
+/// `HH:MM[:SS[.f]]`, `HH-MM-SS`, `HHMMSS`, validated.
+fn parse_time_at(b: &[u8], i: &mut usize) -> Option<Clock> {
     let h = digits(b, i, 1, 2)?;
     let sep = match b.get(*i) {
         Some(&c @ (b':' | b'-')) => {
@@ -252,7 +347,7 @@ fn parse_time_at(b: &[u8], i: &mut usize) -> Option<NaiveTime> {
             micros = frac * 10u32.pow(6 - n.min(6) as u32);
         }
     }
-    NaiveTime::from_hms_micro_opt(h, m, s, micros)
+    (h < 24 && m < 60 && s < 60).then_some((h, m, s, micros))
 }
 
 fn digits(b: &[u8], i: &mut usize, min: usize, max: usize) -> Option<u32> {
@@ -445,8 +540,8 @@ enum Val {
 }
 
 enum Source {
-    /// The n-th data (non-INCLUDE) column.
-    Data(usize),
+    /// A data (non-INCLUDE) column (`data_cols` maps them in order).
+    Data,
     Meta(Meta),
 }
 
@@ -472,6 +567,8 @@ pub struct RowBuilder {
     data_names: Vec<String>,
     /// Data column -> index in `columns`.
     data_cols: Vec<usize>,
+    /// Whether any column is an `INCLUDE` column.
+    has_meta: bool,
     binding: Option<Binding>,
     vals: Vec<Val>,
     rows: usize,
@@ -492,7 +589,7 @@ impl RowBuilder {
                 None => {
                     data_names.push(col.name.clone());
                     data_cols.push(columns.len());
-                    Source::Data(data_names.len() - 1)
+                    Source::Data
                 }
             };
             let builder = match col.ty.to_arrow() {
@@ -532,10 +629,12 @@ impl RowBuilder {
                 builder,
             });
         }
+        let has_meta = data_cols.len() < columns.len();
         Ok(RowBuilder {
             schema: crate::generated::schema(def),
             columns,
             vals: vec![Val::Null; data_names.len()],
+            has_meta,
             data_names,
             data_cols,
             binding: None,
@@ -623,30 +722,43 @@ impl RowBuilder {
                 self.data_names.len()
             ));
         }
-        // Parse every data field first.
-        for (d, &fi) in fields.iter().enumerate() {
-            let text = r.fields.get(fi).copied().flatten();
-            let col = &self.columns[self.data_cols[d]];
-            self.vals[d] = match text {
+        // Parse every data field first (text needs no parsing), so a bad field leaves
+        // no column appended to.
+        for (d, (&fi, &ci)) in fields.iter().zip(&self.data_cols).enumerate() {
+            let builder = &self.columns[ci].builder;
+            if matches!(builder, Builder::Str(_)) {
+                continue;
+            }
+            self.vals[d] = match r.fields.get(fi).copied().flatten() {
                 None => Val::Null,
-                Some(t) => parse_field(&col.builder, t).ok_or_else(|| {
-                    format!(
-                        "column \"{}\": '{}' is not a valid {}",
-                        col.name,
-                        cut(t, 64),
-                        type_name(&col.builder)
-                    )
-                })?,
+                Some(t) => match parse_field(builder, t) {
+                    Some(v) => v,
+                    None => {
+                        let col = &self.columns[ci];
+                        return Err(format!(
+                            "column \"{}\": '{}' is not a valid {}",
+                            col.name,
+                            cut(t, 64),
+                            type_name(&col.builder)
+                        ));
+                    }
+                },
             };
         }
-        let (tz, facts, vals) = (self.tz, &self.facts, &self.vals);
-        for (ci, col) in self.columns.iter_mut().enumerate() {
-            match &col.source {
-                Source::Data(d) => {
-                    let text = r.fields.get(fields[*d]).copied().flatten().unwrap_or("");
-                    append(&mut col.builder, vals[*d], text);
-                }
-                Source::Meta(m) => {
+        for (d, (&fi, &ci)) in fields.iter().zip(&self.data_cols).enumerate() {
+            let text = r.fields.get(fi).copied().flatten();
+            match &mut self.columns[ci].builder {
+                Builder::Str(b) => match text {
+                    Some(t) => b.append_value(t),
+                    None => b.append_null(),
+                },
+                other => append(other, self.vals[d], ""),
+            }
+        }
+        if self.has_meta {
+            let (tz, facts) = (self.tz, &self.facts);
+            for (ci, col) in self.columns.iter_mut().enumerate() {
+                if let Source::Meta(m) = &col.source {
                     let field = binding.meta_fields[ci];
                     append_meta(&mut col.builder, m, r, facts, field, tz);
                 }
@@ -658,6 +770,9 @@ impl RowBuilder {
 
     /// The rows so far as a batch (the builders start over).
     pub fn finish(&mut self) -> Result<RecordBatch, String> {
+        // The next batch is likely the same size: its builders start at this one's
+        // capacity instead of growing (and copying) from empty.
+        let n = self.rows;
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter_mut()
@@ -666,12 +781,29 @@ impl RowBuilder {
                     Builder::Bool(b) => Arc::new(b.finish()),
                     Builder::I16(b) => Arc::new(b.finish()),
                     Builder::I32(b) => Arc::new(b.finish()),
-                    Builder::I64(b) => Arc::new(b.finish()),
+                    Builder::I64(b) => {
+                        let a = b.finish();
+                        *b = Int64Builder::with_capacity(n);
+                        Arc::new(a)
+                    }
                     Builder::F32(b) => Arc::new(b.finish()),
-                    Builder::F64(b) => Arc::new(b.finish()),
-                    Builder::Str(b) => Arc::new(b.finish()),
+                    Builder::F64(b) => {
+                        let a = b.finish();
+                        *b = Float64Builder::with_capacity(n);
+                        Arc::new(a)
+                    }
+                    Builder::Str(b) => {
+                        let a = b.finish();
+                        *b = StringBuilder::with_capacity(n, a.value_data().len());
+                        Arc::new(a)
+                    }
                     Builder::Date(b) => Arc::new(b.finish()),
-                    Builder::Ts(b, _) => Arc::new(b.finish()),
+                    Builder::Ts(b, _) => {
+                        let a = b.finish();
+                        *b = TimestampMicrosecondBuilder::with_capacity(n)
+                            .with_timezone_opt(a.timezone().map(Arc::from));
+                        Arc::new(a)
+                    }
                     Builder::Dec(b, _, _) => Arc::new(b.finish()),
                     Builder::Interval(b) => Arc::new(b.finish()),
                 }
@@ -707,7 +839,7 @@ fn type_name(b: &Builder) -> &'static str {
 }
 
 fn parse_field(b: &Builder, t: &str) -> Option<Val> {
-    let t = t.trim();
+    let t = trim_blanks(t);
     Some(match b {
         Builder::Bool(_) => Val::Bool(match t.to_ascii_lowercase().as_str() {
             "t" | "true" | "1" | "y" | "yes" | "on" => true,
@@ -721,12 +853,11 @@ fn parse_field(b: &Builder, t: &str) -> Option<Val> {
         Builder::F64(_) => Val::F64(Float64Type::parse(t)?),
         Builder::Str(_) => Val::Text,
         Builder::Date(_) => {
-            let d = parse_datetime(t)?.date();
-            Val::Days((d - NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+            let (y, m, d, _) = parse_parts(t)?;
+            Val::Days(days_from_civil(y, m, d) as i32)
         }
         Builder::Ts(_, tz) => {
-            let t = parse_datetime(t)?;
-            Val::Micros(local_micros(t, tz.unwrap_or(0)))
+            Val::Micros(parse_datetime_micros(t)? - tz.unwrap_or(0) as i64 * 1_000_000)
         }
         Builder::Dec(_, p, s) => Val::Dec(parse_decimal::<Decimal128Type>(t, *p, *s).ok()?),
         Builder::Interval(_) => return None,
@@ -875,6 +1006,32 @@ mod tests {
         // A compact date alone is midnight.
         assert_eq!(dt("20250313").unwrap(), "2025-03-13 00:00:00");
         assert_eq!(parse_timezone("+1中"), None);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_calendar() {
+        for s in [
+            "2025-03-13 17:05:00",
+            "1969-12-31 23:59:59.999999",
+            "2000-02-29 12:00",
+            "1900-03-01",
+            "2400-02-29 00:00:01",
+            "0001-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            "2019-11-5 11:25",
+        ] {
+            let want = parse_datetime(s).unwrap().and_utc().timestamp_micros();
+            assert_eq!(parse_datetime_micros(s), Some(want), "{s}");
+        }
+        for bad in [
+            "1900-02-29",
+            "2023-02-29",
+            "2025-04-31",
+            "2025-00-10",
+            "2025-01-00",
+        ] {
+            assert_eq!(parse_datetime_micros(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -450,3 +450,52 @@ async fn a_file_renamed_in_is_read_without_waiting_for_a_poll() {
     std::fs::rename(root.join("x.TXT.part"), root.join("x.TXT")).unwrap();
     wait_rows(&c, "SELECT n, s FROM sv", &[&["3", "6"]], 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_time_from_the_block_and_names_ingested_as_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("in");
+    std::fs::create_dir(&root).unwrap();
+    let server = TestServer::start();
+    let c = server.client().await;
+    // Event time from the block's Date=/Time=; names that do not match are read anyway.
+    c.batch_execute(&format!(
+        "CREATE SOURCE cq (seq INT, power DOUBLE PRECISION,
+                           WATERMARK FOR bt AS bt - INTERVAL '1' MINUTE)
+           INCLUDE block_time AS bt INCLUDE name_ok AS ok INCLUDE entity AS station
+           INCLUDE block_attr 'Time' AS t_attr
+         WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.DT',
+               name_pattern = '{NAME_PATTERN}', on_bad_name = 'ingest', timezone = '+08:00',
+               posix_fs.poll.interval = '100ms')
+         FORMAT PLAIN ENCODE E_FILE (block = 'CDQYC');
+         CREATE MATERIALIZED VIEW w AS
+           SELECT window_start, count(*) AS n, sum(power) AS p, bool_and(ok) AS all_ok,
+                  min(station) AS station, min(t_attr) AS t
+           FROM TUMBLE(cq, bt, INTERVAL '15' MINUTE) GROUP BY window_start;",
+        root.display()
+    ))
+    .await
+    .unwrap();
+    let file = |time: &str, p: &str| {
+        format!(
+            "//超短期功率预测信息监测\n<!System=OMS\tVersion=1.0\tCode=UTF-8\tData=1.0!>\n<CDQYC::GD.GDZJYS\tDate='2022-07-21'\tTime='{time}'>\n@\t序号\t功率\n#\t1\t{p}\n#\t2\t{p}\n</CDQYC::GD.GDZJYS>\n"
+        )
+    };
+    std::fs::write(
+        root.join("GD_ZJ_OMS_20220721_031500.DT"),
+        file("03-15-00", "1.5"),
+    )
+    .unwrap();
+    std::fs::write(root.join("forecast.DT"), file("03-31-00", "2")).unwrap();
+    wait_rows(
+        &c,
+        "SELECT CAST(extract(epoch FROM window_start) AS BIGINT), n, p, all_ok, station, t FROM w ORDER BY 1",
+        &[
+            // 03:15 and 03:31 at +08:00 are 19:15 and 19:31 UTC the day before.
+            &["1658344500", "2", "3", "t", "GD.GDZJYS", "03-15-00"],
+            &["1658345400", "2", "4", "f", "GD.GDZJYS", "03-31-00"],
+        ],
+        20,
+    )
+    .await;
+}

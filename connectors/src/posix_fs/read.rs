@@ -32,20 +32,36 @@ struct Lines<R> {
 }
 
 impl<R: BufRead> Lines<R> {
-    /// The next line into `buf` (without its `\n`): whether it was longer than
-    /// [`MAX_LINE_BYTES`] (then `buf` is empty), and the offset after it.
-    fn next(&mut self) -> std::io::Result<Option<(bool, u64)>> {
+    /// Feeds the next line (without its `\n`) to the decoder; `false` at the end of the
+    /// file. A line wholly in the reader's buffer is fed from there, uncopied; a line
+    /// longer than [`MAX_LINE_BYTES`] is a problem, and the decoder sees it empty so its
+    /// line numbers stay right.
+    fn feed_next(
+        &mut self,
+        dec: &mut dyn LineDecoder,
+        sink: &mut dyn Sink,
+    ) -> std::io::Result<bool> {
+        let avail = self.r.fill_buf()?;
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        if let Some(p) = memchr::memchr(b'\n', avail) {
+            if p <= MAX_LINE_BYTES {
+                self.pos += p as u64 + 1;
+                self.line_no += 1;
+                dec.line(&avail[..p], self.pos, sink);
+                self.r.consume(p + 1);
+                return Ok(true);
+            }
+        }
+        // The line runs past the buffer: gather it.
         self.buf.clear();
-        let (mut too_long, mut any) = (false, false);
+        let mut too_long = false;
         loop {
             let avail = self.r.fill_buf()?;
             if avail.is_empty() {
-                if !any {
-                    return Ok(None);
-                }
                 break;
             }
-            any = true;
             let (take, done) = match memchr::memchr(b'\n', avail) {
                 Some(p) => (p, true),
                 None => (avail.len(), false),
@@ -66,7 +82,19 @@ impl<R: BufRead> Lines<R> {
             }
         }
         self.line_no += 1;
-        Ok(Some((too_long, self.pos)))
+        let (n, end) = (self.line_no, self.pos);
+        if too_long {
+            sink.problem(
+                n,
+                end,
+                format!("line {n}: longer than {MAX_LINE_BYTES} bytes"),
+                b"",
+            );
+            dec.line(b"", end, sink);
+        } else {
+            dec.line(&self.buf, end, sink);
+        }
+        Ok(true)
     }
 }
 
@@ -198,29 +226,6 @@ fn decoder(spec: &Spec, rows: &RowBuilder) -> Box<dyn LineDecoder + Send> {
     }
 }
 
-/// Feeds one line to the decoder (a line too long to keep is a problem, and the decoder
-/// sees an empty line so its line numbers stay right).
-fn feed(
-    lines: &Lines<impl BufRead>,
-    too_long: bool,
-    end: u64,
-    dec: &mut dyn LineDecoder,
-    sink: &mut dyn Sink,
-) {
-    if too_long {
-        let n = lines.line_no;
-        sink.problem(
-            n,
-            end,
-            format!("line {n}: longer than {MAX_LINE_BYTES} bytes"),
-            b"",
-        );
-        dec.line(b"", end, sink);
-    } else {
-        dec.line(&lines.buf, end, sink);
-    }
-}
-
 /// Reads an E or delimited file, line by line.
 pub(super) async fn read_text(
     db: &Arc<Database>,
@@ -251,8 +256,7 @@ pub(super) async fn read_text(
         };
         let mut dec = decoder(spec, &rows);
         let mut lines = open_lines(&path)?;
-        while let Some((too_long, end)) = lines.next().map_err(io)? {
-            feed(&lines, too_long, end, dec.as_mut(), &mut check);
+        while lines.feed_next(dec.as_mut(), &mut check).map_err(io)? {
             if check.rows.rows() >= BATCH_ROWS {
                 check.rows.finish()?; // only checked
             }
@@ -291,11 +295,9 @@ pub(super) async fn read_text(
     let batch_rows = spec.batch_rows();
     let (started, mut emitted) = (std::time::Instant::now(), 0u64);
     loop {
-        let next = lines.next().map_err(io)?;
-        let at_end = next.is_none();
-        match next {
-            Some((too_long, end)) => feed(&lines, too_long, end, dec.as_mut(), &mut sink),
-            None => dec.finish(lines.pos, &mut sink),
+        let at_end = !lines.feed_next(dec.as_mut(), &mut sink).map_err(io)?;
+        if at_end {
+            dec.finish(lines.pos, &mut sink);
         }
         let full = sink.rows.rows() >= batch_rows || sink.pending.len() >= BATCH_ROWS;
         // Commit at the end, or when a batch is full past what was committed before.
@@ -332,8 +334,12 @@ pub(super) async fn read_text(
 }
 
 /// Decodes an E or `||` file held in memory as the source reads one (for benchmarks and
-/// tests): its batches, and how many problems it had.
-pub fn decode_bytes(def: &TableDef, bytes: &[u8]) -> Result<(Vec<RecordBatch>, u64), String> {
+/// tests), handing each batch to `each`; how many problems it had.
+pub fn decode_bytes(
+    def: &TableDef,
+    bytes: &[u8],
+    mut each: impl FnMut(RecordBatch),
+) -> Result<u64, String> {
     let c = def.connector.as_ref().ok_or("no connector")?;
     let spec = spec(def, c)?;
     if matches!(spec.format, FileFormat::Csv { .. }) {
@@ -358,19 +364,20 @@ pub fn decode_bytes(def: &TableDef, bytes: &[u8]) -> Result<(Vec<RecordBatch>, u
         pos: 0,
         line_no: 0,
     };
-    let mut out = Vec::new();
-    while let Some((too_long, end)) = lines.next().map_err(|e| e.to_string())? {
-        feed(&lines, too_long, end, dec.as_mut(), &mut sink);
+    while lines
+        .feed_next(dec.as_mut(), &mut sink)
+        .map_err(|e| e.to_string())?
+    {
         if sink.rows.rows() >= BATCH_ROWS {
-            out.push(sink.rows.finish()?);
+            each(sink.rows.finish()?);
             sink.pending.clear();
         }
     }
     dec.finish(lines.pos, &mut sink);
     if sink.rows.rows() > 0 {
-        out.push(sink.rows.finish()?);
+        each(sink.rows.finish()?);
     }
-    Ok((out, sink.problems))
+    Ok(sink.problems)
 }
 
 /// The columns of a CSV batch plus the file's `INCLUDE` values.
