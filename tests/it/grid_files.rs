@@ -486,14 +486,91 @@ async fn event_time_from_the_block_and_names_ingested_as_configured() {
         file("03-15-00", "1.5"),
     )
     .unwrap();
-    std::fs::write(root.join("forecast.DT"), file("03-31-00", "2")).unwrap();
+    // A name without a snapshot time sorts first, so this file is read first: its block
+    // time is the earlier one, or the other file's rows would be behind the watermark.
+    std::fs::write(root.join("forecast.DT"), file("03-01-00", "2")).unwrap();
     wait_rows(
         &c,
         "SELECT CAST(extract(epoch FROM window_start) AS BIGINT), n, p, all_ok, station, t FROM w ORDER BY 1",
         &[
-            // 03:15 and 03:31 at +08:00 are 19:15 and 19:31 UTC the day before.
+            // 03:01 and 03:15 at +08:00 are 19:01 and 19:15 UTC the day before.
+            &["1658343600", "2", "4", "f", "GD.GDZJYS", "03-01-00"],
             &["1658344500", "2", "3", "t", "GD.GDZJYS", "03-15-00"],
-            &["1658345400", "2", "4", "f", "GD.GDZJYS", "03-31-00"],
+        ],
+        20,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_units_and_limits_are_columns_views_can_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("in");
+    std::fs::create_dir(&root).unwrap();
+    let server = TestServer::start();
+    let c = server.client().await;
+    // Sample C (meter readings) with its `$` unit and `:` limit lines.
+    c.batch_execute(&format!(
+        "CREATE SOURCE tmr (seq INT, mp_id VARCHAR, ts TIMESTAMP, reading DOUBLE PRECISION,
+                            energy DOUBLE PRECISION, multiplier DOUBLE PRECISION,
+                            t1 DOUBLE PRECISION, t2 DOUBLE PRECISION, t3 DOUBLE PRECISION,
+                            t4 DOUBLE PRECISION, status INT)
+           INCLUDE unit 'energy' AS unit INCLUDE limit_max 'energy' AS hi
+           INCLUDE limit_min '倍率' AS mult_lo INCLUDE class AS class
+         WITH (connector = 'posix_fs', posix_fs.root = '{}', posix_fs.poll.interval = '100ms')
+         FORMAT PLAIN ENCODE E_FILE (block = 'DNL');
+         CREATE MATERIALIZED VIEW checked AS
+           SELECT seq, mp_id, energy, unit, hi, mult_lo, class,
+                  energy < 0 OR energy > hi AS out_of_range,
+                  EXTRACT(MINUTE FROM ts) % 15 <> 0 AS off_grid
+           FROM tmr;",
+        root.display()
+    ))
+    .await
+    .unwrap();
+    std::fs::write(
+        root.join("SG_03_TMR_20250313_171500.DT"),
+        sample("ours/SG_03_TMR_20250313_171500.DT"),
+    )
+    .unwrap();
+    wait_rows(
+        &c,
+        "SELECT seq, mp_id, coalesce(energy, -1), unit, hi, mult_lo, class,
+                coalesce(out_of_range, false), off_grid FROM checked ORDER BY seq",
+        &[
+            &[
+                "1",
+                "3401000123",
+                "264",
+                "kWh",
+                "100000",
+                "1",
+                "DNL",
+                "f",
+                "f",
+            ],
+            &[
+                "2",
+                "3401000124",
+                "-1",
+                "kWh",
+                "100000",
+                "1",
+                "DNL",
+                "f",
+                "f",
+            ],
+            &[
+                "3",
+                "3401000125",
+                "-240",
+                "kWh",
+                "100000",
+                "1",
+                "DNL",
+                "t",
+                "t",
+            ],
         ],
         20,
     )
