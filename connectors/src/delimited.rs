@@ -194,4 +194,65 @@ mod tests {
         assert_eq!(fields("x<>y", "<>"), vec![s("x"), s("y")]);
         assert_eq!(fields("江苏||梅村", "||"), vec![s("江苏"), s("梅村")]);
     }
+
+    struct Count(usize, usize);
+
+    impl Sink for Count {
+        fn record(&mut self, r: &Record<'_>) {
+            let want = if r.names.is_empty() { 3 } else { r.names.len() };
+            assert_eq!(
+                r.fields.len(),
+                want,
+                "rows handed out have the expected width"
+            );
+            self.0 += 1;
+        }
+        fn problem(&mut self, _: u64, _: u64, _: String, _: &[u8]) {
+            self.1 += 1;
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+            /// Splitting loses nothing: the fields joined by the delimiter are the line.
+            #[test]
+            fn split_then_join_is_the_line(
+                line in "[a|b中\\-]{0,40}",
+                delim in prop::sample::select(vec!["||", "|", ";", "<>", "中"]),
+            ) {
+                let mut v = Vec::new();
+                split(&line, delim, &NullTokens::new(&[]), &mut v);
+                let joined: Vec<&str> = v.iter().map(|f| f.unwrap_or("")).collect();
+                prop_assert_eq!(joined.join(delim), line);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+                for header in [Header::Auto, Header::Yes, Header::No] {
+                    let mut p = Parser::new(
+                        Options {
+                            delimiter: "||".into(),
+                            header,
+                            null_tokens: vec!["-".into()],
+                            encoding: Encoding::Utf8,
+                            fallback: Some(Encoding::Gbk),
+                        },
+                        vec!["a".into(), "b".into(), "c".into()],
+                    );
+                    let mut sink = Count(0, 0);
+                    let mut end = 0;
+                    for line in bytes.split(|&b| b == b'\n') {
+                        end += line.len() as u64 + 1;
+                        p.line(line, end, &mut sink);
+                    }
+                    p.finish(end, &mut sink);
+                }
+            }
+        }
+    }
 }

@@ -192,10 +192,23 @@ impl Parser {
                 }
                 let quoted = !rb.is_empty() && (rb[0] == b'\'' || rb[0] == b'"');
                 let field = if quoted {
-                    // Quotes are stripped; an unterminated one runs to the TAB.
+                    // Quotes are stripped; an unterminated one runs to the TAB. A
+                    // comment may follow the closing quote.
                     let q = rb[0] as char;
                     let inner = &raw[1..];
-                    inner.strip_suffix(q).unwrap_or(inner)
+                    match inner.strip_suffix(q) {
+                        Some(f) => f,
+                        None => {
+                            let after_quote = inner.find(q).filter(|&p| {
+                                comments && is_comment(inner[p + 1..].trim_start().as_bytes())
+                            });
+                            if let Some(p) = after_quote {
+                                out.push(Some(&inner[..p]));
+                                return;
+                            }
+                            inner
+                        }
+                    }
                 } else if comments {
                     if let Some(p) = comment_start(raw) {
                         let f = raw[..p].trim_end_matches(' ');

@@ -492,6 +492,10 @@ fn quotes_in_tab_mode_end_at_the_tab() {
     let got = parse("<C>\n@\ta\tb\tc\n#\t'abc' \tx\t'y\n</C>\n");
     assert_eq!(got.problems, vec![]);
     assert_eq!(got.rows[0].fields, vec![s("abc"), s("x"), s("y")]);
+    // A comment after a quoted TAB field.
+    let got = parse("<C>\n@\ta\tb\n#\t1\t'x y' // note\n</C>\n");
+    assert_eq!(got.problems, vec![]);
+    assert_eq!(got.rows[0].fields, vec![s("1"), s("x y")]);
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //! name matches `match_pattern` (`*` and `?`). Names of files still being written are
 //! ignored (dot-files, `*.tmp`, `*.part`, `*.swp`). A file renamed into the directory is
 //! complete as it appears; any other file is read only once its size and modification
-//! time are the same on two polls, so a file copied in place is not read half-written. Files are read in (snapshot time, name) order
+//! time are unchanged between listings a full poll interval apart, so a file copied in
+//! place is not read half-written. Files are read in (snapshot time, name) order
 //! (the snapshot time comes from `name_pattern`; without one, name order).
 //!
 //! **Formats.** `ENCODE CSV` (Arrow's CSV decoder), `ENCODE E_FILE` ([`crate::efile`]) and
@@ -619,6 +620,8 @@ async fn run_once(
             let key = |c: &Candidate| c.facts.as_ref().and_then(|f| f.snapshot);
             key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
         });
+        // Stability is judged between listings (a file's turn may come long after).
+        let listed_at = Instant::now();
         let mut next_seen = HashMap::new();
         for file in files {
             if stop.load(Ordering::Relaxed) {
@@ -657,10 +660,11 @@ async fn run_once(
             let now = (file.len, file.mtime);
             let since = match seen.get(&file.name) {
                 Some((was, since)) if *was == now => *since,
-                _ => Instant::now(),
+                _ => listed_at,
             };
             next_seen.insert(file.name.clone(), (now, since));
-            let stable = renamed.contains(&file.name) || since.elapsed() >= spec.poll;
+            let stable =
+                renamed.contains(&file.name) || listed_at.duration_since(since) >= spec.poll;
             if !stable {
                 continue;
             }

@@ -576,3 +576,39 @@ async fn declared_units_and_limits_are_columns_views_can_check() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_read_skip_bad_names_and_a_new_file_under_an_old_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("in");
+    std::fs::create_dir(&root).unwrap();
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE d (a BIGINT, b VARCHAR) INCLUDE system AS sys
+         WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.TXT',
+               name_pattern = '{NAME_PATTERN}', on_bad_name = 'skip', after_read = 'delete',
+               posix_fs.poll.interval = '100ms')
+         FORMAT PLAIN ENCODE DELIMITED (delimiter = '||', header = 'false');
+         CREATE MATERIALIZED VIEW dv AS SELECT count(*) AS n, sum(a) AS s, min(sys) AS sys FROM d;",
+        root.display()
+    ))
+    .await
+    .unwrap();
+    let name = "SG_JS_SCADA_20250313_170500.TXT";
+    std::fs::write(root.join(name), "1||a\n2||b\n").unwrap();
+    std::fs::write(root.join("bad.TXT"), "100||x\n").unwrap();
+    wait_rows(&c, "SELECT n, s, sys FROM dv", &[&["2", "3", "SCADA"]], 20).await;
+    // Deleted once read; the bad name is left alone, unread and not rejected.
+    wait_listing(&root, &["bad.TXT"]).await;
+    // A new file under the old name is a new file.
+    std::fs::write(root.join(name), "10||c\n20||d\n30||e\n").unwrap();
+    wait_rows(&c, "SELECT n, s FROM dv", &[&["5", "63"]], 20).await;
+    wait_listing(&root, &["bad.TXT"]).await;
+    let errors = text_rows(
+        &c,
+        "SELECT count(*) FROM strom_catalog.source_errors WHERE source_name = 'd'",
+    )
+    .await;
+    assert_eq!(errors, vec![vec![Some("0".into())]]);
+}
