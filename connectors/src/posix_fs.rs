@@ -53,8 +53,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::arrow::datatypes::DataType;
-use strom_catalog::{ConnectorDef, TableDef};
-use strom_engine::Database;
+use strom_catalog::{ConnectorDef, TableDef, TableId};
+use strom_engine::{Database, WriteTxn};
 
 use crate::errors::{self, Rejected};
 use crate::file_name::NamePattern;
@@ -91,19 +91,7 @@ const OPTIONS: &[&str] = &[
 ];
 
 /// Kinds of `INCLUDE` that hold one value per file.
-const FILE_KINDS: &[&str] = &[
-    "file_name",
-    "file_path",
-    "file_size",
-    "company",
-    "subcompany",
-    "system",
-    "suffix",
-    "snapshot_time",
-    "ingest_time",
-    "ingest_latency",
-    "name_ok",
-];
+const FILE_KINDS: &[&str] = Meta::PER_FILE;
 /// Kinds of `INCLUDE` only `name_pattern` fills.
 const NAME_KINDS: &[&str] = &[
     "company",
@@ -521,6 +509,27 @@ pub fn is_temporary(name: &str) -> bool {
 /// file's size and modification time, so a later file of the same name is a new file.
 pub(crate) const STAMP_PARTITION: i32 = 1;
 
+/// Stages a file's ledger entry: how far it has been read (or [`DONE`], [`FAILED`]), and
+/// its stamp.
+pub(crate) fn stage_ledger(
+    txn: &mut WriteTxn<'_>,
+    source: TableId,
+    name: &str,
+    offset: i64,
+    stamp: i64,
+) {
+    let topic = state_topic(name);
+    errors::stage_offset(txn, source, &topic, 0, offset);
+    errors::stage_offset(txn, source, &topic, STAMP_PARTITION, stamp);
+}
+
+/// Stages forgetting a file's ledger entry (the file left, or a new one took its name).
+fn stage_forget_ledger(txn: &mut WriteTxn<'_>, source: TableId, name: &str) {
+    let topic = state_topic(name);
+    errors::stage_forget_offset(txn, source, &topic, 0);
+    errors::stage_forget_offset(txn, source, &topic, STAMP_PARTITION);
+}
+
 /// The identity of a file's content as far as the ledger is concerned.
 pub(crate) fn file_stamp(len: u64, mtime: Option<SystemTime>) -> i64 {
     let nanos = mtime
@@ -639,8 +648,7 @@ async fn run_once(
             {
                 // Another file of the same name (a different size or time): a new file.
                 let mut txn = db.begin_write().await;
-                errors::stage_forget_offset(&mut txn, def.id, &topic, 0);
-                errors::stage_forget_offset(&mut txn, def.id, &topic, STAMP_PARTITION);
+                stage_forget_ledger(&mut txn, def.id, &file.name);
                 txn.commit().map_err(|e| e.to_string())?;
                 offset = 0;
             }
@@ -719,9 +727,13 @@ async fn quarantine(
             payload: Vec::new(),
         },
     );
-    errors::stage_offset(&mut txn, def.id, &state_topic(name), 0, FAILED);
-    let stamp = file_stamp(file.len, file.mtime);
-    errors::stage_offset(&mut txn, def.id, &state_topic(name), STAMP_PARTITION, stamp);
+    stage_ledger(
+        &mut txn,
+        def.id,
+        name,
+        FAILED,
+        file_stamp(file.len, file.mtime),
+    );
     txn.commit().map_err(|e| e.to_string())?;
     status.add(0, 1);
     Ok(Some(Outcome {
@@ -776,8 +788,7 @@ async fn finish_file(
     };
     if gone {
         let mut txn = db.begin_write().await;
-        errors::stage_forget_offset(&mut txn, def.id, &state_topic(name), 0);
-        errors::stage_forget_offset(&mut txn, def.id, &state_topic(name), STAMP_PARTITION);
+        stage_forget_ledger(&mut txn, def.id, name);
         txn.commit().map_err(|e| e.to_string())?;
     }
     Ok(())

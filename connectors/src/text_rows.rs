@@ -264,8 +264,8 @@ pub enum Meta {
 }
 
 impl Meta {
-    /// The `INCLUDE` kinds a file source accepts.
-    pub const KINDS: &'static [&'static str] = &[
+    /// `INCLUDE` kinds that hold one value per file (every format has them).
+    pub const PER_FILE: &'static [&'static str] = &[
         "file_name",
         "file_path",
         "file_size",
@@ -277,6 +277,9 @@ impl Meta {
         "ingest_time",
         "ingest_latency",
         "name_ok",
+    ];
+    /// `INCLUDE` kinds that vary by row (E files; `||` files have `line`).
+    pub const PER_ROW: &'static [&'static str] = &[
         "line",
         "class",
         "entity",
@@ -317,8 +320,9 @@ impl Meta {
             "limit_max" => Meta::LimitMax(need("column name")?),
             other => {
                 return Err(format!(
-                    "connector posix_fs cannot INCLUDE {other} (it includes {})",
-                    Meta::KINDS.join(", ")
+                    "connector posix_fs cannot INCLUDE {other} (it includes {}, {})",
+                    Meta::PER_FILE.join(", "),
+                    Meta::PER_ROW.join(", ")
                 ))
             }
         })

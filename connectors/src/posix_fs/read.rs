@@ -16,8 +16,7 @@ use strom_catalog::TableDef;
 use strom_engine::Database;
 
 use super::{
-    spec, state_topic, FileFormat, Outcome, Spec, BATCH_ROWS, DONE, FAILED, MAX_KEPT_REJECTIONS,
-    STAMP_PARTITION,
+    spec, stage_ledger, FileFormat, Outcome, Spec, BATCH_ROWS, DONE, FAILED, MAX_KEPT_REJECTIONS,
 };
 use crate::errors::{self, Rejected};
 use crate::text_rows::{FileFacts, LineDecoder, Meta, RowBuilder, Sink, MAX_LINE_BYTES};
@@ -115,6 +114,22 @@ struct Collect<'a> {
     skipped: u64,
 }
 
+impl<'a> Collect<'a> {
+    fn new(rows: RowBuilder, name: &'a str, skip_until: u64) -> Collect<'a> {
+        Collect {
+            rows,
+            name,
+            skip_until,
+            pending: Vec::new(),
+            uncommitted_problems: 0,
+            problems: 0,
+            good: 0,
+            reasons: Vec::new(),
+            skipped: 0,
+        }
+    }
+}
+
 impl Sink for Collect<'_> {
     fn skipped_block(&mut self) {
         self.skipped += 1;
@@ -189,15 +204,7 @@ async fn commit(
     for r in sink.pending.drain(..) {
         errors::stage_rejection(&mut txn, def.id, &r);
     }
-    let topic = state_topic(sink.name);
-    errors::stage_offset(&mut txn, def.id, &topic, 0, offset);
-    errors::stage_offset(
-        &mut txn,
-        def.id,
-        &topic,
-        STAMP_PARTITION,
-        sink.rows.facts.stamp,
-    );
+    stage_ledger(&mut txn, def.id, sink.name, offset, sink.rows.facts.stamp);
     txn.commit().map_err(|e| e.to_string())?;
     status.add(rows, std::mem::take(&mut sink.uncommitted_problems));
     status.add_skipped(std::mem::take(&mut sink.skipped));
@@ -243,17 +250,7 @@ pub(super) async fn read_text(
     rows.facts = facts;
     if spec.strict {
         // Strict: the whole file is checked first, and read only if nothing is wrong.
-        let mut check = Collect {
-            rows: RowBuilder::new(def, spec.tz)?,
-            name: &name,
-            skip_until: 0,
-            pending: Vec::new(),
-            uncommitted_problems: 0,
-            problems: 0,
-            good: 0,
-            reasons: Vec::new(),
-            skipped: 0,
-        };
+        let mut check = Collect::new(RowBuilder::new(def, spec.tz)?, &name, 0);
         let mut dec = decoder(spec, &rows);
         let mut lines = open_lines(&path)?;
         while lines.feed_next(dec.as_mut(), &mut check).map_err(io)? {
@@ -280,17 +277,7 @@ pub(super) async fn read_text(
         }
     }
     let mut dec = decoder(spec, &rows);
-    let mut sink = Collect {
-        rows,
-        name: &name,
-        skip_until: offset as u64,
-        pending: Vec::new(),
-        uncommitted_problems: 0,
-        problems: 0,
-        good: 0,
-        reasons: Vec::new(),
-        skipped: 0,
-    };
+    let mut sink = Collect::new(rows, &name, offset as u64);
     let mut lines = open_lines(&path)?;
     let batch_rows = spec.batch_rows();
     let (started, mut emitted) = (std::time::Instant::now(), 0u64);
@@ -347,17 +334,7 @@ pub fn decode_bytes(
     }
     let rows = RowBuilder::new(def, spec.tz)?;
     let mut dec = decoder(&spec, &rows);
-    let mut sink = Collect {
-        rows,
-        name: "memory",
-        skip_until: 0,
-        pending: Vec::new(),
-        uncommitted_problems: 0,
-        problems: 0,
-        good: 0,
-        reasons: Vec::new(),
-        skipped: 0,
-    };
+    let mut sink = Collect::new(rows, "memory", 0);
     let mut lines = Lines {
         r: bytes,
         buf: Vec::new(),
@@ -448,7 +425,6 @@ pub(super) async fn read_csv(
 ) -> Result<Option<Outcome>, String> {
     let name = facts.name.clone();
     let path = spec.root.join(&name);
-    let topic = state_topic(&name);
     let c = def.connector.as_ref().ok_or("no connector")?;
     let file = std::fs::File::open(&path)
         .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
@@ -529,8 +505,8 @@ pub(super) async fn read_csv(
                 if let Some(batch) = batch {
                     txn.append_batch(def.id, batch).map_err(|e| e.to_string())?;
                 }
-                errors::stage_offset(&mut txn, def.id, &topic, 0, if at_end { DONE } else { pos });
-                errors::stage_offset(&mut txn, def.id, &topic, STAMP_PARTITION, facts.stamp);
+                let mark = if at_end { DONE } else { pos };
+                stage_ledger(&mut txn, def.id, &name, mark, facts.stamp);
                 rows
             }
             Err(reason) => {
@@ -550,8 +526,7 @@ pub(super) async fn read_csv(
                         payload: Vec::new(),
                     },
                 );
-                errors::stage_offset(&mut txn, def.id, &topic, 0, FAILED);
-                errors::stage_offset(&mut txn, def.id, &topic, STAMP_PARTITION, facts.stamp);
+                stage_ledger(&mut txn, def.id, &name, FAILED, facts.stamp);
                 txn.commit().map_err(|e| e.to_string())?;
                 status.add(0, 1);
                 status.set_error(reason.clone());
