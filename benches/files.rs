@@ -19,47 +19,59 @@ use strom_catalog::{ColumnDef, ConnectorDef, SchemaId, SqlType, TableDef, TableI
 mod common;
 use common::{connect, BenchServer};
 
-/// A YC (telemetry) E file of about `bytes`: rows like the domain notes' sample A.
-fn e_file(first: u64, bytes: usize) -> (String, u64) {
+/// About `bytes` of YC (telemetry) rows like the domain notes' sample A, numbered from
+/// `first`, with `sep` between fields, after `head` and before `tail`; and the row count.
+fn rows(
+    first: u64,
+    bytes: usize,
+    head: &str,
+    row_start: &str,
+    sep: &str,
+    tail: &str,
+) -> (String, u64) {
     let mut s = String::with_capacity(bytes + 256);
-    s.push_str("<!System=OMS\tVersion=1.0\tCode=UTF-8\tData=1.0!>\n<YC::江苏.苏州\tDate='2025-03-13'\tTime='17-05-00'>\n@\t序号\t测点ID\t测点名称\t时间\t值\t质量码\n");
+    s.push_str(head);
     let mut i = first;
     while s.len() < bytes {
-        s.push_str(&format!(
-            "#\t{i}\t1168122343{:08}\t江苏.梅村变/220kV.梅山{}线/有功值\t2025-03-13 17:{:02}:{:02}\t{}.{:02}\t{}\n",
-            i % 100_000_000,
-            i % 97,
-            (i / 60) % 60,
-            i % 60,
-            i % 1000,
-            i % 100,
-            if i.is_multiple_of(50) { 128 } else { 0 }
-        ));
+        let fields = [
+            i.to_string(),
+            format!("1168122343{:08}", i % 100_000_000),
+            format!("江苏.梅村变/220kV.梅山{}线/有功值", i % 97),
+            format!("2025-03-13 17:{:02}:{:02}", (i / 60) % 60, i % 60),
+            format!("{}.{:02}", i % 1000, i % 100),
+            if i.is_multiple_of(50) { "128" } else { "0" }.to_string(),
+        ];
+        s.push_str(row_start);
+        s.push_str(&fields.join(sep));
+        s.push('\n');
         i += 1;
     }
-    s.push_str("</YC::江苏.苏州>\n");
+    s.push_str(tail);
     (s, i - first)
+}
+
+/// A YC E file (TAB-separated, one block).
+fn e_file(first: u64, bytes: usize) -> (String, u64) {
+    rows(
+        first,
+        bytes,
+        "<!System=OMS\tVersion=1.0\tCode=UTF-8\tData=1.0!>\n<YC::江苏.苏州\tDate='2025-03-13'\tTime='17-05-00'>\n@\t序号\t测点ID\t测点名称\t时间\t值\t质量码\n",
+        "#\t",
+        "\t",
+        "</YC::江苏.苏州>\n",
+    )
 }
 
 /// The same rows as a `||` file with a header.
 fn bar_file(first: u64, bytes: usize) -> (String, u64) {
-    let mut s = String::with_capacity(bytes + 256);
-    s.push_str("SEQ||POINT_ID||POINT_NAME||TS||VALUE||QUALITY\n");
-    let mut i = first;
-    while s.len() < bytes {
-        s.push_str(&format!(
-            "{i}||1168122343{:08}||江苏.梅村变/220kV.梅山{}线/有功值||2025-03-13 17:{:02}:{:02}||{}.{:02}||{}\n",
-            i % 100_000_000,
-            i % 97,
-            (i / 60) % 60,
-            i % 60,
-            i % 1000,
-            i % 100,
-            if i.is_multiple_of(50) { 128 } else { 0 }
-        ));
-        i += 1;
-    }
-    (s, i - first)
+    rows(
+        first,
+        bytes,
+        "SEQ||POINT_ID||POINT_NAME||TS||VALUE||QUALITY\n",
+        "",
+        "||",
+        "",
+    )
 }
 
 const COLUMNS: &str = "seq BIGINT, point_id VARCHAR, point_name VARCHAR, ts TIMESTAMP, value DOUBLE PRECISION, quality INT";
@@ -215,29 +227,30 @@ async fn main() {
     );
     drop(b);
     let per = (mb << 20) / 8;
-    let mut first = 1;
-    let files: Vec<(String, u64)> = (0..8)
-        .map(|_| {
-            let f = e_file(first, per);
-            first += f.1;
-            f
-        })
-        .collect();
-    ingest("E_FILE", &files, "DT", "ENCODE E_FILE (block = 'YC')").await;
-    drop(files);
-    let mut first = 1;
-    let files: Vec<(String, u64)> = (0..8)
-        .map(|_| {
-            let f = bar_file(first, per);
-            first += f.1;
-            f
-        })
-        .collect();
+    ingest(
+        "E_FILE",
+        &files_of(e_file, per),
+        "DT",
+        "ENCODE E_FILE (block = 'YC')",
+    )
+    .await;
     ingest(
         "DELIMITED '||'",
-        &files,
+        &files_of(bar_file, per),
         "TXT",
         "ENCODE DELIMITED (delimiter = '||', header = 'true')",
     )
     .await;
+}
+
+/// Eight files of `per` bytes each, rows numbered on across them.
+fn files_of(make: fn(u64, usize) -> (String, u64), per: usize) -> Vec<(String, u64)> {
+    let mut first = 1;
+    (0..8)
+        .map(|_| {
+            let f = make(first, per);
+            first += f.1;
+            f
+        })
+        .collect()
 }

@@ -35,6 +35,21 @@ async fn wait_for(c: &tokio_postgres::Client, sql: &str, want: &[&str], secs: u6
     }
 }
 
+/// Waits until `count_sql` shows some rows but fewer than `total` (the moment to kill a
+/// server mid-file).
+pub async fn wait_mid_file(c: &tokio_postgres::Client, count_sql: &str, total: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = c.query_one(count_sql, &[]).await.unwrap().get(0);
+        if n > 0 {
+            assert!(n < total, "finished before the kill; slow the source down");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no rows arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn create(dir: &Path, poll: &str, extra: &str) -> String {
     format!(
         "CREATE SOURCE f (a BIGINT, b BIGINT, ts TIMESTAMP)
@@ -133,20 +148,7 @@ async fn a_file_resumes_exactly_after_kill_9_mid_file() {
     c.batch_execute(&create(dir.path(), "50ms", ", source_rate_limit = '20000'"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = c
-            .query_one("SELECT coalesce(n, 0) FROM fv", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            assert!(n < N, "finished before the kill; slow the source down");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rows arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_mid_file(&c, "SELECT coalesce(n, 0) FROM fv", N).await;
     drop(c);
     server.kill();
     server.spawn();

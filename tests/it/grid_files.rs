@@ -391,20 +391,7 @@ async fn a_large_e_file_resumes_exactly_after_kill_9() {
     )
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = c
-            .query_one("SELECT coalesce(n, 0) FROM tot", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            assert!(n < N, "finished before the kill; slow the source down");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rows arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::files::wait_mid_file(&c, "SELECT coalesce(n, 0) FROM tot", N).await;
     drop(c);
     server.kill();
     server.spawn();

@@ -233,6 +233,26 @@ fn decoder(spec: &Spec, rows: &RowBuilder) -> Box<dyn LineDecoder + Send> {
     }
 }
 
+/// Between two batches of a file: keeps to `source_rate_limit` (`emitted` rows since
+/// `started`) and waits while the views are behind; `false` when the source is stopping.
+async fn pace(
+    db: &Arc<Database>,
+    spec: &Spec,
+    stop: &Stop,
+    started: std::time::Instant,
+    emitted: u64,
+) -> bool {
+    if stop.load(Ordering::Relaxed) {
+        return false;
+    }
+    if let Some(limit) = spec.rate {
+        let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
+        crate::pause_until(stop, started, due).await;
+    }
+    crate::wait_for_views(db, stop).await;
+    true
+}
+
 /// Reads an E or delimited file, line by line.
 pub(super) async fn read_text(
     db: &Arc<Database>,
@@ -308,15 +328,10 @@ pub(super) async fn read_text(
             }
             return Ok(Some(Outcome { failed, reasons }));
         }
-        if stop.load(Ordering::Relaxed) {
+        emitted += n;
+        if !pace(db, spec, stop, started, emitted).await {
             return Ok(None);
         }
-        emitted += n;
-        if let Some(limit) = spec.rate {
-            let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
-            crate::pause_until(stop, started, due).await;
-        }
-        crate::wait_for_views(db, stop).await;
     }
 }
 
@@ -544,14 +559,9 @@ pub(super) async fn read_csv(
                 reasons: Vec::new(),
             }));
         }
-        if stop.load(Ordering::Relaxed) {
+        emitted += rows;
+        if !pace(db, spec, stop, started, emitted).await {
             return Ok(None);
         }
-        emitted += rows;
-        if let Some(limit) = spec.rate {
-            let due = Duration::from_secs_f64(emitted as f64 / limit as f64);
-            crate::pause_until(stop, started, due).await;
-        }
-        crate::wait_for_views(db, stop).await;
     }
 }
