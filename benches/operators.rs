@@ -118,8 +118,16 @@ fn agg_case(name: &str, rows: usize, groups: i64, with_max: bool) {
         });
         out.push(("mx", DataType::Float64));
     }
-    let mut agg =
-        HashAgg::try_new(&in_schema, vec![1], calls, schema(&out), None, &mut alloc).unwrap();
+    let mut agg = HashAgg::try_new(
+        &in_schema,
+        vec![1],
+        calls,
+        schema(&out),
+        None,
+        false,
+        &mut alloc,
+    )
+    .unwrap();
     let started = Instant::now();
     let mut emitted = 0;
     for epoch in input.chunks(CHUNKS_PER_EPOCH) {

@@ -59,6 +59,8 @@ struct ViewSpec<'a> {
     emit_on_window_close: bool,
     /// Processing-time joins recorded with a stored view (its query has lost the clause).
     lookups: &'a [String],
+    /// The operator state layout (`ViewDef::state_version`).
+    state_version: u32,
 }
 
 /// `now()` and `CURRENT_TIMESTAMP` in a view become `strom_now()`, which DataFusion does
@@ -103,6 +105,7 @@ async fn plan_view(
         query,
         emit_on_window_close,
         lookups,
+        state_version,
     } = spec;
     let mut stmt = Statement::Query(Box::new(query.clone()));
     let mut lookups = lookups.to_vec();
@@ -131,6 +134,7 @@ async fn plan_view(
         emit_on_window_close,
     )
     .map_err(|m| StromError::user("42P17", format!("materialized view \"{name}\": {m}")))?;
+    plan.choose_state_layout(state_version);
     // Types after analysis (UNION branches are coerced to common types there).
     let out = optimized.schema();
     if !columns.is_empty() && columns.len() > out.fields().len() {
@@ -210,6 +214,7 @@ async fn plan_view(
                 emit_on_window_close,
                 lookups,
                 lookup_indexes: plan.lookup_indexes(),
+                state_version,
             }),
             connector: None,
             watermark: None,
@@ -271,6 +276,7 @@ async fn plan_statement(
             query,
             emit_on_window_close: eowc,
             lookups: &[],
+            state_version: strom_engine::stream::plan::STATE_VERSION,
         },
     )
     .await
@@ -646,6 +652,7 @@ pub async fn deploy_all(db: &Arc<Database>, stream: &Arc<StreamRuntime>) -> Resu
                 query: &query,
                 emit_on_window_close: view.emit_on_window_close,
                 lookups: &view.lookups,
+                state_version: view.state_version,
             },
         )
         .await

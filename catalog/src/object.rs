@@ -34,6 +34,11 @@ pub struct ViewDef {
     /// dropped while the view exists.
     #[serde(default)]
     pub lookup_indexes: Vec<(TableId, u32)>,
+    /// The layout of the view's operator state, fixed at `CREATE` so that a view keeps
+    /// reading the state it wrote after an upgrade changes the default (0: views created
+    /// before layouts were versioned). See `strom_engine::stream::plan::STATE_VERSION`.
+    #[serde(default)]
+    pub state_version: u32,
 }
 
 /// A table or source fed by an external system (`CREATE SOURCE`, `CREATE TABLE ... WITH

@@ -16,6 +16,10 @@
 //!   entries changed in the epoch in memory. Deleting the current extreme falls back to
 //!   the next value, with no recomputation.
 //!
+//! Over append-only input (`append_only` in [`HashAgg::try_new`]) nothing is ever deleted,
+//! so a `min`/`max` keeps only its extreme so far, as one more cell of the main row, and no
+//! multiset table: one comparison per input row instead of one state write.
+//!
 //! Input is read straight from the chunk's Arrow columns: keys are encoded from the arrays,
 //! and `count`/`sum`/`avg` over integers, doubles and decimals update their running state
 //! in place; a `ScalarValue` is built only for a group's first row in an epoch.
@@ -106,6 +110,9 @@ enum AggState {
     },
     /// The values live in the call's multiset table (min/max and general aggregates).
     Extreme,
+    /// The extreme so far of an append-only input's non-NULL values (None: none yet), with
+    /// its memcomparable encoding, which orders values as the multiset table does.
+    Best(Option<(Vec<u8>, ScalarValue)>),
 }
 
 #[derive(Debug, Clone)]
@@ -138,17 +145,22 @@ pub struct HashAgg {
     always: Option<(Vec<u8>, Vec<ScalarValue>)>,
     /// A windowed aggregate: the watermark-carrying key column and the open groups.
     window: Option<WindowIndex>,
+    /// The input is append-only: min/max keep their extreme in the main row.
+    append_only: bool,
 }
 
 impl HashAgg {
     /// `output` is the group key columns followed by one column per call; `input` the
-    /// schema of input chunks.
+    /// schema of input chunks. `append_only`: the input never deletes, so min/max keep
+    /// one value per group (a different state layout: it must not change for a view that
+    /// already has state).
     pub fn try_new(
         input: &SchemaRef,
         group_keys: Vec<usize>,
         calls: Vec<AggCall>,
         output: SchemaRef,
         window: Option<AggWindow>,
+        append_only: bool,
         state: &mut StateAlloc,
     ) -> Result<Self> {
         if window.is_some_and(|w| w.key >= group_keys.len()) {
@@ -196,6 +208,9 @@ impl HashAgg {
                     state_types.push(sum_type(t));
                     state_types.push(DataType::Int64);
                 }
+                AggKind::Min | AggKind::Max if append_only => {
+                    state_types.push(arg_type.clone().expect("checked above"));
+                }
                 AggKind::Min | AggKind::Max | AggKind::General => {}
             }
             arg_types.push(arg_type.into_iter().collect());
@@ -207,6 +222,7 @@ impl HashAgg {
         let extremes = calls
             .iter()
             .map(|c| match c.kind {
+                AggKind::Min | AggKind::Max if append_only => None,
                 AggKind::Min | AggKind::Max => Some(state.ordered_table()),
                 AggKind::General => Some(state.table()),
                 _ => None,
@@ -226,6 +242,7 @@ impl HashAgg {
             always,
             touched: HashMap::default(),
             groups: Vec::new(),
+            append_only,
         })
     }
 
@@ -266,6 +283,7 @@ impl HashAgg {
                     sum: None,
                     count: 0,
                 },
+                AggKind::Min | AggKind::Max if self.append_only => AggState::Best(None),
                 AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
             })
             .collect()
@@ -307,6 +325,16 @@ impl HashAgg {
                             AggState::Sum {
                                 sum,
                                 count: as_i64(it.next()),
+                            }
+                        }
+                        AggKind::Min | AggKind::Max if self.append_only => {
+                            match it.next().filter(|v| !v.is_null()) {
+                                None => AggState::Best(None),
+                                Some(v) => {
+                                    let mut enc = Vec::new();
+                                    keys::encode_key_datum(&v, &mut enc)?;
+                                    AggState::Best(Some((enc, v)))
+                                }
                             }
                         }
                         AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
@@ -409,6 +437,11 @@ impl HashAgg {
                 }
             };
             let sign = op.sign();
+            if sign < 0 && self.append_only {
+                return Err(EngineError::Internal(
+                    "hash agg: a delete reached an aggregate planned for append-only input".into(),
+                ));
+            }
             let group = &mut self.groups[gi].1;
             group.rows += sign;
             if group.rows < 0 {
@@ -437,6 +470,29 @@ impl HashAgg {
                         add_to_sum(sum, a.as_ref(), row, sign)?;
                         if *count == 0 {
                             *sum = None;
+                        }
+                    }
+                    AggState::Best(best) => {
+                        let Some(a) = arg.filter(|a| a.is_valid(row)) else {
+                            continue;
+                        };
+                        suffix.clear();
+                        keys::encode_array_datum(a.as_ref(), row, &mut suffix)?;
+                        let wins = match best {
+                            None => true,
+                            Some((enc, _)) if call.kind == AggKind::Max => suffix > *enc,
+                            Some((enc, _)) => suffix < *enc,
+                        };
+                        if wins {
+                            let value = ScalarValue::try_from_array(a.as_ref(), row)?;
+                            match best {
+                                Some((enc, v)) => {
+                                    enc.clear();
+                                    enc.extend_from_slice(&suffix);
+                                    *v = value;
+                                }
+                                None => *best = Some((suffix.clone(), value)),
+                            }
                         }
                     }
                     AggState::Extreme if call.kind == AggKind::General => {
@@ -573,6 +629,9 @@ impl HashAgg {
                             // A NULL cell decodes as NULL whatever type it was written as.
                             values.push(sum.clone().unwrap_or(ScalarValue::Null));
                             values.push(ScalarValue::Int64(Some(*count)));
+                        }
+                        AggState::Best(best) => {
+                            values.push(best.as_ref().map_or(ScalarValue::Null, |(_, v)| v.clone()))
                         }
                         AggState::Extreme => {}
                     }
@@ -755,6 +814,10 @@ fn result(call: &AggCall, state: &AggState) -> Result<ScalarValue> {
     let out = &call.output_type;
     let v = match (call.kind, state) {
         (AggKind::CountStar | AggKind::Count, AggState::Count(n)) => ScalarValue::Int64(Some(*n)),
+        (AggKind::Min | AggKind::Max, AggState::Best(best)) => match best {
+            Some((_, v)) => v.clone(),
+            None => ScalarValue::try_from(out)?,
+        },
         (AggKind::Sum, AggState::Sum { sum, .. }) => match sum {
             Some(s) => s.clone(),
             None => ScalarValue::try_from(out)?,
@@ -845,6 +908,7 @@ mod tests {
                 DataType::Float64,
             ]),
             None,
+            false,
             alloc,
         )
         .unwrap()
@@ -960,6 +1024,7 @@ mod tests {
                 DataType::Int64,
             ]),
             None,
+            false,
             &mut alloc,
         )
         .unwrap();
@@ -991,6 +1056,7 @@ mod tests {
             ],
             schema(&[DataType::Int64, DataType::Int64]),
             None,
+            false,
             &mut alloc,
         )
         .unwrap();
@@ -1024,6 +1090,7 @@ mod tests {
                 key: 0,
                 emit_on_close,
             }),
+            false,
             alloc,
         )
         .unwrap()

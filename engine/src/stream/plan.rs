@@ -34,6 +34,13 @@ pub fn column_refs(
         .collect()
 }
 
+/// The operator state layout new views are created with (kept in the catalog's
+/// `ViewDef::state_version`):
+/// - 0: the first layout;
+/// - 1: an aggregation over append-only input keeps `min`/`max` as one value in its
+///   group's row instead of an ordered multiset of its inputs.
+pub const STATE_VERSION: u32 = 1;
+
 /// How a temporal join finds dimension rows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LookupVia {
@@ -70,6 +77,9 @@ pub enum NodeKind {
         /// watermark: groups it passes are dropped from state, or, with
         /// `EMIT ON WINDOW CLOSE`, emitted once then.
         window: Option<AggWindow>,
+        /// Set by [`PlanNode::choose_state_layout`]: the input is append-only, so
+        /// `min`/`max` keep one value per group instead of a multiset of inputs.
+        append_only_input: bool,
     },
     HashJoin {
         join_type: JoinType,
@@ -545,6 +555,21 @@ impl PlanNode {
         Ok(())
     }
 
+    /// Picks the operator state layouts of a view created with `state_version` (see
+    /// [`STATE_VERSION`]). Call after [`PlanNode::annotate_windows`], which settles which
+    /// nodes are append-only.
+    pub fn choose_state_layout(&mut self, state_version: u32) {
+        for i in &mut self.inputs {
+            i.choose_state_layout(state_version);
+        }
+        if let NodeKind::HashAgg {
+            append_only_input, ..
+        } = &mut self.kind
+        {
+            *append_only_input = state_version >= 1 && self.inputs[0].append_only;
+        }
+    }
+
     /// Bottom-up: an aggregation's input is annotated (and its append-only flag final)
     /// before the aggregation is.
     fn annotate(
@@ -645,5 +670,63 @@ impl PlanNode {
         for i in &self.inputs {
             i.visit(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn agg_over(append_only: bool) -> PlanNode {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let source = PlanNode {
+            kind: NodeKind::Source {
+                relation: TableId(1),
+                name: "s".into(),
+                is_view: false,
+            },
+            inputs: vec![],
+            schema: Arc::clone(&schema),
+            unique_key: None,
+            append_only,
+        };
+        PlanNode {
+            kind: NodeKind::HashAgg {
+                group_keys: vec![0],
+                calls: vec![],
+                always_present: None,
+                window: None,
+                append_only_input: false,
+            },
+            inputs: vec![source],
+            schema,
+            unique_key: Some(vec![0]),
+            append_only: false,
+        }
+    }
+
+    fn layout(node: &PlanNode) -> bool {
+        match node.kind {
+            NodeKind::HashAgg {
+                append_only_input, ..
+            } => append_only_input,
+            _ => unreachable!("an aggregation"),
+        }
+    }
+
+    #[test]
+    fn state_layout_follows_the_views_version_not_just_the_input() {
+        // A view created before layouts were versioned keeps its multiset state.
+        let mut old = agg_over(true);
+        old.choose_state_layout(0);
+        assert!(!layout(&old));
+        let mut new = agg_over(true);
+        new.choose_state_layout(STATE_VERSION);
+        assert!(layout(&new));
+        // Input that can delete never gets the one-value layout.
+        let mut updating = agg_over(false);
+        updating.choose_state_layout(STATE_VERSION);
+        assert!(!layout(&updating));
     }
 }

@@ -699,6 +699,7 @@ impl Planner {
                 calls,
                 always_present,
                 window: None,
+                append_only_input: false,
             },
             schema: out_schema(plan),
             unique_key: Some((0..ng).collect()),

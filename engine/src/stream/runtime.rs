@@ -1089,6 +1089,7 @@ fn build(
             calls,
             always_present,
             window,
+            append_only_input,
         } => {
             // A global aggregate has one group: one worker.
             let n = if group_keys.is_empty() { 1 } else { workers };
@@ -1099,6 +1100,7 @@ fn build(
                     calls.clone(),
                     Arc::clone(&node.schema),
                     *window,
+                    *append_only_input,
                     alloc,
                 )
             })?;
