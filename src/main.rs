@@ -51,6 +51,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    // Before the database opens: its change log may hold generator rows by reference,
+    // and views' temporal joins may open lookup tables.
+    strom_connectors::register();
     let db = Database::open(
         &config.data_dir,
         StoreOptions {
@@ -64,8 +67,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let db = Arc::new(db);
-    // Before views are deployed: their temporal joins may open lookup tables.
-    strom_connectors::lookup::register();
     let stream = StreamRuntime::new(
         Arc::clone(&db),
         RuntimeConfig {

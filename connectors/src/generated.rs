@@ -8,6 +8,10 @@
 //! a source's views as that batch ([`strom_engine::WriteTxn::append_batch`]); a table
 //! stores them row by row. Without a rate, several blocks go in one transaction (up to
 //! [`ROWS_PER_TXN`] rows), so the per-commit cost is spread over many rows.
+//!
+//! A source's blocks go into the change log by reference (their row numbers, see
+//! [`strom_engine::changelog::Replay`]): after a restart, [`replay`] makes the rows of
+//! the entries the views had not consumed again.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -106,7 +110,8 @@ async fn run_once(
                 if first >= total {
                     break;
                 }
-                parts.push(make(first, first.saturating_add(chunk).min(total))?);
+                let last = first.saturating_add(chunk).min(total);
+                parts.push((first, last, make(first, last)?));
                 block += splits;
             }
             Ok::<_, String>((parts, block))
@@ -117,15 +122,16 @@ async fn run_once(
         if txn.catalog().table(def.id).is_none() {
             return Ok(()); // dropped meanwhile
         }
-        let n: u64 = parts.iter().map(|p| p.num_rows() as u64).sum();
+        let n: u64 = parts.iter().map(|p| p.2.num_rows() as u64).sum();
         if c.is_source {
-            for data in parts {
-                txn.append_batch(def.id, data).map_err(|e| e.to_string())?;
+            for (first, last, data) in parts {
+                txn.append_batch_by_reference(def.id, data, token(first, last))
+                    .map_err(|e| e.to_string())?;
             }
         } else {
             // A table keeps the rows (queries can read them).
             let mut rows = Vec::new();
-            for data in &parts {
+            for (_, _, data) in &parts {
                 rows.extend(strom_engine::table::batch_to_rows(data).map_err(|e| e.to_string())?);
             }
             let base = if def.has_row_id() {
@@ -157,4 +163,26 @@ async fn run_once(
         }
     }
     Ok(())
+}
+
+/// A block's change-log token: its first row number and the one after its last.
+fn token(first: u64, last: u64) -> Vec<u8> {
+    [first.to_be_bytes(), last.to_be_bytes()].concat()
+}
+
+/// Makes a block again from its [`token`] (the change log's [`Replayer`] for a
+/// generator), with `prepare` reading the source's declaration.
+///
+/// [`Replayer`]: strom_engine::changelog::Replayer
+pub fn replay(
+    def: &TableDef,
+    token: &[u8],
+    prepare: fn(&TableDef) -> Result<Blocks, String>,
+) -> Result<RecordBatch, String> {
+    let (Some(first), Some(last)) = (token.get(..8), token.get(8..).filter(|t| t.len() == 8))
+    else {
+        return Err(format!("a block token has 16 bytes, not {}", token.len()));
+    };
+    let number = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    (prepare(def)?.rows)(number(first), number(last))
 }

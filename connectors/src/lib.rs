@@ -36,6 +36,19 @@ pub type Stop = Arc<AtomicBool>;
 /// The process's connectors, once started (read by `strom_catalog.source_status`).
 static RUNNING: std::sync::OnceLock<Arc<Connectors>> = std::sync::OnceLock::new();
 
+/// Installs what the engine needs from the connectors before the database opens: the
+/// opener of external lookup tables, and the replayers of generator rows the change log
+/// holds by reference.
+pub fn register() {
+    lookup::register();
+    strom_engine::changelog::register_replayer("nexmark", |def, token| {
+        generated::replay(def, token, nexmark::source::blocks)
+    });
+    strom_engine::changelog::register_replayer("datagen", |def, token| {
+        generated::replay(def, token, datagen::blocks)
+    });
+}
+
 /// The connectors started by [`Connectors::start`] in this process, if any.
 pub fn running() -> Option<&'static Arc<Connectors>> {
     RUNNING.get()

@@ -11,13 +11,21 @@
 //! Rows of sources can also come as whole Arrow batches ([`SourceBatch`]): they are kept
 //! in memory as they are and persisted as Arrow IPC, so a generator or file reader hands
 //! its columns to the views without turning each row into values and back.
+//!
+//! A source that can make the same rows again (a generator: rows are a function of their
+//! number) persists a batch *by reference* instead ([`Replay`]): a token of its own
+//! choosing and the watermark the rows were judged against. Only the in-memory entry
+//! holds the rows; after a restart, [`load`] asks the connector's registered
+//! [`Replayer`] to make them again from the token, and sets late rows aside exactly as
+//! the first time, so the entry is what it was. The log then writes a few bytes per
+//! batch instead of its payload.
 
 use std::collections::VecDeque;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use strom_catalog::TableId;
+use strom_catalog::{Catalog, TableDef, TableId};
 
 use crate::error::{EngineError, Result};
 use crate::keys::{LOG_PREFIX, META_PREFIX};
@@ -55,6 +63,45 @@ pub struct LogEntry {
 pub struct SourceBatch {
     pub table: TableId,
     pub data: RecordBatch,
+    /// Persisted by reference (see the module docs); `None`: persisted as Arrow IPC.
+    pub replay: Option<Replay>,
+}
+
+/// How a batch persisted by reference is made again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// The connector's description of the rows (for a generator: their numbers).
+    pub token: Vec<u8>,
+    /// The relation's watermark before the transaction ([`crate::watermark::encode`]),
+    /// which rows earlier than were set aside as late: `None` when it had none.
+    pub watermark: Option<Vec<u8>>,
+}
+
+/// Makes the rows of a batch again from its [`Replay::token`]: the visible columns of
+/// the relation, exactly the rows it made the first time (before late rows were set
+/// aside). Registered per connector by [`register_replayer`].
+pub type Replayer = fn(&TableDef, &[u8]) -> std::result::Result<RecordBatch, String>;
+
+static REPLAYERS: std::sync::Mutex<Vec<(&'static str, Replayer)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Installs the replayer of batches persisted by reference by `connector` sources.
+/// Must happen before [`crate::Database::open`] reads the log.
+pub fn register_replayer(connector: &'static str, replayer: Replayer) {
+    let mut r = REPLAYERS
+        .lock()
+        .expect("invariant: replayer lock is never poisoned");
+    r.retain(|(c, _)| *c != connector);
+    r.push((connector, replayer));
+}
+
+fn replayer(connector: &str) -> Option<Replayer> {
+    REPLAYERS
+        .lock()
+        .expect("invariant: replayer lock is never poisoned")
+        .iter()
+        .find(|(c, _)| *c == connector)
+        .map(|(_, r)| *r)
 }
 
 impl LogEntry {
@@ -91,8 +138,9 @@ pub fn consumed(store: &Store) -> Result<u64> {
     })
 }
 
-/// Reads the consumed mark and every unconsumed entry (at start).
-pub fn load(store: &Store) -> Result<ChangeQueue> {
+/// Reads the consumed mark and every unconsumed entry (at start), making the batches
+/// persisted by reference again (see [`Replay`]).
+pub fn load(store: &Store, catalog: &Catalog) -> Result<ChangeQueue> {
     let consumed = consumed(store)?;
     let mut pending = VecDeque::new();
     let mut next_seq = consumed + 1;
@@ -107,9 +155,59 @@ pub fn load(store: &Store) -> Result<ChangeQueue> {
             continue;
         }
         next_seq = entry.seq + 1;
+        let mut entry = entry;
+        replay_batches(&mut entry, catalog)?;
         pending.push_back(entry);
     }
     Ok(ChangeQueue { next_seq, pending })
+}
+
+/// Makes an entry's batches persisted by reference again, set apart from late rows as
+/// they were at commit. A batch of a relation dropped since is no longer wanted.
+fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
+    let mut batches = Vec::with_capacity(entry.batches.len());
+    for mut b in std::mem::take(&mut entry.batches) {
+        let Some(replay) = &b.replay else {
+            batches.push(b);
+            continue;
+        };
+        let Some(def) = catalog.table(b.table) else {
+            continue;
+        };
+        let connector = def
+            .connector
+            .as_ref()
+            .and_then(|c| c.options.get("connector"))
+            .map(String::as_str)
+            .unwrap_or("");
+        let failed = |reason: String| EngineError::Corrupt {
+            table: format!("change log (rows of source \"{}\")", def.name),
+            reason,
+        };
+        let make = replayer(connector).ok_or_else(|| {
+            failed(format!(
+                "they were logged by reference, and no replayer is registered for connector \"{connector}\""
+            ))
+        })?;
+        let mut data =
+            make(def, &replay.token).map_err(|e| failed(format!("cannot make them again: {e}")))?;
+        if let (Some(wm), Some(marker)) =
+            (&replay.watermark, crate::watermark::Watermarker::new(def)?)
+        {
+            let ty = def.columns[marker.column()].ty.to_arrow();
+            let current = crate::watermark::decode(wm, &ty)?;
+            let split = marker.split_batch(&data, Some(&current))?;
+            if let Some(keep) = &split.on_time {
+                data = datafusion::arrow::compute::filter_record_batch(&data, keep)?;
+            }
+        }
+        if data.num_rows() > 0 {
+            b.data = data;
+            batches.push(b);
+        }
+    }
+    entry.batches = batches;
+    Ok(())
 }
 
 /// Records that every entry up to `seq` is in committed view state, and deletes them.
@@ -146,6 +244,13 @@ pub fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
         out.extend_from_slice(&(entry.batches.len() as u32).to_be_bytes());
         for b in &entry.batches {
             out.extend_from_slice(&b.table.0.to_be_bytes());
+            if let Some(replay) = &b.replay {
+                // Tag 2 (after `put_bytes`' 0 and 1): the batch by reference.
+                out.push(REPLAY_TAG);
+                put_bytes(&mut out, Some(&replay.token));
+                put_bytes(&mut out, replay.watermark.as_deref());
+                continue;
+            }
             let mut ipc = Vec::new();
             let mut w = StreamWriter::try_new(&mut ipc, &b.data.schema())?;
             w.write(&b.data)?;
@@ -156,6 +261,10 @@ pub fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// Marks a batch persisted by reference (a batch's bytes otherwise start with
+/// [`put_bytes`]' presence tag 1).
+const REPLAY_TAG: u8 = 2;
 
 fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
@@ -199,10 +308,28 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
         let n = r.u32()?;
         for _ in 0..n {
             let table = TableId(r.u32()?);
+            if r.0.first() == Some(&REPLAY_TAG) {
+                r.take(1)?;
+                let token = r.bytes()?.ok_or_else(|| corrupt("missing replay token"))?;
+                let watermark = r.bytes()?;
+                // The rows are made again by `load`.
+                batches.push(SourceBatch {
+                    table,
+                    data: RecordBatch::new_empty(std::sync::Arc::new(
+                        datafusion::arrow::datatypes::Schema::empty(),
+                    )),
+                    replay: Some(Replay { token, watermark }),
+                });
+                continue;
+            }
             let ipc = r.bytes()?.ok_or_else(|| corrupt("missing batch"))?;
             let reader = StreamReader::try_new(ipc.as_slice(), None)?;
             for data in reader {
-                batches.push(SourceBatch { table, data: data? });
+                batches.push(SourceBatch {
+                    table,
+                    data: data?,
+                    replay: None,
+                });
             }
         }
     }
@@ -303,10 +430,12 @@ mod tests {
                     SourceBatch {
                         table: TableId(5),
                         data: data.clone(),
+                        replay: None,
                     },
                     SourceBatch {
                         table: TableId(6),
                         data: data.slice(1, 2),
+                        replay: None,
                     },
                 ],
             };

@@ -73,7 +73,7 @@ impl Database {
             }
             None => 1,
         };
-        let changes = changelog::load(&store)?;
+        let changes = changelog::load(&store, &catalog)?;
         Ok(Database {
             store,
             catalog: RwLock::new(Arc::new(catalog)),
@@ -288,6 +288,32 @@ impl WriteTxn<'_> {
         table: TableId,
         data: datafusion::arrow::array::RecordBatch,
     ) -> Result<()> {
+        self.push_batch(table, data, None)
+    }
+
+    /// Like [`WriteTxn::append_batch`], for rows the source can make again from `token`
+    /// with the replayer registered for its connector
+    /// ([`crate::changelog::register_replayer`]): the change log persists the token, not
+    /// the rows. The replayer must make exactly these rows from it, whenever asked.
+    pub fn append_batch_by_reference(
+        &mut self,
+        table: TableId,
+        data: datafusion::arrow::array::RecordBatch,
+        token: Vec<u8>,
+    ) -> Result<()> {
+        let replay = crate::changelog::Replay {
+            token,
+            watermark: None,
+        };
+        self.push_batch(table, data, Some(replay))
+    }
+
+    fn push_batch(
+        &mut self,
+        table: TableId,
+        data: datafusion::arrow::array::RecordBatch,
+        replay: Option<crate::changelog::Replay>,
+    ) -> Result<()> {
         let def = self
             .catalog()
             .table(table)
@@ -309,7 +335,11 @@ impl WriteTxn<'_> {
             )));
         }
         if data.num_rows() > 0 {
-            self.appended_batches.push(SourceBatch { table, data });
+            self.appended_batches.push(SourceBatch {
+                table,
+                data,
+                replay,
+            });
         }
         Ok(())
     }
@@ -410,7 +440,12 @@ impl WriteTxn<'_> {
             let mut batch_max = None;
             if has_batches {
                 let mut batches = std::mem::take(&mut self.appended_batches);
+                let judged_at = current.as_ref().map(watermark::encode).transpose()?;
                 for b in batches.iter_mut().filter(|b| b.table == def.id) {
+                    if let Some(replay) = &mut b.replay {
+                        // Made again after a restart, the rows are judged against this.
+                        replay.watermark = judged_at.clone();
+                    }
                     let bs = marker.split_batch(&b.data, current.as_ref())?;
                     batch_max = watermark::max(batch_max, bs.max);
                     if bs.late.is_empty() {
