@@ -72,9 +72,16 @@ wait_port() {  # wait_port port seconds name
 }
 port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 need_free_port() { if port_busy "$1"; then log "port $1 ($2) is already taken by another process; set ${3}=<free port>"; return 1; fi; }
-pid_alive() { [ -f "$1" ] && $SUDO kill -0 "$(cat "$1")" 2>/dev/null; }
+# pid_alive file [name]: the pid file's process is alive (and, given a name, its command
+# starts with it: after a reboot a stale pid file may name an unrelated process).
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local pid; pid=$(cat "$1")
+  $SUDO kill -0 "$pid" 2>/dev/null || return 1
+  [ -z "${2:-}" ] || case "$(cat "/proc/$pid/comm" 2>/dev/null)" in "$2"*) return 0 ;; *) return 1 ;; esac
+}
 stop_pidfile() {  # stop_pidfile file name
-  if pid_alive "$1"; then
+  if pid_alive "$1" "$2"; then
     local pid; pid=$(cat "$1"); $SUDO kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do $SUDO kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     $SUDO kill -0 "$pid" 2>/dev/null && $SUDO kill -9 "$pid" 2>/dev/null || true
@@ -115,7 +122,7 @@ pg_stop() {
 mariadb_start() {
   apt_install mariadb-server mariadb-client
   local d=$SVC_DIR/mariadb; $SUDO mkdir -p "$d"; $SUDO chown mysql:mysql "$d"
-  if pid_alive "$d/mariadbd.pid"; then log "mariadb already running on $MARIADB_PORT"; return 0; fi
+  if pid_alive "$d/mariadbd.pid" mariadb; then log "mariadb already running on $MARIADB_PORT"; return 0; fi
   need_free_port "$MARIADB_PORT" mariadb MARIADB_PORT
   if [ ! -d "$d/data/mysql" ]; then
     $SUDO mariadb-install-db --user=mysql --datadir="$d/data" --auth-root-authentication-method=normal \
@@ -142,7 +149,7 @@ mariadb_stop() { stop_pidfile "$SVC_DIR/mariadb/mariadbd.pid" mariadb; }
 mqtt_start() {
   apt_install mosquitto mosquitto-clients
   local d=$SVC_DIR/mqtt; $SUDO mkdir -p "$d"; $SUDO chown mosquitto:mosquitto "$d" 2>/dev/null || true
-  if pid_alive "$d/mosquitto.pid"; then log "mosquitto already running on $MQTT_PORT"; return 0; fi
+  if pid_alive "$d/mosquitto.pid" mosquitto; then log "mosquitto already running on $MQTT_PORT"; return 0; fi
   need_free_port "$MQTT_PORT" mosquitto MQTT_PORT
   $SUDO tee "$d/mosquitto.conf" >/dev/null <<EOF
 listener $MQTT_PORT 127.0.0.1
@@ -182,7 +189,7 @@ tansu_install() {
 }
 kafka_start() {
   local d=$SVC_DIR/kafka; mkdir -p "$d"
-  if pid_alive "$d/tansu.pid"; then log "tansu already running on $KAFKA_PORT"; return 0; fi
+  if pid_alive "$d/tansu.pid" tansu; then log "tansu already running on $KAFKA_PORT"; return 0; fi
   need_free_port "$KAFKA_PORT" kafka KAFKA_PORT
   local bin; bin=$(tansu_bin)
   if [ -z "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then tansu_install "$d"; bin=$(tansu_bin); fi

@@ -25,6 +25,11 @@
 //! [`StateTable::scan_ordered`] merges the cache's unwritten changes with a lazy RocksDB
 //! iterator, so reading the first `n` entries costs `n` entries of memory whatever the
 //! prefix holds.
+//!
+//! A table that was empty when its operator was built (a new view's) and has evicted
+//! nothing since is *whole*: every committed entry is in its cache, so a miss is known to
+//! be absent without reading RocksDB (a new group, a new window, a new join key). The
+//! first eviction ends that, and the table reads misses from the store again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,12 +165,15 @@ impl StateAlloc {
     }
 
     pub fn table(&mut self) -> StateTable {
-        let t = StateTable::new(
+        let mut t = StateTable::new(
             self.view,
             self.next,
             self.store.clone(),
             Arc::clone(&self.budget),
         );
+        // A table with nothing committed starts whole (see the module docs).
+        let (lo, hi) = t.range();
+        t.whole = self.store.iter_latest(&lo, &hi, false).next().is_none();
         self.next += 1;
         t
     }
@@ -211,6 +219,8 @@ pub struct StateTable {
     entries: BTreeMap<Vec<u8>, Slot>,
     /// Keys in `entries` with unwritten changes.
     dirty_entries: Vec<Vec<u8>>,
+    /// Every committed entry is cached: a miss needs no store read (see the module docs).
+    whole: bool,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -244,7 +254,17 @@ impl StateTable {
             ordered: false,
             entries: BTreeMap::new(),
             dirty_entries: Vec::new(),
+            whole: false,
         }
+    }
+
+    /// The key range of all the table's entries.
+    fn range(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut lo = vec![STATE_PREFIX];
+        lo.extend_from_slice(&self.view.to_be_bytes());
+        lo.extend_from_slice(&self.index.to_be_bytes());
+        let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
+        (lo, hi)
     }
 
     fn entry_key(&self, prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
@@ -256,8 +276,13 @@ impl StateTable {
     /// An ordered table's cached entry for `key`, read from the store on a miss.
     fn slot(&mut self, key: Vec<u8>) -> Result<&mut Slot> {
         if !self.entries.contains_key(&key) {
+            let value = if self.whole {
+                None
+            } else {
+                self.store.get(&key)?
+            };
             let slot = Slot {
-                value: self.store.get(&key)?,
+                value,
                 dirty: false,
             };
             let n = slot.bytes(&key);
@@ -307,7 +332,9 @@ impl StateTable {
             Box::new(self.entries.range(lo.clone()..hi.clone()))
         };
         let mut cached = cached.peekable();
-        let mut stored = self.store.iter_latest(&lo, &hi, reverse).peekable();
+        // A whole table's cache holds every committed entry: the store adds nothing.
+        let (from, to) = if self.whole { (&hi, &hi) } else { (&lo, &hi) };
+        let mut stored = self.store.iter_latest(from, to, reverse).peekable();
         loop {
             // The next key in scan order, from whichever side has it; the cache wins ties.
             let take_cached = match (cached.peek(), stored.peek()) {
@@ -355,7 +382,9 @@ impl StateTable {
             let lo = self.bucket_key(prefix);
             let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
             let mut bucket = Bucket::default();
-            if self.single {
+            if self.whole {
+                // Nothing committed that is not cached: the bucket is empty.
+            } else if self.single {
                 if let Some(v) = self.store.get(&lo)? {
                     bucket.bytes += lo.len() + v.len() + ENTRY_OVERHEAD;
                     bucket.entries.insert(Vec::new(), v);
@@ -534,12 +563,16 @@ impl StateTable {
         });
         self.bytes -= freed;
         self.budget.sub(freed);
+        if freed > 0 {
+            self.whole = false;
+        }
         freed
     }
 
     /// Forgets every change not yet written back, and the whole cache: the table is back
     /// at its last committed state.
     pub fn discard(&mut self) {
+        self.whole = false;
         self.buckets.clear();
         self.dirty.clear();
         self.entries.clear();
