@@ -629,6 +629,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_a_table_with_nothing_committed_skips_reads_of_misses() {
+        let (_dir, mut alloc) = temp_alloc();
+        let budget = Arc::clone(alloc.budget());
+        let store = alloc.store().clone();
+        let mut t = alloc.single_table();
+        let mut ordered = alloc.ordered_table();
+        assert!(t.whole && ordered.whole, "a new view's tables start whole");
+        t.put(b"g", b"", b"1".to_vec()).unwrap();
+        ordered.put(b"g", b"a", b"2".to_vec()).unwrap();
+        let mut batch = WriteBatch::default();
+        t.write_dirty(&mut batch);
+        ordered.write_dirty(&mut batch);
+        store.write(batch).unwrap();
+        // Still whole: what it committed is cached.
+        assert!(t.whole);
+        assert_eq!(t.get(b"g", b"").unwrap(), Some(&b"1".to_vec()));
+        // Evicted: no longer whole, and the entry comes back from the store.
+        t.evict(0);
+        assert!(!t.whole);
+        assert_eq!(t.get(b"g", b"").unwrap(), Some(&b"1".to_vec()));
+        // The same tables built again (a restart) hold state: not whole, read it.
+        let mut again = StateAlloc::new(1, store.clone(), budget);
+        let (mut t2, mut o2) = (again.single_table(), again.ordered_table());
+        assert!(!t2.whole && !o2.whole);
+        assert_eq!(t2.get(b"g", b"").unwrap(), Some(&b"1".to_vec()));
+        let mut seen = Vec::new();
+        o2.scan_ordered(b"g", false, |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(b"a".to_vec(), b"2".to_vec())]);
+    }
+
+    #[test]
     fn buckets_survive_eviction_and_reopen_through_the_store() {
         let (_dir, store) = temp_store();
         let budget = MemoryBudget::new(1 << 20);
