@@ -51,6 +51,13 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // L0 and L1 uncompressed: they mostly hold short-lived data (change-log payloads the
+        // views consume within moments, state rewritten every epoch) that compaction soon
+        // drops, so compressing it is wasted CPU; longer-lived levels stay LZ4.
+        {
+            use rocksdb::DBCompressionType::{Lz4, None as Plain};
+            opts.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+        }
         opts.increase_parallelism(2);
         // Point reads (temporal joins, state) need the hot blocks cached and most misses
         // answered by a bloom filter.

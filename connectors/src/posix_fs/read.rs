@@ -443,7 +443,7 @@ pub(super) async fn read_csv(
     let c = def.connector.as_ref().ok_or("no connector")?;
     let file = std::fs::File::open(&path)
         .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = std::io::BufReader::with_capacity(1 << 17, file);
     reader
         .seek(SeekFrom::Start(offset as u64))
         .map_err(|e| format!("cannot seek in \"{}\": {e}", path.display()))?;

@@ -557,11 +557,14 @@ impl HashAgg {
         keys::encode_key_datum(wm, &mut bound)?;
         let closed = self.window.as_mut().expect("checked").take_closed(&bound)?;
         for prefix in closed {
-            let gi = self.touch(&prefix, &[])?;
-            let group = self.groups[gi].1.clone();
-            if cfg.emit_on_close && group.rows > 0 {
-                out.push((Op::Insert, self.output_row(&prefix, &group)?));
+            if cfg.emit_on_close {
+                let gi = self.touch(&prefix, &[])?;
+                let group = self.groups[gi].1.clone();
+                if group.rows > 0 {
+                    out.push((Op::Insert, self.output_row(&prefix, &group)?));
+                }
             }
+            // Otherwise its rows were emitted as it changed: only its state goes.
             self.forget_group(&prefix)?;
         }
         self.touched.clear();
