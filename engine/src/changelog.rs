@@ -56,6 +56,10 @@ pub struct LogEntry {
     /// New rows of sources, column-wise. Encoded after the watermarks, only when there
     /// are any (an entry without batches reads as before).
     pub batches: Vec<SourceBatch>,
+    /// Sources whose rows logged by reference could not be made again at this start,
+    /// with why (never encoded: [`load`] finds it). The views reading them fail with
+    /// that reason instead of silently missing the rows; the rest of the database runs.
+    pub lost: Vec<(TableId, String)>,
 }
 
 /// New rows of a source as one Arrow batch: its visible columns, in the declared types.
@@ -157,6 +161,9 @@ pub fn load(store: &Store, catalog: &Catalog) -> Result<ChangeQueue> {
         next_seq = entry.seq + 1;
         let mut entry = entry;
         replay_batches(&mut entry, catalog)?;
+        for (table, reason) in &entry.lost {
+            tracing::error!(seq = entry.seq, table = table.0, "{reason}");
+        }
         pending.push_back(entry);
     }
     Ok(ChangeQueue { next_seq, pending })
@@ -180,23 +187,37 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
             .and_then(|c| c.options.get("connector"))
             .map(String::as_str)
             .unwrap_or("");
-        let failed = |reason: String| EngineError::Corrupt {
-            table: format!("change log (rows of source \"{}\")", def.name),
-            reason,
+        let made = match replayer(connector) {
+            None => Err(format!(
+                "no replayer is registered for connector \"{connector}\""
+            )),
+            Some(make) => make(def, &replay.token),
         };
-        let make = replayer(connector).ok_or_else(|| {
-            failed(format!(
-                "they were logged by reference, and no replayer is registered for connector \"{connector}\""
-            ))
-        })?;
-        let mut data =
-            make(def, &replay.token).map_err(|e| failed(format!("cannot make them again: {e}")))?;
-        if let (Some(wm), Some(marker)) =
-            (&replay.watermark, crate::watermark::Watermarker::new(def)?)
-        {
+        let mut data = match made {
+            Ok(data) => data,
+            Err(e) => {
+                if !entry.lost.iter().any(|(t, _)| *t == b.table) {
+                    entry.lost.push((
+                        b.table,
+                        format!(
+                            "rows of source \"{}\" in change-log entry {} were logged by reference and cannot be made again: {e}",
+                            def.name, entry.seq
+                        ),
+                    ));
+                }
+                continue;
+            }
+        };
+        if let Some(marker) = crate::watermark::Watermarker::new(def)? {
+            // As at commit: rows behind the watermark from before the transaction (or
+            // with no event time) were set aside, not logged.
             let ty = def.columns[marker.column()].ty.to_arrow();
-            let current = crate::watermark::decode(wm, &ty)?;
-            let split = marker.split_batch(&data, Some(&current))?;
+            let current = replay
+                .watermark
+                .as_ref()
+                .map(|wm| crate::watermark::decode(wm, &ty))
+                .transpose()?;
+            let split = marker.split_batch(&data, current.as_ref())?;
             if let Some(keep) = &split.on_time {
                 data = datafusion::arrow::compute::filter_record_batch(&data, keep)?;
             }
@@ -341,6 +362,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
         changes,
         watermarks,
         batches,
+        lost: Vec::new(),
     })
 }
 
@@ -398,6 +420,7 @@ mod tests {
             ],
             watermarks: vec![(TableId(3), vec![1, 2, 3])],
             batches: Vec::new(),
+            lost: Vec::new(),
         };
         let b = encode(&e).unwrap();
         assert_eq!(decode(&b).unwrap(), e);
@@ -438,6 +461,7 @@ mod tests {
                         replay: None,
                     },
                 ],
+                lost: Vec::new(),
             };
             let b = encode(&e).unwrap();
             let back = decode(&b).unwrap();
@@ -445,5 +469,92 @@ mod tests {
             assert_eq!(back.rows(), 5);
             assert!(decode(&b[..b.len() - 3]).is_err());
         }
+    }
+
+    /// A source of one BIGINT column `n` fed by `connector`.
+    fn source(catalog: &mut Catalog, name: &str, connector: &str) -> TableId {
+        use strom_catalog::{ColumnDef, ConnectorDef, SqlType};
+        let schema = catalog.schema_by_name("public").unwrap().id;
+        let def = TableDef {
+            id: TableId(0),
+            schema,
+            name: name.into(),
+            columns: vec![ColumnDef {
+                name: "n".into(),
+                ty: SqlType::BigInt,
+                nullable: true,
+                default: None,
+                hidden: false,
+            }],
+            pk: vec![],
+            user_pk: false,
+            view: None,
+            connector: Some(ConnectorDef {
+                is_source: true,
+                is_sink: false,
+                options: [("connector".to_string(), connector.to_string())].into(),
+                format: String::new(),
+                encode: String::new(),
+                encode_options: Default::default(),
+                includes: Vec::new(),
+            }),
+            watermark: None,
+            indexes: Vec::new(),
+            next_index_id: 0,
+        };
+        catalog.create_table(def).unwrap()
+    }
+
+    #[test]
+    fn batches_by_reference_are_made_again_or_reported_lost_at_load() {
+        use datafusion::arrow::array::{Array, Int64Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        // Rows first..last of a counter, the token being the two numbers as bytes.
+        register_replayer("test_counter", |_, token| {
+            let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+            let col = Int64Array::from_iter_values(token[0] as i64..token[1] as i64);
+            RecordBatch::try_new(schema, vec![Arc::new(col)]).map_err(|e| e.to_string())
+        });
+        let mut catalog = Catalog::new();
+        let counted = source(&mut catalog, "counted", "test_counter");
+        let orphan = source(&mut catalog, "orphan", "test_unregistered");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let by_reference = |table, token: Vec<u8>| SourceBatch {
+            table,
+            data: RecordBatch::new_empty(Arc::new(datafusion::arrow::datatypes::Schema::empty())),
+            replay: Some(Replay {
+                token,
+                watermark: None,
+            }),
+        };
+        let entry = LogEntry {
+            seq: 1,
+            changes: Vec::new(),
+            watermarks: Vec::new(),
+            batches: vec![
+                by_reference(counted, vec![3, 7]),
+                by_reference(orphan, vec![0, 1]),
+            ],
+            lost: Vec::new(),
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(log_key(1), encode(&entry).unwrap());
+        store.write(batch).unwrap();
+        // The database still opens: the orphan's rows are reported lost, not skipped.
+        let queue = load(&store, &catalog).unwrap();
+        let e = &queue.pending[0];
+        assert_eq!(e.batches.len(), 1);
+        let made = e.batches[0].data.column(0);
+        let made = made.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(made.values().to_vec(), vec![3, 4, 5, 6]);
+        assert_eq!(e.lost.len(), 1);
+        assert_eq!(e.lost[0].0, orphan);
+        assert!(
+            e.lost[0].1.contains("\"orphan\"") && e.lost[0].1.contains("test_unregistered"),
+            "{}",
+            e.lost[0].1
+        );
     }
 }

@@ -703,6 +703,7 @@ impl WriteTxn<'_> {
                 changes,
                 watermarks,
                 batches,
+                lost: Vec::new(),
             };
             self.batch
                 .put(changelog::log_key(entry.seq), changelog::encode(&entry)?);

@@ -51,12 +51,14 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // L0 and L1 uncompressed: they mostly hold short-lived data (change-log payloads the
-        // views consume within moments, state rewritten every epoch) that compaction soon
-        // drops, so compressing it is wasted CPU; longer-lived levels stay LZ4.
+        // L0 uncompressed: memtable flushes mostly carry short-lived data (change-log
+        // payloads the views consume within moments, state rewritten every epoch) that the
+        // first compaction drops, so compressing it is wasted CPU. Every other level stays
+        // LZ4 (with dynamic level sizing, entry 1 is the level L0 merges into, which in a
+        // small database is the last one).
         {
             use rocksdb::DBCompressionType::{Lz4, None as Plain};
-            opts.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+            opts.set_compression_per_level(&[Plain, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]);
         }
         opts.increase_parallelism(2);
         // Point reads (temporal joins, state) need the hot blocks cached and most misses

@@ -873,7 +873,12 @@ impl Graph {
         let mut table_changes: HashMap<TableId, Vec<&RowChange>> = HashMap::new();
         let mut table_batches: HashMap<TableId, Vec<&RecordBatch>> = HashMap::new();
         let mut watermarks_moved = false;
+        // Sources whose logged rows could not be made again at start (see `LogEntry::lost`).
+        let mut lost: HashMap<TableId, &String> = HashMap::new();
         for e in &entries {
+            for (t, reason) in &e.lost {
+                lost.entry(*t).or_insert(reason);
+            }
             for c in &e.changes {
                 table_changes.entry(c.table).or_default().push(c);
             }
@@ -908,11 +913,20 @@ impl Graph {
                 .filter_map(|s| s.def.as_ref())
                 .find(|d| failed_now.contains(&d.id))
                 .map(|d| d.name.clone());
-            let result = match upstream_failed {
-                Some(name) => Err(EngineError::Internal(format!(
+            let rows_lost = view
+                .sources
+                .iter()
+                .filter_map(|s| s.def.as_ref())
+                .find_map(|d| lost.get(&d.id));
+            let result = match (upstream_failed, rows_lost) {
+                (_, Some(reason)) => Err(EngineError::Corrupt {
+                    table: "change log".into(),
+                    reason: (*reason).clone(),
+                }),
+                (Some(name), None) => Err(EngineError::Internal(format!(
                     "materialized view \"{name}\" it reads failed"
                 ))),
-                None => step(
+                (None, None) => step(
                     view,
                     &EpochInput {
                         snapshot: &snapshot,
