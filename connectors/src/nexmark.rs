@@ -139,9 +139,10 @@ pub enum Event {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Person,
-    Auction,
-    Bid,
+    /// The combined stream's `event_type` is the discriminant.
+    Person = 0,
+    Auction = 1,
+    Bid = 2,
 }
 
 /// The kind of event `n`.
@@ -564,7 +565,7 @@ pub mod source {
     use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
     use strom_catalog::{ConnectorDef, TableDef};
 
-    use super::{kind_of, Config, Generator, Kind};
+    use super::{kind_of, Config, Event, Generator, Kind};
 
     const OPTIONS: &[&str] = &[
         "connector",
@@ -612,17 +613,71 @@ pub mod source {
         "extra",
     ];
 
+    /// The columns of the combined event stream (no `nexmark.table.type`): `event_type`
+    /// (0 person, 1 auction, 2 bid), the event's `date_time`, and every other field of
+    /// each kind with the kind as a prefix (`person_name`, `auction_seller`,
+    /// `bid_price`, ...), NULL in rows of the other kinds.
+    pub const EVENT_TYPE: &str = "event_type";
+    const KINDS: [(Kind, &str, &[&str]); 3] = [
+        (Kind::Person, "person_", PERSON_FIELDS),
+        (Kind::Auction, "auction_", AUCTION_FIELDS),
+        (Kind::Bid, "bid_", BID_FIELDS),
+    ];
+
+    /// What a declared column holds.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Field {
+        /// Field `i` of the source's kind (of the kind's `*_FIELDS`).
+        Own(usize),
+        /// Combined stream: field `i` of events of kind `k`, NULL for other kinds.
+        Of(Kind, usize),
+        /// Combined stream: the event's kind (0 person, 1 auction, 2 bid).
+        EventType,
+        /// Combined stream: every kind's `date_time`.
+        Time,
+    }
+
+    /// The field a combined-stream column names, if any.
+    fn combined_field(name: &str) -> Option<(Field, &'static str)> {
+        match name {
+            EVENT_TYPE => return Some((Field::EventType, "id")),
+            "date_time" => return Some((Field::Time, "date_time")),
+            _ => {}
+        }
+        KINDS.iter().find_map(|(kind, prefix, fields)| {
+            let rest = name.strip_prefix(prefix)?;
+            let i = fields
+                .iter()
+                .position(|f| *f == rest && *f != "date_time")?;
+            Some((Field::Of(*kind, i), fields[i]))
+        })
+    }
+
+    fn combined_names() -> Vec<String> {
+        let mut out = vec![EVENT_TYPE.to_string(), "date_time".to_string()];
+        for (_, prefix, fields) in KINDS {
+            out.extend(
+                fields
+                    .iter()
+                    .filter(|f| **f != "date_time")
+                    .map(|f| format!("{prefix}{f}")),
+            );
+        }
+        out
+    }
+
     /// A checked declaration.
     #[derive(Debug, Clone)]
     pub struct Spec {
-        pub kind: Kind,
+        /// `None`: the combined event stream.
+        pub kind: Option<Kind>,
         pub events: u64,
         pub chunk: u64,
         pub splits: usize,
         pub config: Config,
         pub rate_limit: Option<u64>,
-        /// Per declared visible column: the field index in the kind's field list.
-        pub fields: Vec<usize>,
+        /// Per declared visible column: the field it holds.
+        pub fields: Vec<Field>,
     }
 
     fn number(c: &ConnectorDef, k: &str, default: u64) -> Result<u64, String> {
@@ -660,32 +715,38 @@ pub mod source {
             .map(|s| s.to_ascii_lowercase())
             .as_deref()
         {
-            Some("person") => (Kind::Person, PERSON_FIELDS),
-            Some("auction") => (Kind::Auction, AUCTION_FIELDS),
-            Some("bid") => (Kind::Bid, BID_FIELDS),
+            Some("person") => (Some(Kind::Person), PERSON_FIELDS),
+            Some("auction") => (Some(Kind::Auction), AUCTION_FIELDS),
+            Some("bid") => (Some(Kind::Bid), BID_FIELDS),
+            None => (None, &[][..]),
             Some(other) => {
                 return Err(format!(
-                    "nexmark.table.type = '{other}' is not Person, Auction or Bid"
+                    "nexmark.table.type = '{other}' is not Person, Auction or Bid (leave it out for the combined event stream)"
                 ))
-            }
-            None => {
-                return Err(
-                    "option \"nexmark.table.type\" is required ('Person', 'Auction' or 'Bid')"
-                        .into(),
-                )
             }
         };
         let mut fields = Vec::new();
         for (_, col) in def.visible_columns() {
-            let Some(f) = names.iter().position(|n| *n == col.name) else {
+            let found = match kind {
+                Some(_) => names
+                    .iter()
+                    .position(|n| *n == col.name)
+                    .map(|i| (Field::Own(i), names[i])),
+                None => combined_field(&col.name),
+            };
+            let Some((f, name)) = found else {
+                let (what, known) = match kind {
+                    Some(k) => (format!("nexmark {k:?} events"), names.join(", ")),
+                    None => (
+                        "the combined nexmark event stream (no nexmark.table.type)".into(),
+                        combined_names().join(", "),
+                    ),
+                };
                 return Err(format!(
-                    "column \"{}\" is not a field of nexmark {:?} events (fields: {})",
-                    col.name,
-                    kind,
-                    names.join(", ")
+                    "column \"{}\" is not a field of {what} (fields: {known})",
+                    col.name
                 ));
             };
-            let name = names[f];
             let ty = col.ty.to_arrow();
             let ok = match name {
                 "date_time" | "expires" => {
@@ -751,6 +812,15 @@ pub mod source {
     }
 
     impl Col {
+        fn null(&mut self) {
+            match self {
+                Col::Int64(b) => b.append_null(),
+                Col::Int32(b) => b.append_null(),
+                Col::Time(b) => b.append_null(),
+                Col::Text(b) => b.append_null(),
+            }
+        }
+
         /// A builder for a column of type `ty` (one [`spec`] accepted).
         fn new(ty: &DataType, rows: usize) -> Col {
             match ty {
@@ -813,55 +883,28 @@ pub mod source {
             .map(|f| Col::new(f.data_type(), cap))
             .collect();
         let mut rows = 0;
-        for n in (first..last).filter(|n| kind_of(*n) == spec.kind) {
+        for n in first..last {
+            let kind = kind_of(n);
+            if spec.kind.is_some_and(|k| k != kind) {
+                continue;
+            }
             rows += 1;
-            let fields = spec.fields.iter().zip(cols.iter_mut());
-            match spec.kind {
-                Kind::Person => {
-                    let p = g.person(n);
-                    for (&f, col) in fields {
-                        match f {
-                            0 => col.int(p.id),
-                            1 => col.text(&p.name),
-                            2 => col.text(&p.email_address),
-                            3 => col.text(&p.credit_card),
-                            4 => col.text(&p.city),
-                            5 => col.text(&p.state),
-                            6 => col.time(p.date_time),
-                            _ => col.text(&p.extra),
-                        }
-                    }
-                }
-                Kind::Auction => {
-                    let a = g.auction(n);
-                    for (&f, col) in fields {
-                        match f {
-                            0 => col.int(a.id),
-                            1 => col.text(&a.item_name),
-                            2 => col.text(&a.description),
-                            3 => col.int(a.initial_bid),
-                            4 => col.int(a.reserve),
-                            5 => col.time(a.date_time),
-                            6 => col.time(a.expires),
-                            7 => col.int(a.seller),
-                            8 => col.int(a.category),
-                            _ => col.text(&a.extra),
-                        }
-                    }
-                }
-                Kind::Bid => {
-                    let b = g.bid(n);
-                    for (&f, col) in fields {
-                        match f {
-                            0 => col.int(b.auction),
-                            1 => col.int(b.bidder),
-                            2 => col.int(b.price),
-                            3 => col.text(&b.channel),
-                            4 => col.text(&b.url),
-                            5 => col.time(b.date_time),
-                            _ => col.text(&b.extra),
-                        }
-                    }
+            let event = match kind {
+                Kind::Person => Event::Person(g.person(n)),
+                Kind::Auction => Event::Auction(g.auction(n)),
+                Kind::Bid => Event::Bid(g.bid(n)),
+            };
+            for (&f, col) in spec.fields.iter().zip(cols.iter_mut()) {
+                match f {
+                    Field::Own(i) => put(&event, i, col),
+                    Field::Of(k, i) if k == kind => put(&event, i, col),
+                    Field::Of(..) => col.null(),
+                    Field::EventType => col.int(kind as i64),
+                    Field::Time => col.time(match &event {
+                        Event::Person(p) => p.date_time,
+                        Event::Auction(a) => a.date_time,
+                        Event::Bid(b) => b.date_time,
+                    }),
                 }
             }
         }
@@ -869,6 +912,43 @@ pub mod source {
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
             .map_err(|e| e.to_string())
+    }
+
+    /// Appends field `f` (of its kind's `*_FIELDS`) of `event` to `col`.
+    fn put(event: &Event, f: usize, col: &mut Col) {
+        match event {
+            Event::Person(p) => match f {
+                0 => col.int(p.id),
+                1 => col.text(&p.name),
+                2 => col.text(&p.email_address),
+                3 => col.text(&p.credit_card),
+                4 => col.text(&p.city),
+                5 => col.text(&p.state),
+                6 => col.time(p.date_time),
+                _ => col.text(&p.extra),
+            },
+            Event::Auction(a) => match f {
+                0 => col.int(a.id),
+                1 => col.text(&a.item_name),
+                2 => col.text(&a.description),
+                3 => col.int(a.initial_bid),
+                4 => col.int(a.reserve),
+                5 => col.time(a.date_time),
+                6 => col.time(a.expires),
+                7 => col.int(a.seller),
+                8 => col.int(a.category),
+                _ => col.text(&a.extra),
+            },
+            Event::Bid(b) => match f {
+                0 => col.int(b.auction),
+                1 => col.int(b.bidder),
+                2 => col.int(b.price),
+                3 => col.text(&b.channel),
+                4 => col.text(&b.url),
+                5 => col.time(b.date_time),
+                _ => col.text(&b.extra),
+            },
+        }
     }
 
     /// How a nexmark source or table is read (see [`crate::generated`]).

@@ -417,3 +417,75 @@ async fn rows_logged_by_reference_are_made_again_after_kill_9() {
         "{v:?} {late_before:?}"
     );
 }
+
+/// The combined event stream (no `nexmark.table.type`): every event once, in the 1:3:46
+/// proportion, each kind's fields filled only in its own rows, and the same events as
+/// the single-kind sources generate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_event_stream_carries_every_kind() {
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE SOURCE events (event_type INT, date_time TIMESTAMP, person_id BIGINT, person_name VARCHAR,
+                               auction_id BIGINT, auction_seller BIGINT, bid_auction BIGINT, bid_price BIGINT,
+                               WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+           WITH (connector = 'nexmark', nexmark.event.num = '10000');
+         CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP)
+           WITH (connector = 'nexmark', nexmark.table.type = 'Bid', nexmark.event.num = '10000');
+         CREATE MATERIALIZED VIEW per_type AS
+           SELECT event_type, count(*) AS n, count(person_name) AS names, count(auction_seller) AS sellers,
+                  count(bid_price) AS prices, sum(bid_price) AS bid_total, min(date_time) AS first
+           FROM events GROUP BY event_type;
+         CREATE MATERIALIZED VIEW bids AS SELECT count(*) AS n, sum(price) AS total, min(date_time) AS first FROM bid;",
+    )
+    .await
+    .unwrap();
+    let want_types = vec![
+        vec![
+            Some("0".into()),
+            Some("200".into()),
+            Some("200".into()),
+            Some("0".into()),
+            Some("0".into()),
+            None,
+        ],
+        vec![
+            Some("1".into()),
+            Some("600".into()),
+            Some("0".into()),
+            Some("600".into()),
+            Some("0".into()),
+            None,
+        ],
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let types = text_rows(
+            &c,
+            "SELECT event_type, n, names, sellers, prices, bid_total::text FROM per_type WHERE event_type < 2 ORDER BY 1",
+        )
+        .await;
+        let same_bids = text_rows(
+            &c,
+            "SELECT p.n = 9200 AND p.prices = 9200 AND p.names = 0 AND p.sellers = 0
+                    AND p.n = b.n AND p.bid_total = b.total AND p.first = b.first
+             FROM per_type p, bids b WHERE p.event_type = 2",
+        )
+        .await;
+        if types == want_types && same_bids == vec![vec![Some("t".to_string())]] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{types:?} {same_bids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A column that is no field of the combined stream is named, with the known ones.
+    let err = c
+        .batch_execute("CREATE SOURCE bad (price BIGINT) WITH (connector = 'nexmark')")
+        .await
+        .unwrap_err();
+    let msg = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        msg.contains("\"price\"") && msg.contains("combined") && msg.contains("bid_price"),
+        "{msg}"
+    );
+}
