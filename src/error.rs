@@ -91,6 +91,7 @@ fn engine_code(e: &EngineError) -> (&'static str, String) {
         EngineError::Storage(_) => ("58030", e.to_string()),
         EngineError::Corrupt { .. } => ("XX001", e.to_string()),
         EngineError::Internal(_) => ("XX000", e.to_string()),
+        EngineError::RowsLost(m) => ("XX001", m.clone()),
     }
 }
 

@@ -726,7 +726,7 @@ pub mod source {
             }
         };
         let mut fields = Vec::new();
-        for (_, col) in def.visible_columns() {
+        for (i, col) in def.visible_columns() {
             let found = match kind {
                 Some(_) => names
                     .iter()
@@ -768,6 +768,21 @@ pub mod source {
                         _ => "VARCHAR",
                     }
                 ));
+            }
+            if let Field::Of(..) = f {
+                // NULL in the other kinds' rows.
+                if !col.nullable {
+                    return Err(format!(
+                        "column \"{}\" is NULL in the combined stream's rows of other kinds: it cannot be NOT NULL",
+                        col.name
+                    ));
+                }
+                if def.watermark.as_ref().is_some_and(|w| w.column == i) {
+                    return Err(format!(
+                        "a WATERMARK on \"{}\" would set every row of the other kinds aside as late (it is NULL there): use date_time",
+                        col.name
+                    ));
+                }
             }
             fields.push(f);
         }

@@ -187,13 +187,7 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
             .and_then(|c| c.options.get("connector"))
             .map(String::as_str)
             .unwrap_or("");
-        let made = match replayer(connector) {
-            None => Err(format!(
-                "no replayer is registered for connector \"{connector}\""
-            )),
-            Some(make) => make(def, &replay.token),
-        };
-        let mut data = match made {
+        let data = match remake(def, connector, replay) {
             Ok(data) => data,
             Err(e) => {
                 if !entry.lost.iter().any(|(t, _)| *t == b.table) {
@@ -208,20 +202,6 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
                 continue;
             }
         };
-        if let Some(marker) = crate::watermark::Watermarker::new(def)? {
-            // As at commit: rows behind the watermark from before the transaction (or
-            // with no event time) were set aside, not logged.
-            let ty = def.columns[marker.column()].ty.to_arrow();
-            let current = replay
-                .watermark
-                .as_ref()
-                .map(|wm| crate::watermark::decode(wm, &ty))
-                .transpose()?;
-            let split = marker.split_batch(&data, current.as_ref())?;
-            if let Some(keep) = &split.on_time {
-                data = datafusion::arrow::compute::filter_record_batch(&data, keep)?;
-            }
-        }
         if data.num_rows() > 0 {
             b.data = data;
             batches.push(b);
@@ -229,6 +209,51 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
     }
     entry.batches = batches;
     Ok(())
+}
+
+/// A batch logged by reference, made again by `connector`'s replayer, checked against the
+/// source's columns, and set apart from its late rows as at commit: rows behind the
+/// watermark from before the transaction (or with no event time) were set aside, not
+/// logged.
+fn remake(
+    def: &TableDef,
+    connector: &str,
+    replay: &Replay,
+) -> std::result::Result<RecordBatch, String> {
+    let make = replayer(connector)
+        .ok_or_else(|| format!("no replayer is registered for connector \"{connector}\""))?;
+    let mut data = make(def, &replay.token)?;
+    let want: Vec<_> = def
+        .visible_columns()
+        .map(|(_, c)| c.ty.to_arrow())
+        .collect();
+    let got: Vec<_> = data
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    if want != got {
+        return Err(format!(
+            "the replayer made columns {got:?}, not the source's {want:?}"
+        ));
+    }
+    let text = |e: EngineError| e.to_string();
+    if let Some(marker) = crate::watermark::Watermarker::new(def).map_err(text)? {
+        let ty = def.columns[marker.column()].ty.to_arrow();
+        let current = replay
+            .watermark
+            .as_ref()
+            .map(|wm| crate::watermark::decode(wm, &ty))
+            .transpose()
+            .map_err(text)?;
+        let split = marker.split_batch(&data, current.as_ref()).map_err(text)?;
+        if let Some(keep) = &split.on_time {
+            data = datafusion::arrow::compute::filter_record_batch(&data, keep)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(data)
 }
 
 /// Records that every entry up to `seq` is in committed view state, and deletes them.

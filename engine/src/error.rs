@@ -31,6 +31,10 @@ pub enum EngineError {
     Unsupported(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Committed rows that cannot be read back (a source's rows logged by reference that
+    /// its connector cannot make again): the views that needed them stop, saying why.
+    #[error("{0}")]
+    RowsLost(String),
 }
 
 impl EngineError {

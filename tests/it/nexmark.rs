@@ -488,4 +488,20 @@ async fn combined_event_stream_carries_every_kind() {
         msg.contains("\"price\"") && msg.contains("combined") && msg.contains("bid_price"),
         "{msg}"
     );
+    for (ddl, want) in [
+        ("(person_id BIGINT NOT NULL)", "cannot be NOT NULL"),
+        (
+            "(auction_expires TIMESTAMP, WATERMARK FOR auction_expires AS auction_expires)",
+            "use date_time",
+        ),
+    ] {
+        let err = c
+            .batch_execute(&format!(
+                "CREATE SOURCE bad {ddl} WITH (connector = 'nexmark')"
+            ))
+            .await
+            .unwrap_err();
+        let msg = err.as_db_error().unwrap().message().to_string();
+        assert!(msg.contains(want), "{ddl}: {msg}");
+    }
 }

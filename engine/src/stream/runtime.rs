@@ -913,16 +913,15 @@ impl Graph {
                 .filter_map(|s| s.def.as_ref())
                 .find(|d| failed_now.contains(&d.id))
                 .map(|d| d.name.clone());
+            // Only a source the view reads live (backfilled) would have been given them.
             let rows_lost = view
                 .sources
                 .iter()
+                .filter(|s| s.position == Position::Done)
                 .filter_map(|s| s.def.as_ref())
                 .find_map(|d| lost.get(&d.id));
             let result = match (upstream_failed, rows_lost) {
-                (_, Some(reason)) => Err(EngineError::Corrupt {
-                    table: "change log".into(),
-                    reason: (*reason).clone(),
-                }),
+                (_, Some(reason)) => Err(EngineError::RowsLost((*reason).clone())),
                 (Some(name), None) => Err(EngineError::Internal(format!(
                     "materialized view \"{name}\" it reads failed"
                 ))),
