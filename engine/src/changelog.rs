@@ -99,6 +99,29 @@ pub fn register_replayer(connector: &'static str, replayer: Replayer) {
     r.push((connector, replayer));
 }
 
+/// Checks that `data` holds `def`'s visible columns in their declared types (what a
+/// source batch must be), saying what differs.
+pub fn check_columns(def: &TableDef, data: &RecordBatch) -> std::result::Result<(), String> {
+    let want: Vec<_> = def
+        .visible_columns()
+        .map(|(_, c)| c.ty.to_arrow())
+        .collect();
+    let got: Vec<_> = data
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    if want == got {
+        Ok(())
+    } else {
+        Err(format!(
+            "a batch of \"{}\" must hold its visible columns ({want:?}), not {got:?}",
+            def.name
+        ))
+    }
+}
+
 fn replayer(connector: &str) -> Option<Replayer> {
     REPLAYERS
         .lock()
@@ -223,21 +246,7 @@ fn remake(
     let make = replayer(connector)
         .ok_or_else(|| format!("no replayer is registered for connector \"{connector}\""))?;
     let mut data = make(def, &replay.token)?;
-    let want: Vec<_> = def
-        .visible_columns()
-        .map(|(_, c)| c.ty.to_arrow())
-        .collect();
-    let got: Vec<_> = data
-        .schema_ref()
-        .fields()
-        .iter()
-        .map(|f| f.data_type().clone())
-        .collect();
-    if want != got {
-        return Err(format!(
-            "the replayer made columns {got:?}, not the source's {want:?}"
-        ));
-    }
+    check_columns(def, &data)?;
     let text = |e: EngineError| e.to_string();
     if let Some(marker) = crate::watermark::Watermarker::new(def).map_err(text)? {
         let ty = def.columns[marker.column()].ty.to_arrow();

@@ -318,22 +318,13 @@ impl WriteTxn<'_> {
             .catalog()
             .table(table)
             .ok_or_else(|| EngineError::Internal(format!("no relation {}", table.0)))?;
-        let want: Vec<DataType> = def
-            .visible_columns()
-            .map(|(_, c)| c.ty.to_arrow())
-            .collect();
-        let got: Vec<&DataType> = data
-            .schema_ref()
-            .fields()
-            .iter()
-            .map(|f| f.data_type())
-            .collect();
-        if !def.is_source() || want.iter().ne(got.iter().copied()) {
+        if !def.is_source() {
             return Err(EngineError::Internal(format!(
-                "a batch for \"{}\" must be a source's visible columns ({want:?}), not {got:?}",
+                "\"{}\" is not a source: its rows cannot come as a batch",
                 def.name
             )));
         }
+        changelog::check_columns(def, &data).map_err(EngineError::Internal)?;
         if data.num_rows() > 0 {
             self.appended_batches.push(SourceBatch {
                 table,

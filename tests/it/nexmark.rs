@@ -34,6 +34,13 @@ async fn per_auction(c: &tokio_postgres::Client) -> BTreeMap<i64, (i64, i64, i64
         .collect()
 }
 
+/// Cell `i` of the first row of a query's text rows as a number (0 when NULL or absent).
+fn cell(rows: &[Vec<Option<String>>], i: usize) -> i64 {
+    rows.first()
+        .and_then(|r| r[i].as_deref())
+        .map_or(0, |s| s.parse().unwrap())
+}
+
 async fn wait_count(c: &tokio_postgres::Client, want: i64, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -320,16 +327,11 @@ async fn generated_batches_set_late_rows_aside_exactly() {
     let (on_time, late) = loop {
         let v = text_rows(&c, "SELECT n, s FROM lg_v").await;
         let l = text_rows(&c, "SELECT count(*), sum(id) FROM lg_late").await;
-        let n = |r: &Vec<Vec<Option<String>>>, i: usize| -> i64 {
-            r.first()
-                .and_then(|r| r[i].as_deref())
-                .map_or(0, |s| s.parse().unwrap())
-        };
-        if n(&v, 0) + n(&l, 0) >= 5000 {
+        if cell(&v, 0) + cell(&l, 0) >= 5000 {
             // Every id exactly once over both.
-            assert_eq!(n(&v, 0) + n(&l, 0), 5000, "{v:?} {l:?}");
-            assert_eq!(n(&v, 1) + n(&l, 1), 12_502_500, "{v:?} {l:?}");
-            break (n(&v, 0), n(&l, 0));
+            assert_eq!(cell(&v, 0) + cell(&l, 0), 5000, "{v:?} {l:?}");
+            assert_eq!(cell(&v, 1) + cell(&l, 1), 12_502_500, "{v:?} {l:?}");
+            break (cell(&v, 0), cell(&l, 0));
         }
         assert!(Instant::now() < deadline, "{v:?} {l:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -403,17 +405,18 @@ async fn rows_logged_by_reference_are_made_again_after_kill_9() {
         late_before
     );
     let v = text_rows(&c, "SELECT n, coalesce(s, 0) FROM lg_v").await;
-    let n = |r: &Vec<Vec<Option<String>>>, i: usize| -> i64 {
-        r[0][i].as_deref().map_or(0, |s| s.parse().unwrap())
-    };
-    assert_eq!(n(&v, 0) + n(&late_before, 0), 2000, "{v:?} {late_before:?}");
     assert_eq!(
-        n(&v, 1) + n(&late_before, 1),
+        cell(&v, 0) + cell(&late_before, 0),
+        2000,
+        "{v:?} {late_before:?}"
+    );
+    assert_eq!(
+        cell(&v, 1) + cell(&late_before, 1),
         2_001_000,
         "{v:?} {late_before:?}"
     );
     assert!(
-        n(&v, 0) > 0 && n(&late_before, 0) > 0,
+        cell(&v, 0) > 0 && cell(&late_before, 0) > 0,
         "{v:?} {late_before:?}"
     );
 }

@@ -111,6 +111,15 @@ fn multiset(rows: impl IntoIterator<Item = Row>) -> HashMap<Row, i64> {
     m
 }
 
+/// The rows' `c2` values grouped by `c1` (the workloads' `GROUP BY c1` over `c2`).
+fn c2_by_c1<'a>(rows: impl IntoIterator<Item = &'a Row>) -> HashMap<Option<i64>, Vec<Option<i64>>> {
+    let mut groups: HashMap<Option<i64>, Vec<Option<i64>>> = HashMap::new();
+    for r in rows {
+        groups.entry(int(&r[1])).or_default().push(int(&r[2]));
+    }
+    groups
+}
+
 fn int(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::Int64(x) => *x,
@@ -181,11 +190,7 @@ fn hash_agg_matches_from_scratch_grouping() {
                 spill(alloc.store(), agg.state_tables());
             }
 
-            let mut groups: HashMap<Option<i64>, Vec<Option<i64>>> = HashMap::new();
-            for r in rows.values() {
-                groups.entry(int(&r[1])).or_default().push(int(&r[2]));
-            }
-            let expected = multiset(groups.into_iter().map(|(g, vs)| {
+            let expected = multiset(c2_by_c1(rows.values()).into_iter().map(|(g, vs)| {
                 let present: Vec<i64> = vs.iter().flatten().copied().collect();
                 vec![
                     ScalarValue::Int64(g),
@@ -325,11 +330,7 @@ fn append_only_hash_agg_matches_from_scratch() {
                 spill(alloc.store(), agg.state_tables());
             }
 
-            let mut groups: HashMap<Option<i64>, Vec<Option<i64>>> = HashMap::new();
-            for r in &rows {
-                groups.entry(int(&r[1])).or_default().push(int(&r[2]));
-            }
-            let expected = multiset(groups.into_iter().map(|(g, vs)| {
+            let expected = multiset(c2_by_c1(&rows).into_iter().map(|(g, vs)| {
                 let present: Vec<i64> = vs.iter().flatten().copied().collect();
                 vec![
                     ScalarValue::Int64(g),
