@@ -17,7 +17,9 @@
 //! self-delimiting, so a prefix of key columns is a byte prefix of the key.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int32Type, Int64Type, IntervalUnit, TimeUnit,
+};
 use datafusion::common::ScalarValue;
 
 use crate::error::{EngineError, Result};
@@ -286,6 +288,47 @@ fn encode_bytes(b: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0]);
 }
 
+/// The length of the memcomparable datum of type `t` at the start of `bytes` (as
+/// [`encode_key_datum`] writes it), to split an encoded key into its columns; `None`
+/// when `bytes` is cut short or `t` is not a key type.
+pub fn key_datum_len(bytes: &[u8], t: &DataType) -> Option<usize> {
+    match bytes.first()? {
+        0x00 => return Some(1),
+        0x01 => {}
+        _ => return None,
+    }
+    let width = match t {
+        DataType::Boolean | DataType::Int8 | DataType::UInt8 => 1,
+        DataType::Int16 | DataType::UInt16 => 2,
+        DataType::Int32 | DataType::UInt32 | DataType::Date32 | DataType::Float32 => 4,
+        DataType::Int64
+        | DataType::UInt64
+        | DataType::Float64
+        | DataType::Time64(_)
+        | DataType::Timestamp(TimeUnit::Microsecond, _) => 8,
+        DataType::Decimal128(_, _) | DataType::Interval(IntervalUnit::MonthDayNano) => 16,
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView => {
+            // Escaped bytes (0 as 0 0xFF), ended by 0 0.
+            let mut i = 1;
+            loop {
+                match (bytes.get(i)?, bytes.get(i + 1)) {
+                    (0, Some(0)) => return Some(i + 2),
+                    (0, Some(0xFF)) => i += 2,
+                    (0, _) => return None,
+                    _ => i += 1,
+                }
+            }
+        }
+        _ => return None,
+    };
+    (bytes.len() > width).then_some(1 + width)
+}
+
 /// The memcomparable encoding of a whole key.
 pub fn encode_key(values: &[ScalarValue]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * 9);
@@ -313,6 +356,43 @@ mod tests {
                 w[1]
             );
         }
+    }
+
+    #[test]
+    fn key_datum_len_splits_an_encoded_key_into_its_columns() {
+        let values = [
+            ScalarValue::Int64(Some(-7)),
+            ScalarValue::Utf8(Some("a\0b".into())),
+            ScalarValue::Utf8(None),
+            ScalarValue::Boolean(Some(true)),
+            ScalarValue::Int16(Some(3)),
+            ScalarValue::Date32(Some(19_000)),
+            ScalarValue::TimestampMicrosecond(Some(1), None),
+            ScalarValue::Decimal128(Some(12), 10, 2),
+            ScalarValue::Binary(Some(vec![0, 0, 1])),
+            ScalarValue::Float64(Some(1.5)),
+        ];
+        let key = encode_key(&values).unwrap();
+        let mut at = 0;
+        for v in &values {
+            let len = key_datum_len(&key[at..], &v.data_type()).unwrap();
+            assert_eq!(&key[at..at + len], enc(v.clone()).as_slice(), "{v:?}");
+            at += len;
+        }
+        assert_eq!(at, key.len());
+        // Cut short, or not a key type: no length.
+        assert_eq!(
+            key_datum_len(&enc(ScalarValue::Int64(Some(1)))[..5], &DataType::Int64),
+            None
+        );
+        assert_eq!(
+            key_datum_len(
+                &enc(ScalarValue::Utf8(Some("ab".into())))[..3],
+                &DataType::Utf8
+            ),
+            None
+        );
+        assert_eq!(key_datum_len(&[0x01, 0], &DataType::Null), None);
     }
 
     #[test]

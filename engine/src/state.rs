@@ -502,6 +502,18 @@ impl StateTable {
         self.put(prefix, suffix, bytes)
     }
 
+    /// Visits every committed entry of the table (the store's, not the cache's), as the
+    /// bytes after its vnode: `prefix ++ suffix`. For rebuilding what an operator keeps
+    /// in memory about its state after a start.
+    pub fn for_each_committed(&self, mut visit: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let (lo, hi) = self.range();
+        for kv in self.store.iter_latest(&lo, &hi, false) {
+            let (k, _) = kv?;
+            visit(k.get(lo.len() + 2..).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
     /// Adds every change since the last call to `batch`.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
         for key in std::mem::take(&mut self.dirty_entries) {

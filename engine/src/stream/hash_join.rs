@@ -27,6 +27,7 @@
 //! flush. Within an epoch the runtime applies all left changes, then all right changes,
 //! which computes `ΔL ⋈ R_old + L_new ⋈ ΔR`, the change of the join.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
@@ -103,24 +104,46 @@ pub struct HashJoin {
 /// An interval join's state cleaning for one side (S; the other side is O), from a
 /// condition `O.other_column <= S.column + offset` (or `<`): an S row with
 /// `column < watermark(O.other_column) - offset` can match no future O row (those have
-/// `other_column >= watermark`), so it is dropped. Only for inner joins of append-only
-/// inputs (the planner checks).
+/// `other_column >= watermark`), so it is dropped. Only for inner joins, for a side that
+/// only gains rows against one whose watermarks bound its deletes too (the planner checks,
+/// see `PlanNode::choose_state_layout`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JoinCleaning {
     pub column: usize,
     pub other_column: usize,
     /// Microseconds.
     pub offset: i64,
+    /// The time index is kept in memory, per worker (state version 2 on), instead of in a
+    /// state table.
+    pub in_memory: bool,
 }
 
-/// A side's cleaning and its time index: `encode(time) ++ key ++ row -> [time len][key
-/// len]`, in one bucket shared by the workers (each drops only rows it owns).
+/// A side's cleaning and its index of rows by time. Keys are `encode(time) ++ key ++
+/// row`, values `[time len][key len]` (u32 BE each).
 #[derive(Debug)]
 struct Cleaning {
     cfg: JoinCleaning,
-    index: StateTable,
+    index: TimeIndex,
     worker: usize,
     workers: usize,
+}
+
+/// The time and key lengths at the start of a time-index key.
+type IndexLens = (u32, u32);
+
+#[derive(Debug)]
+enum TimeIndex {
+    /// Views of state version 0 and 1: an ordered state table, one bucket shared by the
+    /// workers (each drops only the rows it owns), written and deleted with every row.
+    Stored(StateTable),
+    /// In memory, this worker's rows only: no store writes. It is derived from the side's
+    /// rows, so after a start it is rebuilt from them (`loaded`) before the first
+    /// cleaning. Its memory is not charged to the state budget: it holds the rows that
+    /// are still matchable, which the interval bounds.
+    Memory {
+        entries: BTreeMap<Vec<u8>, IndexLens>,
+        loaded: bool,
+    },
 }
 
 fn idx(side: Side) -> usize {
@@ -219,7 +242,15 @@ impl HashJoin {
         let cleaning = cleaning.map(|c| {
             c.map(|cfg| Cleaning {
                 cfg,
-                index: state.ordered_table(),
+                index: if cfg.in_memory {
+                    TimeIndex::Memory {
+                        entries: BTreeMap::new(),
+                        // A table with nothing committed has nothing to index.
+                        loaded: false,
+                    }
+                } else {
+                    TimeIndex::Stored(state.ordered_table())
+                },
                 worker: 0,
                 workers: 1,
             })
@@ -245,7 +276,9 @@ impl HashJoin {
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         let mut out: Vec<&mut StateTable> = self.state.iter_mut().collect();
         for c in self.cleaning.iter_mut().flatten() {
-            out.push(&mut c.index);
+            if let TimeIndex::Stored(t) = &mut c.index {
+                out.push(t);
+            }
         }
         out
     }
@@ -258,24 +291,96 @@ impl HashJoin {
         }
     }
 
-    /// The time-index suffix of a stored row of side `me`.
-    fn index_suffix(
+    /// The time-index key of a stored row of side `me` (`encode(time) ++ prefix ++
+    /// suffix`) with its time and prefix lengths, if that side is cleaned.
+    fn index_key(
         &self,
         me: usize,
         row: &[ScalarValue],
         prefix: &[u8],
         suffix: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    ) -> Result<Option<(Vec<u8>, IndexLens)>> {
         let Some(c) = &self.cleaning[me] else {
             return Ok(None);
         };
-        let mut key = Vec::new();
+        let mut key = Vec::with_capacity(9 + prefix.len() + suffix.len());
         keys::encode_key_datum(&row[c.cfg.column], &mut key)?;
-        let mut value = (key.len() as u32).to_be_bytes().to_vec();
-        value.extend_from_slice(&(prefix.len() as u32).to_be_bytes());
+        let lens = (key.len() as u32, prefix.len() as u32);
         key.extend_from_slice(prefix);
         key.extend_from_slice(suffix);
-        Ok(Some((key, value)))
+        Ok(Some((key, lens)))
+    }
+
+    /// Records (or, with `present` false, forgets) a stored row of side `me` in its time
+    /// index.
+    fn index_row(
+        &mut self,
+        me: usize,
+        row: &[ScalarValue],
+        prefix: &[u8],
+        suffix: &[u8],
+        present: bool,
+    ) -> Result<()> {
+        let Some((key, (tl, pl))) = self.index_key(me, row, prefix, suffix)? else {
+            return Ok(());
+        };
+        let c = self.cleaning[me].as_mut().expect("index_key checked");
+        match (&mut c.index, present) {
+            (TimeIndex::Stored(t), true) => {
+                let mut value = tl.to_be_bytes().to_vec();
+                value.extend_from_slice(&pl.to_be_bytes());
+                t.put(&[], &key, value)?;
+            }
+            (TimeIndex::Stored(t), false) => t.delete(&[], &key)?,
+            (TimeIndex::Memory { entries, .. }, true) => {
+                entries.insert(key, (tl, pl));
+            }
+            (TimeIndex::Memory { entries, .. }, false) => {
+                entries.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds an in-memory time index of side `me` from the side's committed rows
+    /// (after a start; once). Rows applied since the start are in it already.
+    fn load_index(&mut self, me: usize) -> Result<()> {
+        let Some(c) = &self.cleaning[me] else {
+            return Ok(());
+        };
+        let TimeIndex::Memory { loaded: false, .. } = &c.index else {
+            return Ok(());
+        };
+        let (worker, workers) = (c.worker, c.workers);
+        let key_types: Vec<DataType> = self.keys[me]
+            .iter()
+            .map(|&k| self.types[me][k].clone())
+            .collect();
+        let mut rows: Vec<(Vec<u8>, usize)> = Vec::new();
+        self.state[me].for_each_committed(|tail| {
+            let mut at = 0;
+            for t in &key_types {
+                at += keys::key_datum_len(&tail[at..], t)
+                    .ok_or_else(|| corrupt("a join row's key does not decode".into()))?;
+            }
+            if workers <= 1 || super::exchange::worker_of(&tail[..at], workers) == worker {
+                rows.push((tail.to_vec(), at));
+            }
+            Ok(())
+        })?;
+        for (tail, at) in rows {
+            let (prefix, suffix) = tail.split_at(at);
+            let row = row::decode_row(suffix, &self.types[me]).map_err(corrupt)?;
+            self.index_row(me, &row, prefix, suffix, true)?;
+        }
+        if let Some(Cleaning {
+            index: TimeIndex::Memory { loaded, .. },
+            ..
+        }) = &mut self.cleaning[me]
+        {
+            *loaded = true;
+        }
+        Ok(())
     }
 
     /// Drops the rows each side can no longer match, given the watermarks of the left
@@ -286,6 +391,7 @@ impl HashJoin {
         right: &[Option<ScalarValue>],
     ) -> Result<()> {
         for me in 0..2 {
+            self.load_index(me)?;
             let Some(c) = &self.cleaning[me] else {
                 continue;
             };
@@ -299,34 +405,47 @@ impl HashJoin {
             let mut encoded = Vec::new();
             keys::encode_key_datum(&bound, &mut encoded)?;
             let (worker, workers) = (c.worker, c.workers);
-            let mut gone: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
             let c = self.cleaning[me].as_mut().expect("checked");
-            c.index.scan_ordered(&[], false, |suffix, value| {
-                if suffix >= encoded.as_slice() {
-                    return Ok(false);
+            match &mut c.index {
+                TimeIndex::Memory { entries, .. } => {
+                    // Every key before the bound is an unmatchable row of this worker.
+                    let kept = entries.split_off(encoded.as_slice());
+                    let gone = std::mem::replace(entries, kept);
+                    for (key, (tl, pl)) in gone {
+                        let (tl, pl) = (tl as usize, pl as usize);
+                        let (prefix, suffix) = key[tl..].split_at(pl);
+                        self.state[me].delete(prefix, suffix)?;
+                    }
                 }
-                let len = |at: usize| {
-                    value
-                        .get(at..at + 4)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u32::from_be_bytes)
-                        .unwrap_or(0) as usize
-                };
-                let (tl, pl) = (len(0), len(4));
-                let prefix = suffix.get(tl..tl + pl).unwrap_or_default();
-                if workers <= 1 || super::exchange::worker_of(prefix, workers) == worker {
-                    gone.push((
-                        suffix.to_vec(),
-                        prefix.to_vec(),
-                        suffix.get(tl + pl..).unwrap_or_default().to_vec(),
-                    ));
+                TimeIndex::Stored(index) => {
+                    let mut gone: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = Vec::new();
+                    index.scan_ordered(&[], false, |suffix, value| {
+                        if suffix >= encoded.as_slice() {
+                            return Ok(false);
+                        }
+                        let len = |at: usize| {
+                            value
+                                .get(at..at + 4)
+                                .and_then(|b| b.try_into().ok())
+                                .map(u32::from_be_bytes)
+                                .unwrap_or(0) as usize
+                        };
+                        let (tl, pl) = (len(0), len(4));
+                        let prefix = suffix.get(tl..tl + pl).unwrap_or_default();
+                        if workers <= 1 || super::exchange::worker_of(prefix, workers) == worker {
+                            gone.push((
+                                suffix.to_vec(),
+                                prefix.to_vec(),
+                                suffix.get(tl + pl..).unwrap_or_default().to_vec(),
+                            ));
+                        }
+                        Ok(true)
+                    })?;
+                    for (index_key, prefix, row_suffix) in gone {
+                        index.delete(&[], &index_key)?;
+                        self.state[me].delete(&prefix, &row_suffix)?;
+                    }
                 }
-                Ok(true)
-            })?;
-            for (index_key, prefix, row_suffix) in gone {
-                self.state[me].delete(&prefix, &row_suffix)?;
-                let c = self.cleaning[me].as_mut().expect("checked");
-                c.index.delete(&[], &index_key)?;
             }
         }
         Ok(())
@@ -545,14 +664,7 @@ impl HashJoin {
                 self.state[me].put(&prefix, &suffix, counts(new_count, my_degree)?)?;
             }
             if (my_count == 0) != (new_count == 0) {
-                if let Some((key, value)) = self.index_suffix(me, &row, &prefix, &suffix)? {
-                    let c = self.cleaning[me].as_mut().expect("index_suffix checked");
-                    if new_count == 0 {
-                        c.index.delete(&[], &key)?;
-                    } else {
-                        c.index.put(&[], &key, value)?;
-                    }
-                }
+                self.index_row(me, &row, &prefix, &suffix, new_count != 0)?;
             }
         }
         StreamChunk::from_rows(&self.output, &out)

@@ -38,8 +38,13 @@ pub fn column_refs(
 /// `ViewDef::state_version`):
 /// - 0: the first layout;
 /// - 1: an aggregation over append-only input keeps `min`/`max` as one value in its
-///   group's row instead of an ordered multiset of its inputs.
-pub const STATE_VERSION: u32 = 1;
+///   group's row instead of an ordered multiset of its inputs;
+/// - 2: an interval join also drops rows of an append-only side when the other side
+///   updates but its watermarks bound its deletes (see
+///   [`PlanNode::watermarks_bound_changes`]); before, only joins of two append-only
+///   inputs did. Its index of rows by time is kept in memory and rebuilt from the rows
+///   after a start, instead of in a state table.
+pub const STATE_VERSION: u32 = 2;
 
 /// How a temporal join finds dimension rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,8 +93,13 @@ pub enum NodeKind {
         condition: Option<(Arc<dyn PhysicalExpr>, String)>,
         /// NULL keys match each other (`IS NOT DISTINCT FROM`).
         null_equal: bool,
-        /// Interval joins: per side, how its rows are dropped by the other's watermark.
+        /// Interval joins: per side, how its rows are dropped by the other's watermark
+        /// (the planner's candidates, narrowed by [`PlanNode::choose_state_layout`]).
         cleaning: [Option<super::hash_join::JoinCleaning>; 2],
+        /// Both inputs were append-only when the join was planned (before
+        /// [`PlanNode::annotate_windows`] made `EMIT ON WINDOW CLOSE` aggregates so): the
+        /// condition for cleaning in views of state version 0 and 1.
+        inputs_append_only_as_planned: bool,
     },
     UnionAll,
     /// A processing-time temporal join: each input row looks up the dimension's rows as
@@ -562,11 +572,63 @@ impl PlanNode {
         for i in &mut self.inputs {
             i.choose_state_layout(state_version);
         }
-        if let NodeKind::HashAgg {
-            append_only_input, ..
-        } = &mut self.kind
-        {
-            *append_only_input = state_version >= 1 && self.inputs[0].append_only;
+        match &mut self.kind {
+            NodeKind::HashAgg {
+                append_only_input, ..
+            } => *append_only_input = state_version >= 1 && self.inputs[0].append_only,
+            NodeKind::HashJoin {
+                cleaning,
+                inputs_append_only_as_planned,
+                ..
+            } => {
+                // A side's row may be dropped once it can match no future change of the
+                // other side, and it is itself never retracted: the side only gains rows,
+                // and the other side's watermarks bound its deletes as well as its inserts
+                // (a windowed aggregate updating its open windows, as in Nexmark q7).
+                // Before version 2, only joins of two append-only inputs cleaned.
+                let keep = if state_version >= 2 {
+                    let [l, r] = [&self.inputs[0], &self.inputs[1]];
+                    [
+                        l.append_only && r.watermarks_bound_changes(),
+                        r.append_only && l.watermarks_bound_changes(),
+                    ]
+                } else {
+                    [*inputs_append_only_as_planned; 2]
+                };
+                for (c, keep) in cleaning.iter_mut().zip(keep) {
+                    if !keep {
+                        *c = None;
+                    }
+                    if let Some(c) = c {
+                        c.in_memory = state_version >= 2;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether every future change of this node's output, a delete as well as an insert,
+    /// has in each column with a watermark a value at or above it. True of append-only
+    /// output; kept by filters, projections (a deleted row is computed like an inserted
+    /// one), aggregations (a group changes only by input rows of that group, and only
+    /// group key columns carry watermarks), inner joins (only key columns do) and unions.
+    /// Not by a temporal filter (it deletes old rows as time passes) nor by anything
+    /// else that could retract a row older than the watermark.
+    pub fn watermarks_bound_changes(&self) -> bool {
+        if self.append_only {
+            return true;
+        }
+        match &self.kind {
+            NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::HashAgg { .. } => {
+                self.inputs[0].watermarks_bound_changes()
+            }
+            NodeKind::HashJoin {
+                join_type: super::hash_join::JoinType::Inner,
+                ..
+            }
+            | NodeKind::UnionAll => self.inputs.iter().all(PlanNode::watermarks_bound_changes),
+            _ => false,
         }
     }
 
@@ -728,5 +790,76 @@ mod tests {
         let mut updating = agg_over(false);
         updating.choose_state_layout(STATE_VERSION);
         assert!(!layout(&updating));
+    }
+
+    /// An inner join with both sides' cleaning candidates, as the planner leaves them.
+    fn interval_join(left: PlanNode, right: PlanNode, as_planned: bool) -> PlanNode {
+        let c = super::super::hash_join::JoinCleaning {
+            column: 0,
+            other_column: 0,
+            offset: 0,
+            in_memory: false,
+        };
+        PlanNode {
+            kind: NodeKind::HashJoin {
+                join_type: super::super::hash_join::JoinType::Inner,
+                left_keys: vec![0],
+                right_keys: vec![0],
+                condition: None,
+                null_equal: false,
+                cleaning: [Some(c), Some(c)],
+                inputs_append_only_as_planned: as_planned,
+            },
+            schema: Arc::clone(&left.schema),
+            inputs: vec![left, right],
+            unique_key: None,
+            append_only: false,
+        }
+    }
+
+    /// Per side: not cleaned (None), or cleaned with the time index in memory or not.
+    fn cleaned_sides(node: &PlanNode) -> [Option<bool>; 2] {
+        match &node.kind {
+            NodeKind::HashJoin { cleaning, .. } => cleaning.map(|c| c.map(|c| c.in_memory)),
+            _ => unreachable!("a join"),
+        }
+    }
+
+    #[test]
+    fn an_interval_join_cleans_a_side_only_when_nothing_can_retract_what_it_drops() {
+        let source = || agg_over(true).inputs.remove(0);
+        // Bids against a windowed aggregate of bids (q7): the bids are dropped by the
+        // aggregate's watermark, which bounds its updates too; the aggregate's own rows,
+        // which it may still retract, are kept.
+        let mut q7 = interval_join(source(), agg_over(true), false);
+        q7.choose_state_layout(STATE_VERSION);
+        assert_eq!(cleaned_sides(&q7), [Some(true), None]);
+        // Views of an older layout keep the old rule (both inputs append-only) and their
+        // time index in a state table.
+        let mut old = interval_join(source(), agg_over(true), false);
+        old.choose_state_layout(1);
+        assert_eq!(cleaned_sides(&old), [None, None]);
+        let mut old_both = interval_join(source(), source(), true);
+        old_both.choose_state_layout(1);
+        assert_eq!(cleaned_sides(&old_both), [Some(false), Some(false)]);
+        // A temporal filter deletes rows older than any watermark: nothing is dropped
+        // against it, nor against an aggregate over updating input.
+        let temporal = PlanNode {
+            kind: NodeKind::TemporalFilter {
+                column: 0,
+                lower: None,
+                upper: None,
+            },
+            schema: Arc::clone(&source().schema),
+            inputs: vec![source()],
+            unique_key: None,
+            append_only: false,
+        };
+        let mut against_temporal = interval_join(source(), temporal, false);
+        against_temporal.choose_state_layout(STATE_VERSION);
+        assert_eq!(cleaned_sides(&against_temporal), [None, None]);
+        let mut against_updating = interval_join(source(), agg_over(false), false);
+        against_updating.choose_state_layout(STATE_VERSION);
+        assert_eq!(cleaned_sides(&against_updating), [None, None]);
     }
 }

@@ -1029,14 +1029,14 @@ impl Planner {
         let append_only = matches!(join_type, JoinType::Inner | JoinType::LeftSemi)
             && left.append_only
             && right.append_only;
-        // An interval join (`a.ts BETWEEN b.ts - x AND b.ts + y`) of inputs that only gain
-        // rows drops rows the other side's watermark makes unmatchable.
+        // An interval join (`a.ts BETWEEN b.ts - x AND b.ts + y`) drops rows the other
+        // side's watermark makes unmatchable. Which sides may is settled once the
+        // append-only flags are final (`PlanNode::choose_state_layout`).
         let cleaning = match (&j.filter, join_type) {
-            (Some(f), JoinType::Inner) if left.append_only && right.append_only => {
-                interval_cleaning(f, &joined_df, lw + le, lw, rw)
-            }
+            (Some(f), JoinType::Inner) => interval_cleaning(f, &joined_df, lw + le, lw, rw),
             _ => [None, None],
         };
+        let inputs_append_only_as_planned = left.append_only && right.append_only;
         let join = PlanNode {
             kind: NodeKind::HashJoin {
                 join_type,
@@ -1045,6 +1045,7 @@ impl Planner {
                 condition,
                 null_equal,
                 cleaning,
+                inputs_append_only_as_planned,
             },
             schema: join_schema,
             unique_key,
@@ -1581,6 +1582,7 @@ fn interval_cleaning(
             column: ib,
             other_column: ia,
             offset,
+            in_memory: false,
         });
     };
     for c in split_conjunction(filter) {
