@@ -43,7 +43,7 @@ use crate::keys::{self, STATE_PREFIX};
 use crate::store::Store;
 
 /// Rough per-entry overhead of the cache's maps, added to key and value lengths.
-const ENTRY_OVERHEAD: usize = 64;
+pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
 /// The memory all state caches share.
 #[derive(Debug)]
@@ -72,11 +72,11 @@ impl MemoryBudget {
         self.used() > self.limit
     }
 
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         self.used.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn sub(&self, n: usize) {
+    pub(crate) fn sub(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::Relaxed);
     }
 }
@@ -502,14 +502,20 @@ impl StateTable {
         self.put(prefix, suffix, bytes)
     }
 
-    /// Visits every committed entry of the table (the store's, not the cache's), as the
-    /// bytes after its vnode: `prefix ++ suffix`. For rebuilding what an operator keeps
-    /// in memory about its state after a start.
-    pub fn for_each_committed(&self, mut visit: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    /// Visits every committed entry of the table (the store's, not the cache's), as its
+    /// vnode and the bytes after it: `prefix ++ suffix`. For rebuilding what an operator
+    /// keeps in memory about its state after a start.
+    pub fn for_each_committed(
+        &self,
+        mut visit: impl FnMut(u16, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let (lo, hi) = self.range();
         for kv in self.store.iter_latest(&lo, &hi, false) {
             let (k, _) = kv?;
-            visit(k.get(lo.len() + 2..).unwrap_or_default())?;
+            let vnode = k
+                .get(lo.len()..lo.len() + 2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            visit(vnode, k.get(lo.len() + 2..).unwrap_or_default())?;
         }
         Ok(())
     }
@@ -541,6 +547,16 @@ impl StateTable {
                     Some(v) => batch.put(&key, v),
                     None => batch.delete(&key),
                 }
+            }
+            // A bucket emptied by deletes goes from the cache: the store has it as it is
+            // (nothing), and prefixes that come and go (a join's rows dropped by the
+            // watermark, closed windows' groups) would otherwise pile up as empty buckets,
+            // which the budget does not see.
+            if b.entries.is_empty() {
+                let bytes = b.bytes;
+                self.buckets.remove(&prefix);
+                self.bytes -= bytes;
+                self.budget.sub(bytes);
             }
         }
     }

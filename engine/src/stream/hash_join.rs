@@ -39,7 +39,7 @@ use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
-use crate::state::{StateAlloc, StateTable};
+use crate::state::{MemoryBudget, StateAlloc, StateTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinType {
@@ -116,6 +116,13 @@ pub struct JoinCleaning {
     /// The time index is kept in memory, per worker (state version 2 on), instead of in a
     /// state table.
     pub in_memory: bool,
+    /// The side may retract rows (its watermarks bound its changes): a row is dropped only
+    /// once its own side's watermark on `column` has passed it too, so that it can no
+    /// longer be deleted.
+    pub own_bound: bool,
+    /// Derived from an equality of time columns in the join key (state version 2 on),
+    /// not from the join's condition.
+    pub from_keys: bool,
 }
 
 /// A side's cleaning and its index of rows by time. Keys are `encode(time) ++ key ++
@@ -138,12 +145,29 @@ enum TimeIndex {
     Stored(StateTable),
     /// In memory, this worker's rows only: no store writes. It is derived from the side's
     /// rows, so after a start it is rebuilt from them (`loaded`) before the first
-    /// cleaning. Its memory is not charged to the state budget: it holds the rows that
-    /// are still matchable, which the interval bounds.
+    /// cleaning. It holds one entry per row that can still match, and cannot be evicted:
+    /// its `bytes` are charged to the state budget, so that the evictable caches shrink
+    /// instead. (A watermark of the other side that stops, an idle partition without
+    /// `idle_timeout`, lets it grow with the side's rows.)
     Memory {
         entries: BTreeMap<Vec<u8>, IndexLens>,
         loaded: bool,
+        bytes: usize,
+        budget: Arc<MemoryBudget>,
     },
+}
+
+impl Drop for TimeIndex {
+    fn drop(&mut self) {
+        if let TimeIndex::Memory { bytes, budget, .. } = self {
+            budget.sub(*bytes);
+        }
+    }
+}
+
+/// The bytes an in-memory time index entry is charged.
+fn index_entry_bytes(key: &[u8]) -> usize {
+    key.len() + crate::state::ENTRY_OVERHEAD
 }
 
 fn idx(side: Side) -> usize {
@@ -245,8 +269,10 @@ impl HashJoin {
                 index: if cfg.in_memory {
                     TimeIndex::Memory {
                         entries: BTreeMap::new(),
-                        // A table with nothing committed has nothing to index.
+                        // Committed rows are read in at the first cleaning.
                         loaded: false,
+                        bytes: 0,
+                        budget: Arc::clone(state.budget()),
                     }
                 } else {
                     TimeIndex::Stored(state.ordered_table())
@@ -332,11 +358,35 @@ impl HashJoin {
                 t.put(&[], &key, value)?;
             }
             (TimeIndex::Stored(t), false) => t.delete(&[], &key)?,
-            (TimeIndex::Memory { entries, .. }, true) => {
-                entries.insert(key, (tl, pl));
+            (
+                TimeIndex::Memory {
+                    entries,
+                    bytes,
+                    budget,
+                    ..
+                },
+                true,
+            ) => {
+                let n = index_entry_bytes(&key);
+                if entries.insert(key, (tl, pl)).is_none() {
+                    *bytes += n;
+                    budget.add(n);
+                }
             }
-            (TimeIndex::Memory { entries, .. }, false) => {
-                entries.remove(&key);
+            (
+                TimeIndex::Memory {
+                    entries,
+                    bytes,
+                    budget,
+                    ..
+                },
+                false,
+            ) => {
+                if entries.remove(&key).is_some() {
+                    let n = index_entry_bytes(&key);
+                    *bytes -= n;
+                    budget.sub(n);
+                }
             }
         }
         Ok(())
@@ -357,15 +407,17 @@ impl HashJoin {
             .map(|&k| self.types[me][k].clone())
             .collect();
         let mut rows: Vec<(Vec<u8>, usize)> = Vec::new();
-        self.state[me].for_each_committed(|tail| {
+        // A row's vnode is its prefix's, which also picks its worker.
+        self.state[me].for_each_committed(|vnode, tail| {
+            if workers > 1 && vnode as usize % workers != worker {
+                return Ok(());
+            }
             let mut at = 0;
             for t in &key_types {
                 at += keys::key_datum_len(&tail[at..], t)
                     .ok_or_else(|| corrupt("a join row's key does not decode".into()))?;
             }
-            if workers <= 1 || super::exchange::worker_of(&tail[..at], workers) == worker {
-                rows.push((tail.to_vec(), at));
-            }
+            rows.push((tail.to_vec(), at));
             Ok(())
         })?;
         for (tail, at) in rows {
@@ -399,18 +451,35 @@ impl HashJoin {
             let Some(Some(wm)) = other_wms.get(c.cfg.other_column) else {
                 continue;
             };
-            let Some(bound) = shift_time(wm, -c.cfg.offset) else {
+            let Some(mut bound) = shift_time(wm, -c.cfg.offset) else {
                 continue;
             };
+            if c.cfg.own_bound {
+                let own_wms = if me == 0 { left } else { right };
+                let Some(Some(own)) = own_wms.get(c.cfg.column) else {
+                    continue;
+                };
+                if own.partial_cmp(&bound) == Some(std::cmp::Ordering::Less) {
+                    bound = own.clone();
+                }
+            }
             let mut encoded = Vec::new();
             keys::encode_key_datum(&bound, &mut encoded)?;
             let (worker, workers) = (c.worker, c.workers);
             let c = self.cleaning[me].as_mut().expect("checked");
             match &mut c.index {
-                TimeIndex::Memory { entries, .. } => {
+                TimeIndex::Memory {
+                    entries,
+                    bytes,
+                    budget,
+                    ..
+                } => {
                     // Every key before the bound is an unmatchable row of this worker.
                     let kept = entries.split_off(encoded.as_slice());
                     let gone = std::mem::replace(entries, kept);
+                    let freed: usize = gone.keys().map(|k| index_entry_bytes(k)).sum();
+                    *bytes -= freed;
+                    budget.sub(freed);
                     for (key, (tl, pl)) in gone {
                         let (tl, pl) = (tl as usize, pl as usize);
                         let (prefix, suffix) = key[tl..].split_at(pl);

@@ -259,6 +259,9 @@ impl PlanNode {
                                 theirs.field(c.other_column).name(),
                                 c.offset
                             ));
+                            if c.own_bound {
+                                cond.push_str(" and < own wm");
+                            }
                         }
                     }
                 }
@@ -579,28 +582,34 @@ impl PlanNode {
             NodeKind::HashJoin {
                 cleaning,
                 inputs_append_only_as_planned,
+                join_type,
                 ..
             } => {
                 // A side's row may be dropped once it can match no future change of the
-                // other side, and it is itself never retracted: the side only gains rows,
-                // and the other side's watermarks bound its deletes as well as its inserts
-                // (a windowed aggregate updating its open windows, as in Nexmark q7).
-                // Before version 2, only joins of two append-only inputs cleaned.
-                let keep = if state_version >= 2 {
-                    let [l, r] = [&self.inputs[0], &self.inputs[1]];
-                    [
-                        l.append_only && r.watermarks_bound_changes(),
-                        r.append_only && l.watermarks_bound_changes(),
-                    ]
-                } else {
-                    [*inputs_append_only_as_planned; 2]
-                };
-                for (c, keep) in cleaning.iter_mut().zip(keep) {
+                // other side (whose watermarks must bound its deletes as well as its
+                // inserts: a windowed aggregate updating its open windows does, as in
+                // Nexmark q7), and it is itself never retracted: the side only gains rows,
+                // or its own watermark has passed the row too (Nexmark q8's windowed
+                // groups on both sides). Before version 2, only joins of two append-only
+                // inputs cleaned.
+                let [l, r] = [&self.inputs[0], &self.inputs[1]];
+                let bounded = [l.watermarks_bound_changes(), r.watermarks_bound_changes()];
+                let append_only = [l.append_only, r.append_only];
+                for (side, c) in cleaning.iter_mut().enumerate() {
+                    let keep = if state_version >= 2 {
+                        bounded[1 - side] && (append_only[side] || bounded[side])
+                    } else {
+                        // (Inner joins, by their condition only.)
+                        *inputs_append_only_as_planned
+                            && *join_type == super::hash_join::JoinType::Inner
+                            && !c.is_some_and(|c| c.from_keys)
+                    };
                     if !keep {
                         *c = None;
                     }
                     if let Some(c) = c {
                         c.in_memory = state_version >= 2;
+                        c.own_bound = state_version >= 2 && !append_only[side];
                     }
                 }
             }
@@ -608,18 +617,19 @@ impl PlanNode {
         }
     }
 
-    /// Whether every future change of this node's output, a delete as well as an insert,
-    /// has in each column with a watermark a value at or above it. True of append-only
-    /// output; kept by filters, projections (a deleted row is computed like an inserted
-    /// one), aggregations (a group changes only by input rows of that group, and only
-    /// group key columns carry watermarks), inner joins (only key columns do) and unions.
-    /// Not by a temporal filter (it deletes old rows as time passes) nor by anything
-    /// else that could retract a row older than the watermark.
+    /// Whether every change of this node's output in a later epoch, a delete as well as
+    /// an insert, has in each column with a watermark a value at or above it. True of an
+    /// append-only table or source (rows behind its watermark go to its late table);
+    /// kept by filters, projections (a deleted row is computed like an inserted one),
+    /// aggregations (a group changes only by input rows of that group, only group key
+    /// columns carry watermarks, and a closed window's row is emitted in the epoch that
+    /// closes it), inner joins (only key columns carry them) and unions. Not by a
+    /// temporal filter (it deletes old rows as time passes), a dimension lookup (it may
+    /// hold rows while the dimension cannot answer and send them later), a view read as
+    /// a source, nor anything else that could send or retract a row behind the watermark.
     pub fn watermarks_bound_changes(&self) -> bool {
-        if self.append_only {
-            return true;
-        }
         match &self.kind {
+            NodeKind::Source { .. } => self.append_only,
             NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::HashAgg { .. } => {
                 self.inputs[0].watermarks_bound_changes()
             }
@@ -628,6 +638,7 @@ impl PlanNode {
                 ..
             }
             | NodeKind::UnionAll => self.inputs.iter().all(PlanNode::watermarks_bound_changes),
+            NodeKind::Values { .. } => true,
             _ => false,
         }
     }
@@ -799,6 +810,8 @@ mod tests {
             other_column: 0,
             offset: 0,
             in_memory: false,
+            own_bound: false,
+            from_keys: false,
         };
         PlanNode {
             kind: NodeKind::HashJoin {
@@ -817,10 +830,13 @@ mod tests {
         }
     }
 
-    /// Per side: not cleaned (None), or cleaned with the time index in memory or not.
-    fn cleaned_sides(node: &PlanNode) -> [Option<bool>; 2] {
+    /// Per side: not cleaned (None), or cleaned with the time index in memory or not
+    /// and bounded by the side's own watermark or not.
+    fn cleaned_sides(node: &PlanNode) -> [Option<(bool, bool)>; 2] {
         match &node.kind {
-            NodeKind::HashJoin { cleaning, .. } => cleaning.map(|c| c.map(|c| c.in_memory)),
+            NodeKind::HashJoin { cleaning, .. } => {
+                cleaning.map(|c| c.map(|c| (c.in_memory, c.own_bound)))
+            }
             _ => unreachable!("a join"),
         }
     }
@@ -829,11 +845,14 @@ mod tests {
     fn an_interval_join_cleans_a_side_only_when_nothing_can_retract_what_it_drops() {
         let source = || agg_over(true).inputs.remove(0);
         // Bids against a windowed aggregate of bids (q7): the bids are dropped by the
-        // aggregate's watermark, which bounds its updates too; the aggregate's own rows,
-        // which it may still retract, are kept.
+        // aggregate's watermark, which bounds its updates too; the aggregate's rows,
+        // which it may still retract, only once its own watermark has passed them too.
         let mut q7 = interval_join(source(), agg_over(true), false);
         q7.choose_state_layout(STATE_VERSION);
-        assert_eq!(cleaned_sides(&q7), [Some(true), None]);
+        assert_eq!(
+            cleaned_sides(&q7),
+            [Some((true, false)), Some((true, true))]
+        );
         // Views of an older layout keep the old rule (both inputs append-only) and their
         // time index in a state table.
         let mut old = interval_join(source(), agg_over(true), false);
@@ -841,7 +860,10 @@ mod tests {
         assert_eq!(cleaned_sides(&old), [None, None]);
         let mut old_both = interval_join(source(), source(), true);
         old_both.choose_state_layout(1);
-        assert_eq!(cleaned_sides(&old_both), [Some(false), Some(false)]);
+        assert_eq!(
+            cleaned_sides(&old_both),
+            [Some((false, false)), Some((false, false))]
+        );
         // A temporal filter deletes rows older than any watermark: nothing is dropped
         // against it, nor against an aggregate over updating input.
         let temporal = PlanNode {

@@ -1032,10 +1032,33 @@ impl Planner {
         // An interval join (`a.ts BETWEEN b.ts - x AND b.ts + y`) drops rows the other
         // side's watermark makes unmatchable. Which sides may is settled once the
         // append-only flags are final (`PlanNode::choose_state_layout`).
-        let cleaning = match (&j.filter, join_type) {
-            (Some(f), JoinType::Inner) => interval_cleaning(f, &joined_df, lw + le, lw, rw),
+        // Semi joins too: a left row is emitted once it has a match, and a row that can
+        // meet no future row of the other side no longer changes anything.
+        let cleaned_type = matches!(join_type, JoinType::Inner | JoinType::LeftSemi);
+        let mut cleaning = match &j.filter {
+            Some(f) if cleaned_type => interval_cleaning(f, &joined_df, lw + le, lw, rw),
             _ => [None, None],
         };
+        if cleaned_type {
+            // An equality of two time columns is the interval `a <= b <= a` (a window
+            // join on `window_start`): each side's rows are unmatchable once the other
+            // side's watermark passes them.
+            let is_time = |n: &PlanNode, i: usize| is_micros(n.schema.field(i).data_type());
+            for (&l, &r) in left_keys.iter().zip(&right_keys) {
+                if l < lw && r < rw && is_time(&left, l) && is_time(&right, r) {
+                    for (side, (column, other_column)) in [(l, r), (r, l)].into_iter().enumerate() {
+                        cleaning[side].get_or_insert(super::hash_join::JoinCleaning {
+                            column,
+                            other_column,
+                            offset: 0,
+                            in_memory: false,
+                            own_bound: false,
+                            from_keys: true,
+                        });
+                    }
+                }
+            }
+        }
         let inputs_append_only_as_planned = left.append_only && right.append_only;
         let join = PlanNode {
             kind: NodeKind::HashJoin {
@@ -1583,6 +1606,8 @@ fn interval_cleaning(
             other_column: ia,
             offset,
             in_memory: false,
+            own_bound: false,
+            from_keys: false,
         });
     };
     for c in split_conjunction(filter) {

@@ -1474,6 +1474,16 @@ fn insert_chunks(schema: &SchemaRef, batches: &[&RecordBatch]) -> Result<Vec<Str
     let mut run: Vec<&RecordBatch> = Vec::new();
     let mut run_rows = 0;
     for b in batches.iter().copied().filter(|b| b.num_rows() > 0) {
+        if b.num_rows() >= MIN_CHUNK_ROWS {
+            // Large enough alone: the small ones before it go first, as their own chunk.
+            if run_rows > 0 {
+                chunks.push(insert_chunk(schema, &run, run_rows)?);
+                run.clear();
+                run_rows = 0;
+            }
+            chunks.push(insert_chunk(schema, &[b], b.num_rows())?);
+            continue;
+        }
         run.push(b);
         run_rows += b.num_rows();
         if run_rows >= MIN_CHUNK_ROWS {
