@@ -815,6 +815,93 @@ mod tests {
         StreamChunk::from_pretty(&format!("T F\n{text}"))
     }
 
+    /// An interval-cleaned join of `(k, ts)` rows on `k`, each side dropped by the
+    /// other's watermark on `ts`, with the time index stored or in memory.
+    fn cleaned_join(alloc: &mut StateAlloc, in_memory: bool) -> (SchemaRef, HashJoin) {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None),
+                true,
+            ),
+        ]));
+        let c = JoinCleaning {
+            column: 1,
+            other_column: 1,
+            offset: 0,
+            in_memory,
+            own_bound: false,
+            from_keys: false,
+        };
+        let j = HashJoin::try_new(
+            JoinType::Inner,
+            vec![0],
+            vec![0],
+            &schema,
+            &schema,
+            None,
+            false,
+            [Some(c), Some(c)],
+            alloc,
+        )
+        .unwrap();
+        (schema, j)
+    }
+
+    fn timed(schema: &SchemaRef, rows: &[(i64, i64)]) -> StreamChunk {
+        let rows: Vec<(Op, Vec<ScalarValue>)> = rows
+            .iter()
+            .map(|&(k, t)| {
+                (
+                    Op::Insert,
+                    vec![
+                        ScalarValue::Int64(Some(k)),
+                        ScalarValue::TimestampMicrosecond(Some(t), None),
+                    ],
+                )
+            })
+            .collect();
+        StreamChunk::from_rows(schema, &rows).unwrap()
+    }
+
+    fn wm(t: i64) -> Vec<Option<ScalarValue>> {
+        vec![None, Some(ScalarValue::TimestampMicrosecond(Some(t), None))]
+    }
+
+    #[test]
+    fn interval_cleaning_drops_unmatchable_rows_with_either_time_index() {
+        for in_memory in [false, true] {
+            let (_dir, mut alloc) = temp_alloc();
+            let (schema, mut j) = cleaned_join(&mut alloc, in_memory);
+            j.set_worker(0, 1);
+            j.apply(Side::Left, &timed(&schema, &[(1, 10), (1, 20), (2, 30)]))
+                .unwrap();
+            // The right side's watermark at 20: the left row at 10 can match nothing more.
+            j.clean(&wm(0), &wm(20)).unwrap();
+            let out = j.apply(Side::Right, &timed(&schema, &[(1, 25)])).unwrap();
+            assert_eq!(out.to_pretty(), "+ 1 20 1 25\n", "in memory: {in_memory}");
+            // Committed and read back by a new instance (a restart): the stored rows are
+            // still dropped once the watermark passes them.
+            crate::state::tests::spill(alloc.store(), j.state_tables());
+            let store = alloc.store().clone();
+            let mut alloc = StateAlloc::new(1, store, crate::state::MemoryBudget::new(1 << 30));
+            let (_, mut j) = cleaned_join(&mut alloc, in_memory);
+            j.set_worker(0, 1);
+            j.clean(&wm(30), &wm(31)).unwrap();
+            let out = j
+                .apply(Side::Right, &timed(&schema, &[(1, 40), (2, 40)]))
+                .unwrap();
+            assert!(
+                out.is_empty(),
+                "in memory: {in_memory}: {}",
+                out.to_pretty()
+            );
+            let out = j.apply(Side::Left, &timed(&schema, &[(1, 40)])).unwrap();
+            assert_eq!(out.to_pretty(), "+ 1 40 1 40\n", "in memory: {in_memory}");
+        }
+    }
+
     #[test]
     fn inner_join_emits_and_retracts_pairs_with_multiplicity() {
         let (_dir, mut j) = join(JoinType::Inner);
