@@ -104,9 +104,10 @@ pub struct HashJoin {
 /// An interval join's state cleaning for one side (S; the other side is O), from a
 /// condition `O.other_column <= S.column + offset` (or `<`): an S row with
 /// `column < watermark(O.other_column) - offset` can match no future O row (those have
-/// `other_column >= watermark`), so it is dropped. Only for inner joins, for a side that
-/// only gains rows against one whose watermarks bound its deletes too (the planner checks,
-/// see `PlanNode::choose_state_layout`).
+/// `other_column >= watermark`), so it is dropped. Only for inner and semi joins, against
+/// a side whose watermarks bound its deletes too; a side that may retract rows itself is
+/// dropped from only past its own watermark as well (`own_bound`). The planner checks
+/// (`PlanNode::choose_state_layout`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JoinCleaning {
     pub column: usize,

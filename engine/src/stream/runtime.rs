@@ -1474,22 +1474,16 @@ fn insert_chunks(schema: &SchemaRef, batches: &[&RecordBatch]) -> Result<Vec<Str
     let mut run: Vec<&RecordBatch> = Vec::new();
     let mut run_rows = 0;
     for b in batches.iter().copied().filter(|b| b.num_rows() > 0) {
-        if b.num_rows() >= MIN_CHUNK_ROWS {
-            // Large enough alone: the small ones before it go first, as their own chunk.
-            if run_rows > 0 {
-                chunks.push(insert_chunk(schema, &run, run_rows)?);
-                run.clear();
-                run_rows = 0;
-            }
-            chunks.push(insert_chunk(schema, &[b], b.num_rows())?);
-            continue;
+        // A batch large enough alone is not copied with the small ones before it.
+        if b.num_rows() >= MIN_CHUNK_ROWS && run_rows > 0 {
+            chunks.push(insert_chunk(schema, &run, run_rows)?);
+            (run, run_rows) = (Vec::new(), 0);
         }
         run.push(b);
         run_rows += b.num_rows();
         if run_rows >= MIN_CHUNK_ROWS {
             chunks.push(insert_chunk(schema, &run, run_rows)?);
-            run.clear();
-            run_rows = 0;
+            (run, run_rows) = (Vec::new(), 0);
         }
     }
     if run_rows > 0 {
@@ -1667,4 +1661,54 @@ fn content_writes(view: &View, snapshot: &Snapshot, changes: &Changes) -> Result
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(schema: &SchemaRef, from: i64, rows: i64) -> RecordBatch {
+        let ids = Int64Array::from_iter_values(from..from + rows);
+        RecordBatch::try_new(Arc::clone(schema), vec![Arc::new(ids)]).unwrap()
+    }
+
+    #[test]
+    fn large_source_batches_become_chunks_uncopied_and_small_ones_are_joined() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let small = [batch(&schema, 0, 100), batch(&schema, 100, 100)];
+        let large = batch(&schema, 200, 1000);
+        let tail = batch(&schema, 1200, 10);
+        let empty = batch(&schema, 0, 0);
+        let batches = [&small[0], &small[1], &empty, &large, &tail];
+        let chunks = insert_chunks(&schema, &batches).unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(StreamChunk::len).collect();
+        // The two small ones together, the large one alone, then the short tail.
+        assert_eq!(sizes, vec![200, 1000, 10]);
+        // The large batch's column is shared, not copied.
+        let shared = chunks[1].data().column(0).to_data();
+        assert_eq!(
+            shared.buffers()[0].as_ptr(),
+            large.column(0).to_data().buffers()[0].as_ptr()
+        );
+        // Every row once, in order.
+        let ids: Vec<i64> = chunks
+            .iter()
+            .flat_map(|c| {
+                let a = c
+                    .data()
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                a.values().to_vec()
+            })
+            .collect();
+        assert_eq!(ids, (0..1210).collect::<Vec<i64>>());
+        assert!(chunks
+            .iter()
+            .all(|c| c.ops().iter().all(|op| *op == Op::Insert)));
+    }
 }
