@@ -43,8 +43,10 @@ def _free_port() -> int:
 
 def _port_open(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            # A socket connected to itself (the kernel picked `port` as the source port
+            # while nothing listened) is not the server.
+            return s.getsockname() != s.getpeername()
     except OSError:
         return False
 

@@ -14,12 +14,23 @@ pub struct TestServer {
     env: Vec<(String, String)>,
 }
 
+/// A port nothing listens on, never handed to another server of this test process: the
+/// kernel may return a just-released port to the next `bind(0)`, and two servers given the
+/// same port would see each other (one fails to bind, its test talks to the other).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind an ephemeral port")
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl TestServer {
@@ -113,7 +124,14 @@ impl TestServer {
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.conn_str(), tokio_postgres::NoTls)
             .await
-            .expect("connect to strom");
+            .unwrap_or_else(|e| {
+                let pid = self.child.as_ref().map(Child::id);
+                panic!(
+                    "connect to strom on port {} (server pid {pid:?}, {}): {e:?}",
+                    self.port,
+                    process_state(pid)
+                )
+            });
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -135,7 +153,11 @@ impl Drop for TestServer {
 fn wait_for_port(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listening(port) {
+            // Ours, not a server that held the port before ours could bind it.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("strom exited during startup with {status} (port {port} taken?)");
+            }
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -146,6 +168,33 @@ fn wait_for_port(port: u16, child: &mut Child) {
             "strom did not listen on port {port} within 30 s"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether something listens on `port`. A connection whose local address equals its peer
+/// is not an answer: when nothing listens yet and the kernel happens to pick `port` itself
+/// as the ephemeral source port, TCP's simultaneous open connects the socket to itself
+/// (this made a test connect before the server listened, then fail with "refused").
+fn listening(port: u16) -> bool {
+    match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s.local_addr().ok() != s.peer_addr().ok(),
+        Err(_) => false,
+    }
+}
+
+/// "running", "exited" (a zombie not yet reaped) or "gone", from `/proc`, for messages.
+fn process_state(pid: Option<u32>) -> &'static str {
+    let Some(pid) = pid else { return "not started" };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => match stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+        {
+            Some("Z") | Some("X") => "exited",
+            _ => "running",
+        },
+        Err(_) => "gone",
     }
 }
 
