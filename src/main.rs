@@ -30,6 +30,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{Cli, Config};
 
+/// mimalloc instead of glibc's malloc: operators allocate many small, short-lived buffers
+/// (keys, rows, batches) across worker threads, and glibc's malloc/free with its arena
+/// consolidation took ~30% of the CPU of Nexmark q5 (`docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse())?;
     tracing_subscriber::fmt()
