@@ -233,6 +233,13 @@ fn run_workers<W: Send, I: Send>(
     Ok(out)
 }
 
+/// Stages a worker's state changes on its own thread (see [`StateTable::stage_dirty`]).
+fn stage(tables: Vec<&mut StateTable>) {
+    for t in tables {
+        t.stage_dirty();
+    }
+}
+
 /// Splits every chunk by worker: the result has one list of chunks per worker.
 fn split(chunks: &[StreamChunk], keys: &[usize], workers: usize) -> Result<Vec<Vec<StreamChunk>>> {
     let mut parts: Vec<Vec<StreamChunk>> = (0..workers).map(|_| Vec::new()).collect();
@@ -355,6 +362,7 @@ impl Exec {
                         agg.apply(c)?;
                     }
                     let out = agg.flush_with_watermarks(&wms)?;
+                    stage(agg.state_tables());
                     Ok(if out.is_empty() { vec![] } else { vec![out] })
                 })?;
                 let out_wms = workers[0].output_watermarks(&wms);
@@ -380,6 +388,7 @@ impl Exec {
                     out.retain(|c| !c.is_empty());
                     // Interval joins drop rows the watermarks made unmatchable.
                     join.clean(&lw, &rw)?;
+                    stage(join.state_tables());
                     Ok(out)
                 })?;
                 let wms = workers[0].output_watermarks(&lw, &rw);
@@ -394,6 +403,7 @@ impl Exec {
                         w.apply(c)?;
                     }
                     let out = w.flush_with_watermarks(&wms)?;
+                    stage(w.state_tables());
                     Ok(if out.is_empty() { vec![] } else { vec![out] })
                 })?;
                 let out_wms = workers[0].output_watermarks(&wms);
