@@ -223,6 +223,8 @@ pub struct StateTable {
     whole: bool,
     /// Changes taken by [`StateTable::stage_dirty`], in key order, not yet written back.
     staged: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Buckets staging left empty: dropped from the cache at the write-back.
+    emptied: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -258,6 +260,7 @@ impl StateTable {
             dirty_entries: Vec::new(),
             whole: false,
             staged: Vec::new(),
+            emptied: Vec::new(),
         }
     }
 
@@ -527,16 +530,35 @@ impl StateTable {
     /// [`StateTable::stage_dirty`], then the ones made after it. A key changed again after
     /// staging is written twice, and the later write wins, as in the table.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
-        for (key, value) in self.staged.drain(..) {
+        // Taken, not drained: one large epoch must not leave its capacity behind.
+        for (key, value) in std::mem::take(&mut self.staged) {
             match value {
                 Some(v) => batch.put(&key, v),
                 None => batch.delete(&key),
             }
         }
-        self.drain_dirty(|key, value| match value {
+        let mut emptied = std::mem::take(&mut self.emptied);
+        emptied.extend(self.drain_dirty(|key, value| match value {
             Some(v) => batch.put(key, v),
             None => batch.delete(key),
-        });
+        }));
+        // A bucket emptied by deletes goes from the cache once its deletes are in the
+        // batch: the store then has it as it is (nothing), and prefixes that come and go
+        // (a join's rows dropped by the watermark, closed windows' groups) would
+        // otherwise pile up as empty buckets, which the budget does not see. Not before:
+        // a bucket read back from the store while its deletes are only staged would
+        // bring the deleted entries back.
+        for prefix in emptied {
+            let empty = self
+                .buckets
+                .get(&prefix)
+                .is_some_and(|b| b.entries.is_empty() && b.dirty.is_empty());
+            if empty {
+                let bytes = self.buckets.remove(&prefix).map_or(0, |b| b.bytes);
+                self.bytes -= bytes;
+                self.budget.sub(bytes);
+            }
+        }
     }
 
     /// Takes the changes made since the last write-back, in key order, as copies kept
@@ -545,16 +567,19 @@ impl StateTable {
     /// and the epoch's commit, which runs on one thread, only copies bytes.
     pub fn stage_dirty(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
-        self.drain_dirty(|key, value| staged.push((key.to_vec(), value.map(<[u8]>::to_vec))));
+        let emptied =
+            self.drain_dirty(|key, value| staged.push((key.to_vec(), value.map(<[u8]>::to_vec))));
         self.staged = staged;
+        self.emptied.extend(emptied);
     }
 
     /// Hands every change since the last call to `write` (`None`: a delete), in key
     /// order: RocksDB's memtable inserts a key next to the previous one almost for free
     /// (its skip list keeps the last insert position), while keys in touch order each cost
     /// a full search of the skip list, which made memtable inserts a fifth of Nexmark q7's
-    /// CPU.
-    fn drain_dirty(&mut self, mut write: impl FnMut(&[u8], Option<&[u8]>)) {
+    /// CPU. Returns the prefixes of the buckets left empty, for [`StateTable::write_dirty`]
+    /// to drop from the cache.
+    fn drain_dirty(&mut self, mut write: impl FnMut(&[u8], Option<&[u8]>)) -> Vec<Vec<u8>> {
         let mut keys = std::mem::take(&mut self.dirty_entries);
         keys.sort_unstable();
         for key in keys {
@@ -588,21 +613,11 @@ impl StateTable {
                 write(&key, b.entries.get(&suffix).map(Vec::as_slice));
             }
         }
-        // A bucket emptied by deletes goes from the cache: the store has it as it is
-        // (nothing), and prefixes that come and go (a join's rows dropped by the
-        // watermark, closed windows' groups) would otherwise pile up as empty buckets,
-        // which the budget does not see.
-        for (_, prefix) in &prefixes {
-            if self
-                .buckets
-                .get(prefix)
-                .is_some_and(|b| b.entries.is_empty())
-            {
-                let bytes = self.buckets.remove(prefix).map_or(0, |b| b.bytes);
-                self.bytes -= bytes;
-                self.budget.sub(bytes);
-            }
-        }
+        prefixes
+            .into_iter()
+            .filter(|(_, p)| self.buckets.get(p).is_some_and(|b| b.entries.is_empty()))
+            .map(|(_, p)| p)
+            .collect()
     }
 
     /// Advances this table's notion of time: buckets used from now on are more recent
@@ -614,7 +629,7 @@ impl StateTable {
     /// Drops clean buckets last used before `clock - keep` (all of them with `keep` 0).
     /// Returns the bytes freed.
     pub fn evict(&mut self, keep: u64) -> usize {
-        if !self.staged.is_empty() {
+        if !self.staged.is_empty() || !self.emptied.is_empty() {
             // Staged changes are not in the store yet: a bucket dropped now would be read
             // back without them.
             return 0;
@@ -650,7 +665,8 @@ impl StateTable {
     /// at its last committed state.
     pub fn discard(&mut self) {
         self.whole = false;
-        self.staged.clear();
+        self.staged = Vec::new();
+        self.emptied.clear();
         self.buckets.clear();
         self.dirty.clear();
         self.entries.clear();
@@ -778,6 +794,8 @@ pub(crate) mod tests {
                 .put(&prefix, &suffix, n.to_be_bytes().to_vec())
                 .unwrap();
         }
+        // Staged as a delete, put back after staging.
+        t.put(&3u32.to_be_bytes(), &[1], b"x".to_vec()).unwrap();
         t.delete(&3u32.to_be_bytes(), &[1]).unwrap();
         t.stage_dirty();
         ordered.stage_dirty();
@@ -821,6 +839,34 @@ pub(crate) mod tests {
         t.write_dirty(&mut empty);
         ordered.write_dirty(&mut empty);
         assert_eq!(empty.len(), 0);
+    }
+
+    #[test]
+    fn a_bucket_emptied_by_staged_deletes_is_not_read_back_from_the_store() {
+        let (_dir, mut alloc) = temp_alloc();
+        let store = alloc.store().clone();
+        let budget = Arc::clone(alloc.budget());
+        let mut t = alloc.table();
+        t.put(b"p", b"s1", b"v".to_vec()).unwrap();
+        spill(&store, vec![&mut t]);
+        assert!(!t.whole, "evicted: misses read the store");
+        t.delete(b"p", b"s1").unwrap();
+        t.stage_dirty();
+        // The delete is only staged: the store still has the entry, the cache must win.
+        assert_eq!(t.get(b"p", b"s1").unwrap(), None);
+        t.put(b"p", b"s2", b"w".to_vec()).unwrap();
+        spill(&store, vec![&mut t]);
+        let got: Vec<_> = t.bucket(b"p").unwrap().clone().into_iter().collect();
+        assert_eq!(got, vec![(b"s2".to_vec(), b"w".to_vec())]);
+        // Emptied for good: the bucket leaves the cache at the write-back.
+        t.delete(b"p", b"s2").unwrap();
+        t.stage_dirty();
+        let mut batch = WriteBatch::default();
+        t.write_dirty(&mut batch);
+        store.write(batch).unwrap();
+        assert_eq!(t.cached_bytes(), 0);
+        assert_eq!(budget.used(), 0);
+        assert!(t.bucket(b"p").unwrap().is_empty());
     }
 
     #[test]
