@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Same-run comparison of Strom and Apache Flink on one bid CSV file.
 
-    bench/flink/compare.py [--rows 5000000] [--rounds 3] [--queries q0,q1,q2,agg,tumble]
+    bench/flink/compare.py [--rows 5000000] [--rounds 3] [--queries q0,q1,q2,agg,tumble,tumble_close]
                            [--out docs/flink-comparison.md]
 
 Run it with a Python that has PyFlink (`pip install apache-flink` in a virtualenv; JDK 17
@@ -57,6 +57,14 @@ QUERIES = {
     "tumble": (
         "SELECT auction, window_start, count(*) AS n FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) "
         "GROUP BY auction, window_start, window_end",
+        "SELECT auction, window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), "
+        "INTERVAL '10' SECOND)) GROUP BY auction, window_start, window_end",
+    ),
+    # The same count emitting each window once, final: what Flink's window TVF aggregation
+    # does (its output is append-only), where `tumble` above updates every open window.
+    "tumble_close": (
+        "SELECT auction, window_start, count(*) AS n FROM TUMBLE(bid, date_time, INTERVAL '10' SECOND) "
+        "GROUP BY auction, window_start, window_end EMIT ON WINDOW CLOSE",
         "SELECT auction, window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), "
         "INTERVAL '10' SECOND)) GROUP BY auction, window_start, window_end",
     ),

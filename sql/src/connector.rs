@@ -180,9 +180,11 @@ pub fn starts_create_sink(p: &Parser) -> bool {
 /// A sink's query: the tokens up to the statement's last top-level `WITH (`. Left to
 /// itself, sqlparser reads `FROM t WITH (...)` as MSSQL table hints, which would swallow
 /// the sink's options after a query ending in a table name.
+/// The query of `CREATE SINK ... AS query [EMIT ON WINDOW CLOSE] WITH (...)`, and whether
+/// it ends with `EMIT ON WINDOW CLOSE` (consumed here).
 fn parse_query_before_with(
     p: &mut Parser,
-) -> std::result::Result<Box<sqlparser::ast::Query>, ParserError> {
+) -> std::result::Result<(Box<sqlparser::ast::Query>, bool), ParserError> {
     let tokens = statement_tokens(p);
     let mut depth = 0i32;
     let mut cut = None;
@@ -202,10 +204,17 @@ fn parse_query_before_with(
     }
     let Some(n) = cut else {
         // No options: let the caller say so.
-        return p.parse_query();
+        return Ok((p.parse_query()?, false));
     };
+    let is_word = |t: &sqlparser::tokenizer::TokenWithSpan, k: &str| matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case(k));
+    let emit = n >= 4
+        && ["EMIT", "ON", "WINDOW", "CLOSE"]
+            .iter()
+            .zip(&tokens[n - 4..n])
+            .all(|(k, t)| is_word(t, k));
+    let end = if emit { n - 4 } else { n };
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
-    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens[..n].to_vec());
+    let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens[..end].to_vec());
     let query = sub.parse_query()?;
     if sub.peek_token_ref().token != Token::EOF {
         return sub.expected("the end of the sink's query", sub.peek_token());
@@ -213,7 +222,7 @@ fn parse_query_before_with(
     for _ in 0..n {
         p.next_token();
     }
-    Ok(query)
+    Ok((query, emit))
 }
 
 /// The tokens of the statement at the parser's position, up to a `;` outside parentheses
@@ -241,19 +250,23 @@ pub(crate) fn statement_tokens(p: &mut Parser) -> Vec<sqlparser::tokenizer::Toke
     tokens
 }
 
-/// `CREATE SINK [IF NOT EXISTS] name FROM relation | AS query WITH (...) FORMAT f ENCODE e
-/// [(...)]`, as a `CREATE MATERIALIZED VIEW` (of `SELECT * FROM relation` or the query)
-/// whose options carry the sink declaration (read back by [`connector_spec_of_view`]).
+/// `CREATE SINK [IF NOT EXISTS] name FROM relation | AS query [EMIT ON WINDOW CLOSE]
+/// WITH (...) FORMAT f ENCODE e [(...)]`, as a `CREATE MATERIALIZED VIEW` (of
+/// `SELECT * FROM relation` or the query) whose options carry the sink declaration (read
+/// back by [`connector_spec_of_view`]) and, like a view's, `EMIT ON WINDOW CLOSE`.
 pub fn parse_create_sink(p: &mut Parser) -> std::result::Result<Statement, ParserError> {
     p.expect_keyword(Keyword::CREATE)?;
     p.next_token(); // SINK
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false)?;
-    let query = if p.parse_keyword(Keyword::FROM) {
+    let (query, emit_on_window_close) = if p.parse_keyword(Keyword::FROM) {
         let from = p.parse_object_name(false)?;
         let sql = format!("SELECT * FROM {from}");
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
-        Parser::new(&dialect).try_with_sql(&sql)?.parse_query()?
+        (
+            Parser::new(&dialect).try_with_sql(&sql)?.parse_query()?,
+            false,
+        )
     } else if p.parse_keyword(Keyword::AS) {
         parse_query_before_with(p)?
     } else {
@@ -279,6 +292,10 @@ pub fn parse_create_sink(p: &mut Parser) -> std::result::Result<Statement, Parse
         }
     }
     options.push((KIND.into(), "sink".into()));
+    if emit_on_window_close {
+        // Read by `parser::emits_on_window_close`, as for a materialized view.
+        options.push((EMIT_ON_WINDOW_CLOSE.into(), "true".into()));
+    }
     Ok(Statement::CreateView(sqlparser::ast::CreateView {
         or_alter: false,
         or_replace: false,
@@ -807,5 +824,19 @@ mod tests {
         );
         assert_eq!(s.format, "UPSERT");
         assert!(parse("CREATE SINK s AS SELECT 1 FROM t extra junk WITH (connector = 'kafka') FORMAT PLAIN ENCODE JSON").is_err());
+        // EMIT ON WINDOW CLOSE ends the query, as in a materialized view.
+        let sql = "CREATE SINK s AS SELECT a, count(*) FROM t GROUP BY a EMIT ON WINDOW CLOSE \
+                   WITH (connector = 'blackhole')";
+        let Statement::CreateView(cv) = parse(sql).unwrap().remove(0) else {
+            panic!("{sql}")
+        };
+        assert_eq!(cv.query.to_string(), "SELECT a, count(*) FROM t GROUP BY a");
+        assert!(crate::parser::emits_on_window_close(&cv));
+        assert_eq!(
+            connector_spec_of_view(&cv).unwrap().unwrap().options["connector"],
+            "blackhole"
+        );
+        let (q, _) = sink("CREATE SINK s AS SELECT a FROM t WITH (connector = 'blackhole')");
+        assert_eq!(q, "SELECT a FROM t");
     }
 }

@@ -1044,3 +1044,65 @@ async fn an_idle_source_lets_its_last_window_close() {
     )
     .await;
 }
+
+/// `CREATE SINK ... AS query EMIT ON WINDOW CLOSE`: each window goes out once, final, when
+/// the watermark passes its end, so a plain (append-only) format needs no forcing. The
+/// same query without the clause would send every change of every open window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_emitting_on_window_close_sends_each_window_once_final() {
+    let out = fresh_topic("per_minute");
+    create_topic(&out, 1).await;
+    let server = TestServer::start();
+    let c = server.client().await;
+    let b = bootstrap();
+    c.batch_execute(&format!(
+        "SET TimeZone = 'UTC';
+         CREATE TABLE ev (meter VARCHAR, ts TIMESTAMPTZ, kw INT,
+                          WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE SINK per_minute AS
+           SELECT window_start, count(*) AS n, sum(kw) AS kw
+           FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE) GROUP BY window_start
+           EMIT ON WINDOW CLOSE
+           WITH (connector = 'kafka', topic = '{out}', properties.bootstrap.server = '{b}')
+           FORMAT PLAIN ENCODE JSON;"
+    ))
+    .await
+    .unwrap();
+    // The first minute's rows arrive over several epochs; the last one closes it
+    // (watermark 00:01:05), then one at 00:02:30 closes the second minute.
+    for (ts, kw) in [
+        ("00:00:10", 1),
+        ("00:00:20", 2),
+        ("00:00:50", 3),
+        ("00:01:10", 10),
+        ("00:01:20", 20),
+        ("00:02:30", 100),
+    ] {
+        c.batch_execute(&format!(
+            "INSERT INTO ev VALUES ('m1', TIMESTAMPTZ '2024-01-01 {ts}+00', {kw}); FLUSH;"
+        ))
+        .await
+        .unwrap();
+    }
+    let records = consume_until(&out, |r| r.len() >= 2).await;
+    let windows: Vec<(String, i64, i64)> = records
+        .iter()
+        .map(|(_, v)| {
+            let v: serde_json::Value =
+                serde_json::from_str(v.as_deref().expect("a value")).expect("JSON");
+            (
+                v["window_start"]
+                    .as_str()
+                    .expect("window_start")
+                    .to_string(),
+                v["n"].as_i64().expect("n"),
+                v["kw"].as_i64().expect("kw"),
+            )
+        })
+        .collect();
+    assert_eq!(windows.len(), 2, "{records:?}");
+    assert!(windows[0].0.contains("00:00:00"), "{windows:?}");
+    assert_eq!((windows[0].1, windows[0].2), (3, 6), "{windows:?}");
+    assert!(windows[1].0.contains("00:01:00"), "{windows:?}");
+    assert_eq!((windows[1].1, windows[1].2), (2, 30), "{windows:?}");
+}
