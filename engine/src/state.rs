@@ -387,7 +387,13 @@ impl StateTable {
         if !self.buckets.contains_key(prefix) {
             let lo = self.bucket_key(prefix);
             let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
-            let mut bucket = Bucket::default();
+            // The bucket's own key counts too: a bucket read empty (a join probing a key
+            // the other side does not have) is cached to spare the next store read, and
+            // must show in the budget, or they pile up unseen.
+            let mut bucket = Bucket {
+                bytes: prefix.len() + ENTRY_OVERHEAD,
+                ..Bucket::default()
+            };
             if self.whole {
                 // Nothing committed that is not cached: the bucket is empty.
             } else if self.single {
@@ -414,9 +420,25 @@ impl StateTable {
         Ok(b)
     }
 
+    /// The cached bucket of `prefix`, marked as used. For a whole table, `None` means it
+    /// has no entries, known without a store read: reads of a whole table cache nothing
+    /// new, as a join probing the other side with every new key (q7: every bid's price)
+    /// would otherwise leave one empty bucket per key in the cache.
+    fn cached_bucket(&mut self, prefix: &[u8]) -> Option<&Bucket> {
+        let clock = self.clock;
+        self.buckets.get_mut(prefix).map(|b| {
+            b.last_used = clock;
+            &*b
+        })
+    }
+
     /// Every entry under `prefix`, by suffix, in suffix order.
     pub fn bucket(&mut self, prefix: &[u8]) -> Result<&BTreeMap<Vec<u8>, Vec<u8>>> {
+        static EMPTY: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         debug_assert!(!self.ordered, "bucket() on an ordered table");
+        if self.whole {
+            return Ok(self.cached_bucket(prefix).map_or(&EMPTY, |b| &b.entries));
+        }
         Ok(&self.load(prefix)?.entries)
     }
 
@@ -424,6 +446,11 @@ impl StateTable {
         if self.ordered {
             let key = self.entry_key(prefix, suffix);
             return Ok(self.slot(key)?.value.as_ref());
+        }
+        if self.whole {
+            return Ok(self
+                .cached_bucket(prefix)
+                .and_then(|b| b.entries.get(suffix)));
         }
         Ok(self.load(prefix)?.entries.get(suffix))
     }
@@ -867,6 +894,33 @@ pub(crate) mod tests {
         assert_eq!(t.cached_bytes(), 0);
         assert_eq!(budget.used(), 0);
         assert!(t.bucket(b"p").unwrap().is_empty());
+    }
+
+    #[test]
+    fn probing_absent_keys_caches_nothing_unseen() {
+        let (_dir, mut alloc) = temp_alloc();
+        let store = alloc.store().clone();
+        let budget = Arc::clone(alloc.budget());
+        let mut t = alloc.table();
+        t.put(b"k", b"s", b"v".to_vec()).unwrap();
+        spill(&store, vec![&mut t]);
+        // A whole table (a new view's) answers misses from memory and caches nothing.
+        let mut whole = alloc.table();
+        for i in 0..1000u32 {
+            assert!(whole.bucket(&i.to_be_bytes()).unwrap().is_empty());
+            assert_eq!(whole.get(&i.to_be_bytes(), b"s").unwrap(), None);
+        }
+        assert_eq!((whole.buckets.len(), whole.cached_bytes()), (0, 0));
+        // One that is not whole caches the misses (sparing the next store reads), and the
+        // budget sees them, so eviction can drop them.
+        let before = budget.used();
+        for i in 0..1000u32 {
+            assert!(t.bucket(&i.to_be_bytes()).unwrap().is_empty());
+        }
+        assert_eq!(t.bucket(b"k").unwrap().len(), 1);
+        assert!(budget.used() >= before + 1000 * ENTRY_OVERHEAD);
+        assert!(t.evict(0) >= 1000 * ENTRY_OVERHEAD);
+        assert_eq!(budget.used(), before);
     }
 
     #[test]
