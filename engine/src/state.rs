@@ -483,6 +483,11 @@ impl StateTable {
         if self.ordered {
             return self.set_entry(prefix, suffix, None);
         }
+        if self.whole && !self.buckets.contains_key(prefix) {
+            // Nothing to delete, known without a read; caching an empty bucket for it
+            // would only cost memory.
+            return Ok(());
+        }
         let b = self.load(prefix)?;
         if let Some(old) = b.entries.remove(suffix) {
             let removed = suffix.len() + old.len() + ENTRY_OVERHEAD;
@@ -910,6 +915,7 @@ pub(crate) mod tests {
             assert!(whole.bucket(&i.to_be_bytes()).unwrap().is_empty());
             assert_eq!(whole.get(&i.to_be_bytes(), b"s").unwrap(), None);
         }
+        whole.delete(b"absent", b"s").unwrap();
         assert_eq!((whole.buckets.len(), whole.cached_bytes()), (0, 0));
         // One that is not whole caches the misses (sparing the next store reads), and the
         // budget sees them, so eviction can drop them.

@@ -180,8 +180,9 @@ pub fn starts_create_sink(p: &Parser) -> bool {
 /// A sink's query: the tokens up to the statement's last top-level `WITH (`. Left to
 /// itself, sqlparser reads `FROM t WITH (...)` as MSSQL table hints, which would swallow
 /// the sink's options after a query ending in a table name.
-/// The query of `CREATE SINK ... AS query [EMIT ON WINDOW CLOSE] WITH (...)`, and whether
-/// it ends with `EMIT ON WINDOW CLOSE` (consumed here).
+///
+/// Also says whether the query ends with `EMIT ON WINDOW CLOSE` (consumed here, as in
+/// `CREATE SINK ... AS query EMIT ON WINDOW CLOSE WITH (...)`).
 fn parse_query_before_with(
     p: &mut Parser,
 ) -> std::result::Result<(Box<sqlparser::ast::Query>, bool), ParserError> {
