@@ -455,6 +455,51 @@ impl StateTable {
         Ok(self.load(prefix)?.entries.get(suffix))
     }
 
+    /// Sets the entry `(prefix, suffix)` to what `f` makes of its current value (`None`:
+    /// absent; returning `None` deletes it), finding the bucket and the entry once where
+    /// a `get` then a `put` would each look them up.
+    pub fn update(
+        &mut self,
+        prefix: &[u8],
+        suffix: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        if self.ordered {
+            let current = self.get(prefix, suffix)?.cloned();
+            return match f(current.as_deref())? {
+                Some(v) => self.put(prefix, suffix, v),
+                None => self.delete(prefix, suffix),
+            };
+        }
+        let b = self.load(prefix)?;
+        let (added, removed) = match f(b.entries.get(suffix).map(Vec::as_slice))? {
+            Some(v) => {
+                let added = suffix.len() + v.len() + ENTRY_OVERHEAD;
+                let removed = match b.entries.get_mut(suffix) {
+                    Some(slot) => suffix.len() + std::mem::replace(slot, v).len() + ENTRY_OVERHEAD,
+                    None => {
+                        b.entries.insert(suffix.to_vec(), v);
+                        0
+                    }
+                };
+                (added, removed)
+            }
+            None => match b.entries.remove(suffix) {
+                Some(old) => (0, suffix.len() + old.len() + ENTRY_OVERHEAD),
+                None => return Ok(()),
+            },
+        };
+        b.bytes = b.bytes + added - removed;
+        let newly_dirty = mark_dirty(b, suffix);
+        self.bytes = self.bytes + added - removed;
+        self.budget.add(added);
+        self.budget.sub(removed);
+        if newly_dirty {
+            self.dirty.push(prefix.to_vec());
+        }
+        Ok(())
+    }
+
     pub fn put(&mut self, prefix: &[u8], suffix: &[u8], value: Vec<u8>) -> Result<()> {
         if self.ordered {
             return self.set_entry(prefix, suffix, Some(value));
@@ -927,6 +972,41 @@ pub(crate) mod tests {
         assert!(budget.used() >= before + 1000 * ENTRY_OVERHEAD);
         assert!(t.evict(0) >= 1000 * ENTRY_OVERHEAD);
         assert_eq!(budget.used(), before);
+    }
+
+    #[test]
+    fn update_reads_and_writes_an_entry_like_get_then_put() {
+        let (_dir, mut alloc) = temp_alloc();
+        let store = alloc.store().clone();
+        let budget = Arc::clone(alloc.budget());
+        let (mut t, mut by_put) = (alloc.table(), alloc.table());
+        let mut seen = Vec::new();
+        for value in [Some(b"1".to_vec()), Some(b"22".to_vec()), None, None] {
+            t.update(b"p", b"s", |current| {
+                seen.push(current.map(<[u8]>::to_vec));
+                Ok(value.clone())
+            })
+            .unwrap();
+            match value {
+                Some(v) => by_put.put(b"p", b"s", v).unwrap(),
+                None => by_put.delete(b"p", b"s").unwrap(),
+            }
+            assert_eq!(t.cached_bytes(), by_put.cached_bytes());
+        }
+        assert_eq!(
+            seen,
+            vec![None, Some(b"1".to_vec()), Some(b"22".to_vec()), None]
+        );
+        t.update(b"q", b"s", |_| Ok(Some(b"kept".to_vec())))
+            .unwrap();
+        // An error from `f` changes nothing.
+        assert!(t
+            .update(b"q", b"s", |_| Err(EngineError::Internal("no".into())))
+            .is_err());
+        spill(&store, vec![&mut t, &mut by_put]);
+        assert_eq!(t.get(b"p", b"s").unwrap(), None);
+        assert_eq!(t.get(b"q", b"s").unwrap(), Some(&b"kept".to_vec()));
+        assert_eq!(budget.used(), t.cached_bytes() + by_put.cached_bytes());
     }
 
     #[test]

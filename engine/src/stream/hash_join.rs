@@ -643,21 +643,6 @@ impl HashJoin {
                 keys::encode_array_datum(c.as_ref(), i, &mut prefix)?;
             }
             let suffix = row::encode_row(&row)?;
-            let my_count = match self.state[me].get(&prefix, &suffix)? {
-                Some(v) => {
-                    let c = row::decode_row(v, &COUNTS).map_err(corrupt)?;
-                    match &c[0] {
-                        ScalarValue::Int64(Some(a)) => *a,
-                        _ => return Err(corrupt("bad counts".into())),
-                    }
-                }
-                None if insert => 0,
-                None => {
-                    return Err(EngineError::Internal(
-                        "join: delete of a row that was never inserted".into(),
-                    ))
-                }
-            };
             if !buckets.contains_key(prefix.as_slice()) {
                 let entries = self.entries(side.other(), &prefix)?;
                 buckets.insert(prefix.clone(), entries);
@@ -726,13 +711,32 @@ impl HashJoin {
                     out.push((op, self.padded(side, &row)?));
                 }
             }
-            let new_count = my_count + if insert { 1 } else { -1 };
+            // The row's own count, read and written in one step (no result above
+            // depends on it; a failed epoch is rolled back whole).
             let my_degree = if self.tracks_degree(side) { degree } else { 0 };
-            if new_count == 0 {
-                self.state[me].delete(&prefix, &suffix)?;
-            } else {
-                self.state[me].put(&prefix, &suffix, counts(new_count, my_degree)?)?;
-            }
+            let mut my_count = 0;
+            self.state[me].update(&prefix, &suffix, |current| {
+                my_count = match current {
+                    Some(v) => {
+                        let c = row::decode_row(v, &COUNTS).map_err(corrupt)?;
+                        match &c[0] {
+                            ScalarValue::Int64(Some(a)) => *a,
+                            _ => return Err(corrupt("bad counts".into())),
+                        }
+                    }
+                    None if insert => 0,
+                    None => {
+                        return Err(EngineError::Internal(
+                            "join: delete of a row that was never inserted".into(),
+                        ))
+                    }
+                };
+                let new_count = my_count + if insert { 1 } else { -1 };
+                (new_count != 0)
+                    .then(|| counts(new_count, my_degree))
+                    .transpose()
+            })?;
+            let new_count = my_count + if insert { 1 } else { -1 };
             if (my_count == 0) != (new_count == 0) {
                 self.index_row(me, &row, &prefix, &suffix, new_count != 0)?;
             }
