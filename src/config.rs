@@ -53,6 +53,11 @@ pub struct Cli {
     /// (below it they run one after another). For tests and tuning.
     #[arg(long, env = "STROM_STREAM_PARALLEL_MIN_ROWS", hide = true)]
     pub stream_parallel_min_rows: Option<usize>,
+    /// Once listening, write the address bound to this file (created whole, by rename).
+    /// With `--listen 127.0.0.1:0` a harness learns the port the kernel chose, with no race
+    /// between probing for a free port and binding it.
+    #[arg(long, env = "STROM_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +86,7 @@ pub struct Config {
     pub backfill_rows_per_epoch: usize,
     pub stream_workers: usize,
     pub stream_parallel_min_rows: usize,
+    pub ready_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_BARRIER_INTERVAL_MS: u64 = 20;
@@ -160,6 +166,7 @@ impl Config {
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
             stream_parallel_min_rows: cli.stream_parallel_min_rows.unwrap_or(4096),
+            ready_file: cli.ready_file,
             log: cli
                 .log
                 .or(file.log)

@@ -95,7 +95,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    info!(listen = %config.listen, data_dir = %config.data_dir.display(), "strom is ready");
+    let bound = listener.local_addr()?;
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, bound)?;
+    }
+    info!(listen = %bound, data_dir = %config.data_dir.display(), "strom is ready");
     let handlers = Arc::new(pg::handler::Handlers::new(
         Arc::clone(&db),
         Arc::clone(&stream),
@@ -124,4 +128,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         error!(error = %e, "flush on shutdown failed");
     }
     Ok(())
+}
+
+/// Writes the bound address to `path` whole: to a temporary file, then renamed, so a reader
+/// polling for `path` never sees it half written.
+fn write_ready_file(path: &std::path::Path, bound: std::net::SocketAddr) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{bound}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| anyhow::anyhow!("cannot write ready file {}: {e}", path.display()))
 }

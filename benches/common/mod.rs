@@ -1,14 +1,13 @@
 //! Shared by the benchmarks that drive a release `strom` server over the PostgreSQL
 //! protocol.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-/// A release `strom` server on a free port with a fresh data directory; killed when
-/// dropped.
+/// A release `strom` server on a port the kernel picks (reported in its ready file) with a
+/// fresh data directory; killed when dropped.
 pub struct BenchServer {
     pub port: u16,
     child: Child,
@@ -17,20 +16,30 @@ pub struct BenchServer {
 
 impl BenchServer {
     pub fn start() -> BenchServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_strom"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let ready = dir.path().join("ready");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("STROM_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn strom");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let addr: std::net::SocketAddr = text.trim().parse().expect("ready file");
+                break addr.port();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("strom exited during startup with {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "strom did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         BenchServer {
             port,
             child,

@@ -1,7 +1,7 @@
 """psycopg 3 client tests against a PostgreSQL-compatible server.
 
 Which server:
-  * STROM_BIN=/path/to/strom   start `$STROM_BIN --listen 127.0.0.1:<free port> --data-dir <tmpdir>`
+  * STROM_BIN=/path/to/strom   start `$STROM_BIN --listen 127.0.0.1:0 --ready-file ... --data-dir <tmpdir>`
                                and connect as user=root dbname=dev (what scripts/test.sh does);
   * PG_TEST_DSN="host=... port=... user=... dbname=..."
                                run the same tests against an existing server, e.g. a real PostgreSQL,
@@ -16,7 +16,6 @@ Run: STROM_BIN=target/debug/strom python -m pytest -q tests/clients
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,20 +34,13 @@ STARTUP_TIMEOUT = 30.0
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
+def _ready_port(path: str):
+    """The port in the server's ready file (written whole once it listens), or None."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            # A socket connected to itself (the kernel picked `port` as the source port
-            # while nothing listened) is not the server.
-            return s.getsockname() != s.getpeername()
-    except OSError:
-        return False
+        with open(path) as f:
+            return int(f.read().strip().rsplit(":", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _read(path: str, limit: int = 20000) -> str:
@@ -65,17 +57,20 @@ def dsn():
     strom_bin = os.environ.get("STROM_BIN")
     if strom_bin:
         with tempfile.TemporaryDirectory(prefix="strom-pytest-") as tmp:
-            port = _free_port()
             data_dir = os.path.join(tmp, "data")
             log_path = os.path.join(tmp, "server.log")
-            cmd = [strom_bin, "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir]
+            ready = os.path.join(tmp, "ready")
+            # Port 0: the server binds a port the kernel picks and reports it in `ready`,
+            # so nothing can take the port between a probe and the bind.
+            cmd = [strom_bin, "--listen", "127.0.0.1:0", "--ready-file", ready,
+                   "--data-dir", data_dir]
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
             try:
                 deadline = time.monotonic() + STARTUP_TIMEOUT
-                while not _port_open(port):
+                while (port := _ready_port(ready)) is None:
                     if proc.poll() is not None:
                         pytest.fail(
                             f"server {cmd} exited with code {proc.returncode} before listening; "
@@ -83,7 +78,7 @@ def dsn():
                         )
                     if time.monotonic() > deadline:
                         pytest.fail(
-                            f"server {cmd} did not accept connections on 127.0.0.1:{port} within "
+                            f"server {cmd} did not report listening within "
                             f"{STARTUP_TIMEOUT:.0f}s; its output:\n{_read(log_path)}"
                         )
                     time.sleep(0.1)

@@ -1,36 +1,18 @@
 //! Starting and stopping a real `strom` server for a test.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct TestServer {
+    /// The port the server listens on: chosen by the kernel at the first start (the
+    /// server binds port 0 and reports the port in its ready file), kept across restarts.
     pub port: u16,
     pub data_dir: PathBuf,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
     env: Vec<(String, String)>,
-}
-
-/// A port nothing listens on, never handed to another server of this test process: the
-/// kernel may return a just-released port to the next `bind(0)`, and two servers given the
-/// same port would see each other (one fails to bind, its test talks to the other).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind an ephemeral port")
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 impl TestServer {
@@ -50,7 +32,7 @@ impl TestServer {
         let tmp = tempfile::tempdir().expect("create temp dir");
         let data_dir = tmp.path().join("data");
         let mut s = TestServer {
-            port: free_port(),
+            port: 0,
             data_dir,
             child: None,
             _tmp: Some(tmp),
@@ -66,9 +48,14 @@ impl TestServer {
 
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "server already running");
+        // Next to the data directory, not in it: a test may delete or inspect that.
+        let ready = self.data_dir.with_file_name("ready");
+        let _ = std::fs::remove_file(&ready);
         let child = Command::new(env!("CARGO_BIN_EXE_strom"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--ready-file")
+            .arg(&ready)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -79,7 +66,7 @@ impl TestServer {
             .spawn()
             .expect("spawn strom");
         self.child = Some(child);
-        wait_for_port(self.port, self.child.as_mut().unwrap());
+        self.port = wait_until_ready(&ready, self.child.as_mut().unwrap());
     }
 
     /// Stops the server with SIGTERM and waits for it to exit.
@@ -150,35 +137,27 @@ impl Drop for TestServer {
     }
 }
 
-fn wait_for_port(port: u16, child: &mut Child) {
+/// Waits for the server to write its ready file (it does once it listens) and returns the
+/// port in it. The server binds the port itself (0 at the first start: the kernel picks a
+/// free one), so no other process can take it between a probe and the bind.
+fn wait_until_ready(ready: &Path, child: &mut Child) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if listening(port) {
-            // Ours, not a server that held the port before ours could bind it.
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("strom exited during startup with {status} (port {port} taken?)");
-            }
-            return;
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            let addr: std::net::SocketAddr = text
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("ready file {}: {text:?}: {e}", ready.display()));
+            return addr.port();
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("strom exited during startup with {status}");
         }
         assert!(
             Instant::now() < deadline,
-            "strom did not listen on port {port} within 30 s"
+            "strom did not report listening within 30 s"
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether something listens on `port`. A connection whose local address equals its peer
-/// is not an answer: when nothing listens yet and the kernel happens to pick `port` itself
-/// as the ephemeral source port, TCP's simultaneous open connects the socket to itself
-/// (this made a test connect before the server listened, then fail with "refused").
-fn listening(port: u16) -> bool {
-    match std::net::TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s.local_addr().ok() != s.peer_addr().ok(),
-        Err(_) => false,
     }
 }
 
