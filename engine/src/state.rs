@@ -31,7 +31,9 @@
 //! be absent without reading RocksDB (a new group, a new window, a new join key). The
 //! first eviction ends that, and the table reads misses from the store again.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod small_map;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ use rocksdb::WriteBatch;
 use crate::error::{EngineError, Result};
 use crate::keys::{self, STATE_PREFIX};
 use crate::store::Store;
+
+pub use small_map::SmallMap;
 
 /// Rough per-entry overhead of the cache's maps, added to key and value lengths.
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
@@ -81,11 +85,14 @@ impl MemoryBudget {
     }
 }
 
+/// The entries of a bucket, by suffix, in suffix order.
+pub type Entries = SmallMap<Vec<u8>>;
+
 #[derive(Debug, Default)]
 struct Bucket {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: Entries,
     /// Suffixes changed since the last write-back (present: put, absent: delete).
-    dirty: BTreeSet<Vec<u8>>,
+    dirty: SmallMap<()>,
     bytes: usize,
     last_used: u64,
 }
@@ -196,9 +203,7 @@ impl Slot {
 /// Records `suffix` as changed in `b`; true when `b` had no changes before.
 fn mark_dirty(b: &mut Bucket, suffix: &[u8]) -> bool {
     let was_clean = b.dirty.is_empty();
-    if !b.dirty.contains(suffix) {
-        b.dirty.insert(suffix.to_vec());
-    }
+    b.dirty.insert(suffix, ());
     was_clean
 }
 
@@ -399,12 +404,12 @@ impl StateTable {
             } else if self.single {
                 if let Some(v) = self.store.get(&lo)? {
                     bucket.bytes += lo.len() + v.len() + ENTRY_OVERHEAD;
-                    bucket.entries.insert(Vec::new(), v);
+                    bucket.entries.insert(&[], v);
                 }
             } else {
                 for (k, v) in self.store.scan_latest(&lo, &hi)? {
                     bucket.bytes += k.len() + v.len() + ENTRY_OVERHEAD;
-                    bucket.entries.insert(k[lo.len()..].to_vec(), v.into_vec());
+                    bucket.entries.insert(&k[lo.len()..], v.into_vec());
                 }
             }
             self.bytes += bucket.bytes;
@@ -433,8 +438,8 @@ impl StateTable {
     }
 
     /// Every entry under `prefix`, by suffix, in suffix order.
-    pub fn bucket(&mut self, prefix: &[u8]) -> Result<&BTreeMap<Vec<u8>, Vec<u8>>> {
-        static EMPTY: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    pub fn bucket(&mut self, prefix: &[u8]) -> Result<&Entries> {
+        static EMPTY: Entries = SmallMap::new();
         debug_assert!(!self.ordered, "bucket() on an ordered table");
         if self.whole {
             return Ok(self.cached_bucket(prefix).map_or(&EMPTY, |b| &b.entries));
@@ -475,13 +480,10 @@ impl StateTable {
         let (added, removed) = match f(b.entries.get(suffix).map(Vec::as_slice))? {
             Some(v) => {
                 let added = suffix.len() + v.len() + ENTRY_OVERHEAD;
-                let removed = match b.entries.get_mut(suffix) {
-                    Some(slot) => suffix.len() + std::mem::replace(slot, v).len() + ENTRY_OVERHEAD,
-                    None => {
-                        b.entries.insert(suffix.to_vec(), v);
-                        0
-                    }
-                };
+                let removed = b
+                    .entries
+                    .insert(suffix, v)
+                    .map_or(0, |old| suffix.len() + old.len() + ENTRY_OVERHEAD);
                 (added, removed)
             }
             None => match b.entries.remove(suffix) {
@@ -506,13 +508,10 @@ impl StateTable {
         }
         let b = self.load(prefix)?;
         let added = suffix.len() + value.len() + ENTRY_OVERHEAD;
-        let removed = match b.entries.get_mut(suffix) {
-            Some(slot) => suffix.len() + std::mem::replace(slot, value).len() + ENTRY_OVERHEAD,
-            None => {
-                b.entries.insert(suffix.to_vec(), value);
-                0
-            }
-        };
+        let removed = b
+            .entries
+            .insert(suffix, value)
+            .map_or(0, |old| suffix.len() + old.len() + ENTRY_OVERHEAD);
         b.bytes = b.bytes + added - removed;
         let newly_dirty = mark_dirty(b, suffix);
         self.bytes = self.bytes + added - removed;
@@ -684,7 +683,7 @@ impl StateTable {
                 .buckets
                 .get_mut(prefix)
                 .expect("invariant: dirty buckets stay cached");
-            for suffix in std::mem::take(&mut b.dirty) {
+            for suffix in std::mem::take(&mut b.dirty).into_keys() {
                 key.truncate(base);
                 key.extend_from_slice(&suffix);
                 write(&key, b.entries.get(&suffix).map(Vec::as_slice));
@@ -933,7 +932,12 @@ pub(crate) mod tests {
         assert_eq!(t.get(b"p", b"s1").unwrap(), None);
         t.put(b"p", b"s2", b"w".to_vec()).unwrap();
         spill(&store, vec![&mut t]);
-        let got: Vec<_> = t.bucket(b"p").unwrap().clone().into_iter().collect();
+        let got: Vec<_> = t
+            .bucket(b"p")
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(got, vec![(b"s2".to_vec(), b"w".to_vec())]);
         // Emptied for good: the bucket leaves the cache at the write-back.
         t.delete(b"p", b"s2").unwrap();
@@ -1026,7 +1030,12 @@ pub(crate) mod tests {
         store.write(batch).unwrap();
         assert!(t.evict(0) > 0);
         assert_eq!(budget.used(), 0);
-        let got: Vec<_> = t.bucket(b"g1").unwrap().clone().into_iter().collect();
+        let got: Vec<_> = t
+            .bucket(b"g1")
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(got, vec![(b"b".to_vec(), b"2".to_vec())]);
         let mut other = StateTable::new(7, 2, store, budget);
         assert!(other.bucket(b"g1").unwrap().is_empty());

@@ -698,7 +698,7 @@ fn cast_to(v: ScalarValue, t: &DataType) -> Result<ScalarValue> {
 fn general_result(
     g: &GeneralAgg,
     types: &[DataType],
-    bucket: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    bucket: &crate::state::Entries,
 ) -> Result<ScalarValue> {
     let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); types.len()];
     for bytes in bucket.values() {
