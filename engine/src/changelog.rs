@@ -306,12 +306,21 @@ pub fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
                 put_bytes(&mut out, replay.watermark.as_deref());
                 continue;
             }
-            let mut ipc = Vec::new();
-            let mut w = StreamWriter::try_new(&mut ipc, &b.data.schema())?;
+            // As `put_bytes` would write it, but encoded in place: the IPC bytes of a file's
+            // batch are megabytes, and growing a buffer of their own and copying it here
+            // was a tenth of the CPU of reading a CSV file.
+            out.reserve(b.data.get_array_memory_size() + 1024);
+            out.push(1);
+            let len_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let mut w = StreamWriter::try_new(&mut out, &b.data.schema())?;
             w.write(&b.data)?;
             w.finish()?;
             drop(w);
-            put_bytes(&mut out, Some(&ipc));
+            let len = u32::try_from(out.len() - len_at - 4).map_err(|_| {
+                EngineError::Internal("a source batch of 4 GiB or more in one entry".into())
+            })?;
+            out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
     Ok(out)

@@ -106,7 +106,13 @@ impl ProjectFilter {
                 select(chunk.ops(), |i| mask.is_valid(i) && mask.value(i))
             }
         };
-        let filtered = take_rows(batch, rows)?;
+        // Every row kept (no filter, or one all rows pass) needs no copy of the columns:
+        // `select` keeps row order, so then `rows` is `0..n`.
+        let filtered = if rows.len() == batch.num_rows() {
+            batch.clone()
+        } else {
+            take_rows(batch, rows)?
+        };
         let options = RecordBatchOptions::new().with_row_count(Some(filtered.num_rows()));
         let columns: Vec<ArrayRef> = self
             .exprs
