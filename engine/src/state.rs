@@ -207,6 +207,46 @@ fn mark_dirty(b: &mut Bucket, suffix: &[u8]) -> bool {
     was_clean
 }
 
+/// Changes taken by [`StateTable::stage_dirty`]: keys and values back to back in one
+/// buffer, so staging a change copies its bytes instead of allocating two vectors (which,
+/// with their frees, was a third of staging's cost in Nexmark q7).
+#[derive(Debug, Default)]
+struct Staged {
+    bytes: Vec<u8>,
+    /// Per change, in order: its key's length and its value's (`None`: a delete).
+    lens: Vec<(u32, Option<u32>)>,
+}
+
+impl Staged {
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let len = |b: &[u8]| u32::try_from(b.len()).expect("invariant: state entries < 4 GiB");
+        self.lens.push((len(key), value.map(len)));
+        self.bytes.extend_from_slice(key);
+        if let Some(v) = value {
+            self.bytes.extend_from_slice(v);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Every change, in the order staged.
+    fn for_each(&self, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+        let mut at = 0;
+        for &(k, v) in &self.lens {
+            let key = &self.bytes[at..at + k as usize];
+            at += k as usize;
+            let value = v.map(|v| {
+                let value = &self.bytes[at..at + v as usize];
+                at += v as usize;
+                value
+            });
+            f(key, value);
+        }
+    }
+}
+
 pub struct StateTable {
     view: u32,
     index: u16,
@@ -227,7 +267,7 @@ pub struct StateTable {
     /// Every committed entry is cached: a miss needs no store read (see the module docs).
     whole: bool,
     /// Changes taken by [`StateTable::stage_dirty`], in key order, not yet written back.
-    staged: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    staged: Staged,
     /// Buckets staging left empty: dropped from the cache at the write-back.
     emptied: Vec<Vec<u8>>,
 }
@@ -264,7 +304,7 @@ impl StateTable {
             entries: BTreeMap::new(),
             dirty_entries: Vec::new(),
             whole: false,
-            staged: Vec::new(),
+            staged: Staged::default(),
             emptied: Vec::new(),
         }
     }
@@ -607,12 +647,10 @@ impl StateTable {
     /// staging is written twice, and the later write wins, as in the table.
     pub fn write_dirty(&mut self, batch: &mut WriteBatch) {
         // Taken, not drained: one large epoch must not leave its capacity behind.
-        for (key, value) in std::mem::take(&mut self.staged) {
-            match value {
-                Some(v) => batch.put(&key, v),
-                None => batch.delete(&key),
-            }
-        }
+        std::mem::take(&mut self.staged).for_each(|key, value| match value {
+            Some(v) => batch.put(key, v),
+            None => batch.delete(key),
+        });
         let mut emptied = std::mem::take(&mut self.emptied);
         emptied.extend(self.drain_dirty(|key, value| match value {
             Some(v) => batch.put(key, v),
@@ -643,8 +681,7 @@ impl StateTable {
     /// and the epoch's commit, which runs on one thread, only copies bytes.
     pub fn stage_dirty(&mut self) {
         let mut staged = std::mem::take(&mut self.staged);
-        let emptied =
-            self.drain_dirty(|key, value| staged.push((key.to_vec(), value.map(<[u8]>::to_vec))));
+        let emptied = self.drain_dirty(|key, value| staged.push(key, value));
         self.staged = staged;
         self.emptied.extend(emptied);
     }
@@ -741,7 +778,7 @@ impl StateTable {
     /// at its last committed state.
     pub fn discard(&mut self) {
         self.whole = false;
-        self.staged = Vec::new();
+        self.staged = Staged::default();
         self.emptied.clear();
         self.buckets.clear();
         self.dirty.clear();
