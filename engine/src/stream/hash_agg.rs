@@ -268,8 +268,8 @@ impl HashAgg {
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         let mut out = vec![&mut self.main];
         out.extend(self.extremes.iter_mut().flatten());
-        if let Some(w) = &mut self.window {
-            out.push(w.table());
+        if let Some(t) = self.window.as_mut().and_then(WindowIndex::table) {
+            out.push(t);
         }
         out
     }
@@ -607,6 +607,10 @@ impl HashAgg {
 
     /// Writes the touched groups' state; returns the changes of their output rows.
     fn flush_groups(&mut self) -> Result<Vec<(Op, Vec<ScalarValue>)>> {
+        if let Some(w) = self.window.as_mut().filter(|w| w.needs_load()) {
+            // Groups are stored under their keys, the window column among them.
+            w.load(&self.main, &self.state_types[..self.group_keys.len()])?;
+        }
         if let Some((prefix, key)) = self.always.clone() {
             if !self.touched.contains_key(&prefix) && self.main.get(&prefix, &[])?.is_none() {
                 // The one row of a global aggregate exists before any input does.
@@ -864,7 +868,7 @@ fn result(call: &AggCall, state: &AggState) -> Result<ScalarValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::temp_alloc;
+    use crate::state::tests::{spill, temp_alloc};
     use datafusion::arrow::datatypes::{Field, Schema};
     use std::sync::Arc;
 
@@ -1080,7 +1084,7 @@ mod tests {
     }
 
     /// `SELECT w, count(*), max(v) GROUP BY w` over (w, v), windowed on `w`.
-    fn windowed(alloc: &mut StateAlloc, emit_on_close: bool) -> HashAgg {
+    fn windowed(alloc: &mut StateAlloc, emit_on_close: bool, in_memory: bool) -> HashAgg {
         HashAgg::try_new(
             &input(&[DataType::Int64, DataType::Int64]),
             vec![0],
@@ -1092,6 +1096,7 @@ mod tests {
             Some(AggWindow {
                 key: 0,
                 emit_on_close,
+                in_memory,
             }),
             false,
             alloc,
@@ -1106,7 +1111,7 @@ mod tests {
     #[test]
     fn emit_on_window_close_emits_each_group_once_final_and_drops_its_state() {
         let (_dir, mut alloc) = temp_alloc();
-        let mut agg = windowed(&mut alloc, true);
+        let mut agg = windowed(&mut alloc, true, true);
         agg.apply(&StreamChunk::from_pretty("I I\n + 1 5\n + 2 7"))
             .unwrap();
         assert!(agg.flush_with_watermarks(&wm(1)).unwrap().is_empty());
@@ -1138,7 +1143,7 @@ mod tests {
     #[test]
     fn a_windowed_aggregate_updates_continuously_and_drops_passed_groups() {
         let (_dir, mut alloc) = temp_alloc();
-        let mut agg = windowed(&mut alloc, false);
+        let mut agg = windowed(&mut alloc, false, true);
         agg.apply(&StreamChunk::from_pretty("I I\n + 1 5")).unwrap();
         let out = agg.flush_with_watermarks(&wm(0)).unwrap();
         assert_eq!(
@@ -1153,5 +1158,71 @@ mod tests {
         );
         let key = keys::encode_key(&[ScalarValue::Int64(Some(1))]).unwrap();
         assert!(agg.main.get(&key, &[]).unwrap().is_none());
+    }
+
+    /// Groups open when the server stopped are closed by a later watermark, with no
+    /// new rows for them: the index finds them again after a start, in memory (state
+    /// version 3) as in its state table.
+    #[test]
+    fn open_windows_are_found_again_after_a_restart() {
+        for in_memory in [false, true] {
+            let (_dir, mut alloc) = temp_alloc();
+            let store = alloc.store().clone();
+            let mut after =
+                StateAlloc::new(alloc.view(), store.clone(), Arc::clone(alloc.budget()));
+            let mut agg = windowed(&mut alloc, true, in_memory);
+            agg.apply(&StreamChunk::from_pretty("I I\n + 1 5\n + 2 7\n + 3 1"))
+                .unwrap();
+            assert!(agg.flush_with_watermarks(&wm(1)).unwrap().is_empty());
+            spill(&store, agg.state_tables());
+            drop(agg);
+            let mut agg = windowed(&mut after, true, in_memory);
+            agg.set_worker(0, 1);
+            let out = agg.flush_with_watermarks(&wm(3)).unwrap();
+            assert_eq!(
+                out.to_pretty(),
+                StreamChunk::from_pretty("I I I\n + 1 1 5\n + 2 1 7").to_pretty(),
+                "in memory: {in_memory}"
+            );
+            // A row for the open window after the restart joins the stored ones.
+            agg.apply(&StreamChunk::from_pretty("I I\n + 3 4")).unwrap();
+            assert!(agg.flush_with_watermarks(&wm(3)).unwrap().is_empty());
+            let out = agg.flush_with_watermarks(&wm(10)).unwrap();
+            assert_eq!(
+                out.to_pretty(),
+                StreamChunk::from_pretty("I I I\n + 3 2 4").to_pretty(),
+                "in memory: {in_memory}"
+            );
+        }
+    }
+
+    /// Workers of a parallel aggregate rebuild only the windows of the keys they own.
+    #[test]
+    fn each_worker_finds_again_only_its_own_open_windows() {
+        let (_dir, mut alloc) = temp_alloc();
+        let (store, view, budget) = (alloc.store().clone(), alloc.view(), alloc.budget().clone());
+        let mut agg = windowed(&mut alloc, true, true);
+        let rows: String = (0..40).map(|w| format!("\n + {w} 1")).collect();
+        agg.apply(&StreamChunk::from_pretty(&format!("I I{rows}")))
+            .unwrap();
+        assert!(agg.flush_with_watermarks(&wm(-1)).unwrap().is_empty());
+        spill(&store, agg.state_tables());
+        drop(agg);
+        let mut seen = Vec::new();
+        for worker in 0..2 {
+            // Workers share their state tables: each allocates the same ones.
+            let mut alloc = StateAlloc::new(view, store.clone(), Arc::clone(&budget));
+            let mut agg = windowed(&mut alloc, true, true);
+            agg.set_worker(worker, 2);
+            let out = agg.flush_with_watermarks(&wm(100)).unwrap();
+            for row in out.to_pretty().lines() {
+                let w: i64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+                let key = keys::encode_key(&[ScalarValue::Int64(Some(w))]).unwrap();
+                assert_eq!(super::super::exchange::worker_of(&key, 2), worker);
+                seen.push(w);
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
     }
 }

@@ -188,8 +188,8 @@ impl OverWindow {
 
     pub fn state_tables(&mut self) -> Vec<&mut StateTable> {
         let mut out = vec![&mut self.rows];
-        if let Some(w) = &mut self.window {
-            out.push(w.table());
+        if let Some(t) = self.window.as_mut().and_then(WindowIndex::table) {
+            out.push(t);
         }
         out
     }
@@ -256,6 +256,15 @@ impl OverWindow {
     }
 
     fn flush_changes(&mut self) -> Result<Vec<(Op, Vec<ScalarValue>)>> {
+        if let Some(w) = self.window.as_mut().filter(|w| w.needs_load()) {
+            // Partitions are stored under their keys, the window column among them.
+            let types = self
+                .partition_by
+                .iter()
+                .map(|e| e.data_type(&self.input))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            w.load(&self.rows, &types)?;
+        }
         self.touched.clear();
         let mut out = Vec::new();
         for (prefix, before) in std::mem::take(&mut self.before) {

@@ -44,7 +44,10 @@ pub fn column_refs(
 ///   [`PlanNode::watermarks_bound_changes`]); before, only joins of two append-only
 ///   inputs did. Its index of rows by time is kept in memory and rebuilt from the rows
 ///   after a start, instead of in a state table.
-pub const STATE_VERSION: u32 = 2;
+/// - 3: a windowed aggregation or window function keeps its open windows in memory,
+///   rebuilt from its groups or partitions after a start, instead of in a state table
+///   (see [`super::window_index`]).
+pub const STATE_VERSION: u32 = 3;
 
 /// How a temporal join finds dimension rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +164,9 @@ pub struct AggWindow {
     /// `EMIT ON WINDOW CLOSE`: a group's row is emitted once, when the watermark passes
     /// it, instead of being updated continuously.
     pub emit_on_close: bool,
+    /// Set by [`PlanNode::choose_state_layout`] from state version 3: the open windows
+    /// are kept in memory, rebuilt after a start, instead of in a state table.
+    pub in_memory: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -577,8 +583,18 @@ impl PlanNode {
         }
         match &mut self.kind {
             NodeKind::HashAgg {
-                append_only_input, ..
-            } => *append_only_input = state_version >= 1 && self.inputs[0].append_only,
+                append_only_input,
+                window,
+                ..
+            } => {
+                *append_only_input = state_version >= 1 && self.inputs[0].append_only;
+                if let Some(w) = window {
+                    w.in_memory = state_version >= 3;
+                }
+            }
+            NodeKind::OverWindow {
+                window: Some(w), ..
+            } => w.in_memory = state_version >= 3,
             NodeKind::HashJoin {
                 cleaning,
                 inputs_append_only_as_planned,
@@ -684,7 +700,11 @@ impl PlanNode {
                     // The last watermarked key: `window_end` when grouped by both ends
                     // (for sessions it closes sooner than `window_start`).
                     if let Some(key) = group_keys.iter().rposition(|&k| wm[k]) {
-                        *window = Some(AggWindow { key, emit_on_close });
+                        *window = Some(AggWindow {
+                            key,
+                            emit_on_close,
+                            in_memory: false,
+                        });
                         if emit_on_close {
                             *emitting += 1;
                             // Emitted once, final: the output only grows.
@@ -707,7 +727,11 @@ impl PlanNode {
                             .is_some_and(|c| wm.get(c.index()).copied().unwrap_or(false))
                     });
                     if let Some(key) = key {
-                        *window = Some(AggWindow { key, emit_on_close });
+                        *window = Some(AggWindow {
+                            key,
+                            emit_on_close,
+                            in_memory: false,
+                        });
                         if emit_on_close {
                             *emitting += 1;
                             self.append_only = true;
