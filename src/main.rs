@@ -124,6 +124,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     info!("shutting down");
+    if let Some(path) = &config.ready_file {
+        // No longer listening: a harness must not take the address for a new start's.
+        let _ = std::fs::remove_file(path);
+    }
     if let Err(e) = db.flush() {
         error!(error = %e, "flush on shutdown failed");
     }

@@ -309,7 +309,8 @@ pub fn encode(entry: &LogEntry) -> Result<Vec<u8>> {
             // As `put_bytes` would write it, but encoded in place: the IPC bytes of a file's
             // batch are megabytes, and growing a buffer of their own and copying it here
             // was a tenth of the CPU of reading a CSV file.
-            out.reserve(b.data.get_array_memory_size() + 1024);
+            // (A slice of a larger batch reports its whole buffers' size: capped.)
+            out.reserve(b.data.get_array_memory_size().min(64 << 20) + 1024);
             out.push(1);
             let len_at = out.len();
             out.extend_from_slice(&[0; 4]);

@@ -483,6 +483,10 @@ mod tests {
     use strom_catalog::{ColumnDef, SchemaId, SqlType, WatermarkDef};
 
     fn marker(expr: &str) -> Watermarker {
+        marker_of(expr, SqlType::Timestamp)
+    }
+
+    fn marker_of(expr: &str, ts_type: SqlType) -> Watermarker {
         let column = |name: &str, ty| ColumnDef {
             name: name.into(),
             ty,
@@ -494,10 +498,7 @@ mod tests {
             id: TableId(1),
             schema: SchemaId(0),
             name: "bid".into(),
-            columns: vec![
-                column("ts", SqlType::Timestamp),
-                column("v", SqlType::BigInt),
-            ],
+            columns: vec![column("ts", ts_type), column("v", SqlType::BigInt)],
             pk: vec![],
             user_pk: false,
             view: None,
@@ -582,5 +583,37 @@ mod tests {
         let got = m.split_batch(&batch, Some(&ts(6_000_000))).unwrap();
         assert_eq!(got.max, Some(ts(5_000_000)));
         assert_eq!(got.late.len(), 3);
+    }
+
+    /// The same for a TIMESTAMPTZ column: the shortcut keeps the time zone of the column.
+    #[test]
+    fn a_monotone_expression_over_timestamptz_keeps_its_zone() {
+        let ty = SqlType::Timestamptz.to_arrow();
+        let datafusion::arrow::datatypes::DataType::Timestamp(_, zone) = &ty else {
+            panic!("TIMESTAMPTZ is an Arrow timestamp");
+        };
+        let zone = zone.clone();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", ty.clone(), true),
+            Field::new("v", datafusion::arrow::datatypes::DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(5_000_000), Some(9_000_000)])
+                        .with_timezone_opt(zone.clone()),
+                ),
+                Arc::new(Int64Array::from(vec![Some(1), Some(2)])),
+            ],
+        )
+        .unwrap();
+        let m = marker_of("ts - INTERVAL '4' SECOND", SqlType::Timestamptz);
+        assert!(m.monotone);
+        let got = m.split_batch(&batch, None).unwrap();
+        assert_eq!(
+            got.max,
+            Some(ScalarValue::TimestampMicrosecond(Some(5_000_000), zone))
+        );
     }
 }

@@ -5,8 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct TestServer {
-    /// The port the server listens on: chosen by the kernel at the first start (the
-    /// server binds port 0 and reports the port in its ready file), kept across restarts.
+    /// The port the server listens on: chosen by the kernel at every start (the server
+    /// binds port 0 and reports the port in its ready file), so a restart may change it;
+    /// connect through [`TestServer::client`] or read it again after one.
     pub port: u16,
     pub data_dir: PathBuf,
     child: Option<Child>,
@@ -53,7 +54,7 @@ impl TestServer {
         let _ = std::fs::remove_file(&ready);
         let child = Command::new(env!("CARGO_BIN_EXE_strom"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("127.0.0.1:0")
             .arg("--ready-file")
             .arg(&ready)
             .arg("--data-dir")

@@ -1193,6 +1193,10 @@ mod tests {
                 StreamChunk::from_pretty("I I I\n + 3 2 4").to_pretty(),
                 "in memory: {in_memory}"
             );
+            // Every window closed and written back: nothing is charged any more, the
+            // in-memory index included.
+            spill(&store, agg.state_tables());
+            assert_eq!(after.budget().used(), 0, "in memory: {in_memory}");
         }
     }
 

@@ -8,15 +8,17 @@
 //! table with one bucket, `encode(window column) ++ key -> key`, which cost a state write
 //! when a group appeared and a scan and a delete when it closed (a tenth of Nexmark q5).
 //!
-//! The workers of a parallel operator each see only the keys they own (by vnode).
+//! The workers of a parallel operator each see only the keys they own (by vnode). The
+//! in-memory index is charged to the state memory budget, like a join's time index.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::keys;
-use crate::state::{StateAlloc, StateTable};
+use crate::state::{MemoryBudget, StateAlloc, StateTable, ENTRY_OVERHEAD};
 
 use super::exchange::worker_of;
 use super::plan::AggWindow;
@@ -29,7 +31,24 @@ enum Open {
         open: BTreeSet<(Vec<u8>, Vec<u8>)>,
         /// Whether the keys committed before this start are in `open`.
         loaded: bool,
+        /// What `open` holds, charged to the state budget (so the evictable caches
+        /// shrink to make room), and given back when the index goes.
+        bytes: usize,
+        budget: Arc<MemoryBudget>,
     },
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Open::Memory { bytes, budget, .. } = self {
+            budget.sub(*bytes);
+        }
+    }
+}
+
+/// The bytes an in-memory entry is charged.
+fn entry_bytes(window: &[u8], key: &[u8]) -> usize {
+    window.len() + key.len() + ENTRY_OVERHEAD
 }
 
 #[derive(Debug)]
@@ -48,6 +67,8 @@ impl WindowIndex {
             Open::Memory {
                 open: BTreeSet::new(),
                 loaded: false,
+                bytes: 0,
+                budget: Arc::clone(state.budget()),
             }
         } else {
             Open::Table(state.ordered_table())
@@ -86,7 +107,13 @@ impl WindowIndex {
     /// nothing yet: the store then holds exactly the keys open at the start.
     pub fn load(&mut self, state: &StateTable, key_types: &[DataType]) -> Result<()> {
         let (worker, workers, window) = (self.worker, self.workers, self.cfg.key);
-        let Open::Memory { open, loaded } = &mut self.open else {
+        let Open::Memory {
+            open,
+            loaded,
+            bytes,
+            budget,
+        } = &mut self.open
+        else {
             return Ok(());
         };
         let corrupt = || EngineError::Corrupt {
@@ -106,7 +133,12 @@ impl WindowIndex {
                 at += len;
             }
             // A partition's rows share its key: the first inserts it, the rest find it.
-            open.insert((tail[window_at].to_vec(), tail[..at].to_vec()));
+            let (window, key) = (&tail[window_at], &tail[..at]);
+            if open.insert((window.to_vec(), key.to_vec())) {
+                let n = entry_bytes(window, key);
+                *bytes += n;
+                budget.add(n);
+            }
             Ok(())
         })?;
         *loaded = true;
@@ -124,8 +156,17 @@ impl WindowIndex {
     pub fn open(&mut self, window: &[u8], key: &[u8]) -> Result<()> {
         match &mut self.open {
             Open::Table(t) => t.put(&[], &Self::suffix(window, key), key.to_vec()),
-            Open::Memory { open, .. } => {
-                open.insert((window.to_vec(), key.to_vec()));
+            Open::Memory {
+                open,
+                bytes,
+                budget,
+                ..
+            } => {
+                if open.insert((window.to_vec(), key.to_vec())) {
+                    let n = entry_bytes(window, key);
+                    *bytes += n;
+                    budget.add(n);
+                }
                 Ok(())
             }
         }
@@ -135,8 +176,17 @@ impl WindowIndex {
     pub fn remove(&mut self, window: &[u8], key: &[u8]) -> Result<()> {
         match &mut self.open {
             Open::Table(t) => t.delete(&[], &Self::suffix(window, key)),
-            Open::Memory { open, .. } => {
-                open.remove(&(window.to_vec(), key.to_vec()));
+            Open::Memory {
+                open,
+                bytes,
+                budget,
+                ..
+            } => {
+                if open.remove(&(window.to_vec(), key.to_vec())) {
+                    let n = entry_bytes(window, key);
+                    *bytes -= n;
+                    budget.sub(n);
+                }
                 Ok(())
             }
         }
@@ -147,12 +197,20 @@ impl WindowIndex {
     pub fn take_closed(&mut self, bound: &[u8]) -> Result<Vec<Vec<u8>>> {
         let (me, workers) = (self.worker, self.workers);
         let t = match &mut self.open {
-            Open::Memory { open, .. } => {
+            Open::Memory {
+                open,
+                bytes,
+                budget,
+                ..
+            } => {
                 // Encoded windows are prefix-free, so (window, key) pairs sort as their
                 // concatenation does, and a window below `bound` comes first.
                 let mut keys = Vec::new();
                 while open.first().is_some_and(|(w, _)| w.as_slice() < bound) {
-                    let (_, key) = open.pop_first().expect("checked");
+                    let (window, key) = open.pop_first().expect("checked");
+                    let n = entry_bytes(&window, &key);
+                    *bytes -= n;
+                    budget.sub(n);
                     keys.push(key);
                 }
                 return Ok(keys);
