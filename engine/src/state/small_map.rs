@@ -175,14 +175,14 @@ mod tests {
             // happen; more later, so the map grows past the small form.
             let range = if step < 2000 { 40 } else { 400 };
             let key = format!("k{}", x % range).into_bytes();
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(ours.remove(&key), model.remove(&key), "remove {key:?}");
             } else {
                 assert_eq!(ours.insert(&key, step), model.insert(key.clone(), step));
             }
             assert_eq!(ours.len(), model.len());
             assert_eq!(ours.get(&key), model.get(&key));
-            if step % 97 == 0 {
+            if step.is_multiple_of(97) {
                 let a: Vec<_> = ours.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 let b: Vec<_> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 assert_eq!(a, b, "at step {step}");
