@@ -85,6 +85,40 @@ impl MemoryBudget {
     }
 }
 
+/// Memory an operator keeps outside its state tables (an in-memory index that cannot be
+/// evicted), charged to the budget so that the evictable caches shrink to make room, and
+/// given back when it goes.
+#[derive(Debug)]
+pub struct Charge {
+    bytes: usize,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Charge {
+    pub fn new(budget: &Arc<MemoryBudget>) -> Self {
+        Charge {
+            bytes: 0,
+            budget: Arc::clone(budget),
+        }
+    }
+
+    pub fn add(&mut self, n: usize) {
+        self.bytes += n;
+        self.budget.add(n);
+    }
+
+    pub fn sub(&mut self, n: usize) {
+        self.bytes -= n;
+        self.budget.sub(n);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.sub(self.bytes);
+    }
+}
+
 /// The entries of a bucket, by suffix, in suffix order.
 pub type Entries = SmallMap<Vec<u8>>;
 

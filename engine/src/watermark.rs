@@ -270,32 +270,12 @@ impl Watermarker {
         datafusion::logical_expr::Accumulator::update_batch(&mut acc, &[values])?;
         let max = datafusion::logical_expr::Accumulator::evaluate(&mut acc)?;
         let max = if self.monotone && !max.is_null() {
-            self.at(&max)?
+            crate::stream::project_filter::evaluate_at(&self.expr, &self.schema, self.column, &max)?
         } else {
             max
         };
         out.max = (!max.is_null()).then_some(max);
         Ok(out)
-    }
-
-    /// The expression's value for a row whose watermark column is `ts` (the other
-    /// columns NULL: a monotone expression does not read them).
-    fn at(&self, ts: &ScalarValue) -> Result<ScalarValue> {
-        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
-            .map(|c| {
-                if c == self.column {
-                    ts.to_array()
-                } else {
-                    Ok(datafusion::arrow::array::new_null_array(
-                        self.schema.field(c).data_type(),
-                        1,
-                    ))
-                }
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        let value = self.expr.evaluate(&batch)?.into_array(1)?;
-        Ok(ScalarValue::try_from_array(&value, 0)?)
     }
 
     /// The watermark expression over rows (their visible columns), all in one batch.

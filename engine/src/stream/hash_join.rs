@@ -39,7 +39,7 @@ use super::chunk::{Op, StreamChunk};
 use crate::error::{EngineError, Result};
 use crate::keys;
 use crate::row;
-use crate::state::{MemoryBudget, StateAlloc, StateTable};
+use crate::state::{Charge, StateAlloc, StateTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinType {
@@ -153,17 +153,8 @@ enum TimeIndex {
     Memory {
         entries: BTreeMap<Vec<u8>, IndexLens>,
         loaded: bool,
-        bytes: usize,
-        budget: Arc<MemoryBudget>,
+        bytes: Charge,
     },
-}
-
-impl Drop for TimeIndex {
-    fn drop(&mut self) {
-        if let TimeIndex::Memory { bytes, budget, .. } = self {
-            budget.sub(*bytes);
-        }
-    }
 }
 
 /// The bytes an in-memory time index entry is charged.
@@ -272,8 +263,7 @@ impl HashJoin {
                         entries: BTreeMap::new(),
                         // Committed rows are read in at the first cleaning.
                         loaded: false,
-                        bytes: 0,
-                        budget: Arc::clone(state.budget()),
+                        bytes: Charge::new(state.budget()),
                     }
                 } else {
                     TimeIndex::Stored(state.ordered_table())
@@ -359,34 +349,15 @@ impl HashJoin {
                 t.put(&[], &key, value)?;
             }
             (TimeIndex::Stored(t), false) => t.delete(&[], &key)?,
-            (
-                TimeIndex::Memory {
-                    entries,
-                    bytes,
-                    budget,
-                    ..
-                },
-                true,
-            ) => {
+            (TimeIndex::Memory { entries, bytes, .. }, true) => {
                 let n = index_entry_bytes(&key);
                 if entries.insert(key, (tl, pl)).is_none() {
-                    *bytes += n;
-                    budget.add(n);
+                    bytes.add(n);
                 }
             }
-            (
-                TimeIndex::Memory {
-                    entries,
-                    bytes,
-                    budget,
-                    ..
-                },
-                false,
-            ) => {
+            (TimeIndex::Memory { entries, bytes, .. }, false) => {
                 if entries.remove(&key).is_some() {
-                    let n = index_entry_bytes(&key);
-                    *bytes -= n;
-                    budget.sub(n);
+                    bytes.sub(index_entry_bytes(&key));
                 }
             }
         }
@@ -469,18 +440,12 @@ impl HashJoin {
             let (worker, workers) = (c.worker, c.workers);
             let c = self.cleaning[me].as_mut().expect("checked");
             match &mut c.index {
-                TimeIndex::Memory {
-                    entries,
-                    bytes,
-                    budget,
-                    ..
-                } => {
+                TimeIndex::Memory { entries, bytes, .. } => {
                     // Every key before the bound is an unmatchable row of this worker.
                     let kept = entries.split_off(encoded.as_slice());
                     let gone = std::mem::replace(entries, kept);
                     let freed: usize = gone.keys().map(|k| index_entry_bytes(k)).sum();
-                    *bytes -= freed;
-                    budget.sub(freed);
+                    bytes.sub(freed);
                     for (key, (tl, pl)) in gone {
                         let (tl, pl) = (tl as usize, pl as usize);
                         let (prefix, suffix) = key[tl..].split_at(pl);

@@ -70,21 +70,11 @@ impl ProjectFilter {
         }
         for e in &self.exprs {
             let wm = match monotone_in(e, input) {
-                Some(c) if wms.get(c).is_some_and(Option::is_some) => {
-                    let columns: Vec<ArrayRef> = input
-                        .fields()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, f)| match (&wms[i], i == c) {
-                            (Some(w), true) => w.to_array_of_size(1),
-                            _ => Ok(new_null_array(f.data_type(), 1)),
-                        })
-                        .collect::<std::result::Result<_, _>>()?;
-                    let batch = RecordBatch::try_new(Arc::clone(input), columns)?;
-                    let v = e.evaluate(&batch)?.into_array(1)?;
-                    Some(ScalarValue::try_from_array(&v, 0)?).filter(|v| !v.is_null())
-                }
-                _ => None,
+                Some(c) => match &wms.get(c) {
+                    Some(Some(w)) => Some(evaluate_at(e, input, c, w)?).filter(|v| !v.is_null()),
+                    _ => None,
+                },
+                None => None,
             };
             out.push(wm);
         }
@@ -126,6 +116,32 @@ impl ProjectFilter {
             RecordBatch::try_new_with_options(Arc::clone(&self.output), columns, &options)?;
         drop_no_op_updates(ops, projected)
     }
+}
+
+/// `e`'s value for a row of `input` whose column `column` is `value` and whose other
+/// columns are NULL: for an expression [`monotone_in`] that column, its value at a
+/// watermark (or at the largest value of a batch).
+pub fn evaluate_at(
+    e: &Arc<dyn PhysicalExpr>,
+    input: &SchemaRef,
+    column: usize,
+    value: &ScalarValue,
+) -> Result<ScalarValue> {
+    let columns: Vec<ArrayRef> = input
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == column {
+                value.to_array_of_size(1)
+            } else {
+                Ok(new_null_array(f.data_type(), 1))
+            }
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let batch = RecordBatch::try_new(Arc::clone(input), columns)?;
+    let v = e.evaluate(&batch)?.into_array(1)?;
+    Ok(ScalarValue::try_from_array(&v, 0)?)
 }
 
 /// The input column an expression never decreases in, when it reads exactly one column and

@@ -12,13 +12,12 @@
 //! in-memory index is charged to the state memory budget, like a join's time index.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::{EngineError, Result};
 use crate::keys;
-use crate::state::{MemoryBudget, StateAlloc, StateTable, ENTRY_OVERHEAD};
+use crate::state::{Charge, StateAlloc, StateTable, ENTRY_OVERHEAD};
 
 use super::exchange::worker_of;
 use super::plan::AggWindow;
@@ -31,19 +30,9 @@ enum Open {
         open: BTreeSet<(Vec<u8>, Vec<u8>)>,
         /// Whether the keys committed before this start are in `open`.
         loaded: bool,
-        /// What `open` holds, charged to the state budget (so the evictable caches
-        /// shrink to make room), and given back when the index goes.
-        bytes: usize,
-        budget: Arc<MemoryBudget>,
+        /// What `open` holds, charged to the state budget.
+        bytes: Charge,
     },
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        if let Open::Memory { bytes, budget, .. } = self {
-            budget.sub(*bytes);
-        }
-    }
 }
 
 /// The bytes an in-memory entry is charged.
@@ -67,8 +56,7 @@ impl WindowIndex {
             Open::Memory {
                 open: BTreeSet::new(),
                 loaded: false,
-                bytes: 0,
-                budget: Arc::clone(state.budget()),
+                bytes: Charge::new(state.budget()),
             }
         } else {
             Open::Table(state.ordered_table())
@@ -111,7 +99,6 @@ impl WindowIndex {
             open,
             loaded,
             bytes,
-            budget,
         } = &mut self.open
         else {
             return Ok(());
@@ -135,9 +122,7 @@ impl WindowIndex {
             // A partition's rows share its key: the first inserts it, the rest find it.
             let (window, key) = (&tail[window_at], &tail[..at]);
             if open.insert((window.to_vec(), key.to_vec())) {
-                let n = entry_bytes(window, key);
-                *bytes += n;
-                budget.add(n);
+                bytes.add(entry_bytes(window, key));
             }
             Ok(())
         })?;
@@ -156,16 +141,9 @@ impl WindowIndex {
     pub fn open(&mut self, window: &[u8], key: &[u8]) -> Result<()> {
         match &mut self.open {
             Open::Table(t) => t.put(&[], &Self::suffix(window, key), key.to_vec()),
-            Open::Memory {
-                open,
-                bytes,
-                budget,
-                ..
-            } => {
+            Open::Memory { open, bytes, .. } => {
                 if open.insert((window.to_vec(), key.to_vec())) {
-                    let n = entry_bytes(window, key);
-                    *bytes += n;
-                    budget.add(n);
+                    bytes.add(entry_bytes(window, key));
                 }
                 Ok(())
             }
@@ -176,16 +154,9 @@ impl WindowIndex {
     pub fn remove(&mut self, window: &[u8], key: &[u8]) -> Result<()> {
         match &mut self.open {
             Open::Table(t) => t.delete(&[], &Self::suffix(window, key)),
-            Open::Memory {
-                open,
-                bytes,
-                budget,
-                ..
-            } => {
+            Open::Memory { open, bytes, .. } => {
                 if open.remove(&(window.to_vec(), key.to_vec())) {
-                    let n = entry_bytes(window, key);
-                    *bytes -= n;
-                    budget.sub(n);
+                    bytes.sub(entry_bytes(window, key));
                 }
                 Ok(())
             }
@@ -197,20 +168,13 @@ impl WindowIndex {
     pub fn take_closed(&mut self, bound: &[u8]) -> Result<Vec<Vec<u8>>> {
         let (me, workers) = (self.worker, self.workers);
         let t = match &mut self.open {
-            Open::Memory {
-                open,
-                bytes,
-                budget,
-                ..
-            } => {
+            Open::Memory { open, bytes, .. } => {
                 // Encoded windows are prefix-free, so (window, key) pairs sort as their
                 // concatenation does, and a window below `bound` comes first.
                 let mut keys = Vec::new();
                 while open.first().is_some_and(|(w, _)| w.as_slice() < bound) {
                     let (window, key) = open.pop_first().expect("checked");
-                    let n = entry_bytes(&window, &key);
-                    *bytes -= n;
-                    budget.sub(n);
+                    bytes.sub(entry_bytes(&window, &key));
                     keys.push(key);
                 }
                 return Ok(keys);
