@@ -29,6 +29,7 @@ pub mod planner;
 pub mod project_filter;
 pub mod runtime;
 pub mod session;
+pub mod shared;
 pub mod temporal_filter;
 pub mod window_index;
 

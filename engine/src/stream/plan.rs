@@ -47,7 +47,9 @@ pub fn column_refs(
 /// - 3: a windowed aggregation or window function keeps its open windows in memory,
 ///   rebuilt from its groups or partitions after a start, instead of in a state table
 ///   (see [`super::window_index`]).
-pub const STATE_VERSION: u32 = 3;
+/// - 4: a subtree that occurs more than once runs once and feeds every occurrence (see
+///   [`super::shared`]).
+pub const STATE_VERSION: u32 = 4;
 
 /// How a temporal join finds dimension rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +155,14 @@ pub enum NodeKind {
     /// created.
     Values {
         rows: Vec<Vec<ScalarValue>>,
+    },
+    /// A subtree that occurs more than once in the plan (see [`super::shared`]): its
+    /// input runs where `computed_here`, and every other occurrence with the same `id`
+    /// (later in run order) reuses that output in the same epoch. A reusing occurrence
+    /// keeps its input for planning and display, but nothing below it is built.
+    Shared {
+        id: usize,
+        computed_here: bool,
     },
 }
 
@@ -345,6 +355,11 @@ impl PlanNode {
                 None => text.clone(),
             },
             NodeKind::Values { rows } => format!("Values rows={}", rows.len()),
+            NodeKind::Shared {
+                id,
+                computed_here: true,
+            } => format!("Shared #{id}"),
+            NodeKind::Shared { id, .. } => format!("Shared #{id} (computed above)"),
         }
     }
 
@@ -361,6 +376,9 @@ impl PlanNode {
         };
         let append = if self.append_only { " append-only" } else { "" };
         let _ = writeln!(out, "{}{}{key}{append}", "  ".repeat(depth), self.name());
+        if self.reuses_shared() {
+            return;
+        }
         for i in &self.inputs {
             i.explain_into(depth + 1, out);
         }
@@ -535,6 +553,7 @@ impl PlanNode {
                 }
             }
             NodeKind::Values { .. } => {}
+            NodeKind::Shared { .. } => out = inputs[0].clone(),
         }
         out
     }
@@ -578,8 +597,15 @@ impl PlanNode {
     /// [`STATE_VERSION`]). Call after [`PlanNode::annotate_windows`], which settles which
     /// nodes are append-only.
     pub fn choose_state_layout(&mut self, state_version: u32) {
+        self.choose_layouts(state_version);
+        if state_version >= 4 {
+            self.share_common_subplans();
+        }
+    }
+
+    fn choose_layouts(&mut self, state_version: u32) {
         for i in &mut self.inputs {
-            i.choose_state_layout(state_version);
+            i.choose_layouts(state_version);
         }
         match &mut self.kind {
             NodeKind::HashAgg {
@@ -646,9 +672,10 @@ impl PlanNode {
     pub fn watermarks_bound_changes(&self) -> bool {
         match &self.kind {
             NodeKind::Source { .. } => self.append_only,
-            NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::HashAgg { .. } => {
-                self.inputs[0].watermarks_bound_changes()
-            }
+            NodeKind::Filter { .. }
+            | NodeKind::Project { .. }
+            | NodeKind::HashAgg { .. }
+            | NodeKind::Shared { .. } => self.inputs[0].watermarks_bound_changes(),
             NodeKind::HashJoin {
                 join_type: super::hash_join::JoinType::Inner,
                 ..
@@ -739,7 +766,10 @@ impl PlanNode {
                     }
                 }
             }
-            NodeKind::Project { .. } | NodeKind::Filter { .. } | NodeKind::LookupJoin { .. } => {
+            NodeKind::Project { .. }
+            | NodeKind::Filter { .. }
+            | NodeKind::LookupJoin { .. }
+            | NodeKind::Shared { .. } => {
                 self.append_only = self.inputs[0].append_only;
             }
             NodeKind::UnionAll => {
@@ -762,8 +792,24 @@ impl PlanNode {
         found
     }
 
+    /// A [`NodeKind::Shared`] occurrence that reuses the output computed elsewhere.
+    fn reuses_shared(&self) -> bool {
+        matches!(
+            self.kind,
+            NodeKind::Shared {
+                computed_here: false,
+                ..
+            }
+        )
+    }
+
+    /// Visits every node that runs: not below an occurrence of a shared subtree that
+    /// reuses another's output (the runtime builds nothing there).
     fn visit(&self, f: &mut impl FnMut(&PlanNode)) {
         f(self);
+        if self.reuses_shared() {
+            return;
+        }
         for i in &self.inputs {
             i.visit(f);
         }

@@ -189,7 +189,15 @@ enum Exec {
     Session(Box<SessionWindow>, Box<Exec>),
     /// Processing-time lookups into a dimension (one instance).
     Lookup(Box<LookupJoin>, Box<Exec>),
+    /// A shared subtree (see [`super::shared`]) computed here: its output is also kept
+    /// in the epoch's slot `id` for the occurrences that reuse it.
+    Shared(usize, Box<Exec>),
+    /// An occurrence of a shared subtree computed earlier in the epoch: its output again.
+    Reused(usize),
 }
+
+/// The outputs of shared subtrees in the epoch being run, by id.
+type SharedOutputs = Vec<Option<(Vec<StreamChunk>, Vec<Option<ScalarValue>>)>>;
 
 /// Runs `work` for every worker with its share of the input, on scoped threads when there
 /// are at least `parallel_min_rows` input rows (below that, starting threads would cost
@@ -261,8 +269,8 @@ fn rows_in(chunks: &[StreamChunk]) -> usize {
 impl Exec {
     fn state_tables(&mut self) -> Vec<&mut StateTable> {
         match self {
-            Exec::Source(_) => vec![],
-            Exec::ProjectFilter(_, i) => i.state_tables(),
+            Exec::Source(_) | Exec::Reused(_) => vec![],
+            Exec::ProjectFilter(_, i) | Exec::Shared(_, i) => i.state_tables(),
             Exec::Agg(workers, _, i) => {
                 let mut v: Vec<&mut StateTable> =
                     workers.iter_mut().flat_map(|a| a.state_tables()).collect();
@@ -310,10 +318,11 @@ impl Exec {
             (None, b) => b,
         };
         Ok(match self {
-            Exec::Source(_) => None,
+            Exec::Source(_) | Exec::Reused(_) => None,
             Exec::Temporal(tf, i) => min(tf.next_deadline()?, i.next_deadline()?),
             Exec::Lookup(lj, i) => min(lj.next_deadline()?, i.next_deadline()?),
             Exec::ProjectFilter(_, i)
+            | Exec::Shared(_, i)
             | Exec::Agg(_, _, i)
             | Exec::Window(_, _, i)
             | Exec::Session(_, i) => i.next_deadline()?,
@@ -337,6 +346,7 @@ impl Exec {
         now: i64,
         snapshot: &Snapshot,
         parallel_min_rows: usize,
+        shared: &mut SharedOutputs,
     ) -> Result<(Vec<StreamChunk>, Vec<Option<ScalarValue>>)> {
         let min = parallel_min_rows;
         Ok(match self {
@@ -344,8 +354,21 @@ impl Exec {
                 inputs[*i].take().unwrap_or_default(),
                 watermarks[*i].clone(),
             ),
+            Exec::Shared(id, input) => {
+                let out = input.run(inputs, watermarks, now, snapshot, min, shared)?;
+                if shared.len() <= *id {
+                    shared.resize(*id + 1, None);
+                }
+                shared[*id] = Some(out.clone());
+                out
+            }
+            // Run order is plan order, so the computing occurrence has run: chunks share
+            // their Arrow buffers, nothing is copied.
+            Exec::Reused(id) => shared.get(*id).cloned().flatten().ok_or_else(|| {
+                EngineError::Internal(format!("shared subplan #{id} reused before it ran"))
+            })?,
             Exec::ProjectFilter(pf, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 let out = chunks
                     .iter()
                     .map(|c| pf.apply(c))
@@ -354,7 +377,7 @@ impl Exec {
                 (out, pf.watermarks(&wms)?)
             }
             Exec::Agg(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |agg, part| {
@@ -369,8 +392,8 @@ impl Exec {
                 (out, out_wms)
             }
             Exec::Join(workers, keys, left, right) => {
-                let (l, lw) = left.run(inputs, watermarks, now, snapshot, min)?;
-                let (r, rw) = right.run(inputs, watermarks, now, snapshot, min)?;
+                let (l, lw) = left.run(inputs, watermarks, now, snapshot, min, shared)?;
+                let (r, rw) = right.run(inputs, watermarks, now, snapshot, min, shared)?;
                 let parallel = rows_in(&l) + rows_in(&r) >= min;
                 let n = workers.len();
                 let parts: Vec<(Vec<StreamChunk>, Vec<StreamChunk>)> = split(&l, &keys[0], n)?
@@ -395,7 +418,7 @@ impl Exec {
                 (out, wms)
             }
             Exec::Window(workers, keys, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 let parallel = rows_in(&chunks) >= min;
                 let parts = split(&chunks, keys, workers.len())?;
                 let out = run_workers(workers, parts, parallel, |w, part| {
@@ -410,14 +433,14 @@ impl Exec {
                 (out, out_wms)
             }
             Exec::Lookup(lj, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 let out = lj.run(&chunks, snapshot, now)?;
                 let mut wms = wms;
                 wms.resize(lj.output_width(), None);
                 (out, wms)
             }
             Exec::Session(sw, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 for c in &chunks {
                     sw.apply(c)?;
                 }
@@ -427,7 +450,7 @@ impl Exec {
                 (out.into_iter().collect(), out_wms)
             }
             Exec::Temporal(tf, input) => {
-                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min)?;
+                let (chunks, wms) = input.run(inputs, watermarks, now, snapshot, min, shared)?;
                 tf.set_now(now);
                 (tf.run(&chunks)?.into_iter().collect(), wms)
             }
@@ -437,7 +460,7 @@ impl Exec {
                 // a row can still come from the branch that is furthest behind).
                 let mut wms: Option<Vec<Option<ScalarValue>>> = None;
                 for b in branches {
-                    let (chunks, bw) = b.run(inputs, watermarks, now, snapshot, min)?;
+                    let (chunks, bw) = b.run(inputs, watermarks, now, snapshot, min, shared)?;
                     for c in chunks {
                         let data =
                             RecordBatch::try_new(Arc::clone(schema), c.data().columns().to_vec())?;
@@ -1070,6 +1093,14 @@ fn build(
     catalog: &strom_catalog::Catalog,
     workers: usize,
 ) -> Result<Exec> {
+    // A reusing occurrence of a shared subtree builds nothing below it.
+    if let NodeKind::Shared {
+        id,
+        computed_here: false,
+    } = node.kind
+    {
+        return Ok(Exec::Reused(id));
+    }
     let mut inputs = node
         .inputs
         .iter()
@@ -1174,6 +1205,7 @@ fn build(
             )
         }
         NodeKind::UnionAll => Exec::Union(Arc::clone(&node.schema), inputs),
+        NodeKind::Shared { id, .. } => Exec::Shared(*id, Box::new(inputs.remove(0))),
         NodeKind::LookupJoin {
             left_outer,
             left_keys,
@@ -1422,6 +1454,7 @@ fn step(
         now,
         snapshot,
         parallel_min_rows,
+        &mut Vec::new(),
     )?;
     let mut changes = Vec::new();
     if is_blackhole(&view.def) {
