@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod session;
 pub mod shared;
 pub mod temporal_filter;
+pub mod time_shift;
 pub mod window_index;
 
 #[cfg(test)]

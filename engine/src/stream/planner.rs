@@ -127,11 +127,11 @@ impl Planner {
                 "now() in a materialized view outside a temporal filter (a WHERE condition comparing a timestamp column with now() plus or minus a constant interval, like ts > now() - INTERVAL '1 hour')",
             ));
         }
-        Ok(create_physical_expr(
-            e,
-            input,
-            &self.props,
-            &PhysicalPlanningContext::default(),
+        let expr =
+            create_physical_expr(e, input, &self.props, &PhysicalPlanningContext::default())?;
+        Ok(super::time_shift::shift_fixed_intervals(
+            expr,
+            input.as_arrow(),
         )?)
     }
 

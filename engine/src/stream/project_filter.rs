@@ -177,6 +177,9 @@ pub fn monotone_in(
             None
         };
     }
+    if let Some(s) = any.downcast_ref::<super::time_shift::TimeShift>() {
+        return monotone_in(s.input(), input);
+    }
     if let Some(b) = any.downcast_ref::<BinaryExpr>() {
         let is_const = |x: &Arc<dyn PhysicalExpr>| x.downcast_ref::<Literal>().is_some();
         return match b.op() {

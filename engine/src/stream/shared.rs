@@ -460,11 +460,7 @@ mod tests {
 
     /// `count(*)` grouped by `keys` of the source `(a, w)`, windowed by column `w`.
     fn count_by(keys: &[usize]) -> PlanNode {
-        let names: Vec<&str> = keys
-            .iter()
-            .map(|&k| ["a", "w"][k])
-            .chain(["n"])
-            .collect();
+        let names: Vec<&str> = keys.iter().map(|&k| ["a", "w"][k]).chain(["n"]).collect();
         PlanNode {
             kind: NodeKind::HashAgg {
                 group_keys: keys.to_vec(),
