@@ -18,7 +18,8 @@
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Float64Type, Int32Type, Int64Type, IntervalUnit, TimeUnit,
+    DataType, Date32Type, Float64Type, Int32Type, Int64Type, IntervalUnit, Time64MicrosecondType,
+    TimeUnit, TimestampMicrosecondType,
 };
 use datafusion::common::ScalarValue;
 
@@ -213,9 +214,24 @@ pub fn encode_array_datum(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> R
             let i = array.as_primitive::<Int64Type>().value(row);
             out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
         }
-        DataType::Int32 => {
+        // Timestamps, times of day and dates as `encode_key_datum` encodes them (window
+        // starts are group and join keys): no `ScalarValue` per row.
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
             out.push(0x01);
-            let i = array.as_primitive::<Int32Type>().value(row);
+            let i = array.as_primitive::<TimestampMicrosecondType>().value(row);
+            out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
+        }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            out.push(0x01);
+            let i = array.as_primitive::<Time64MicrosecondType>().value(row);
+            out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
+        }
+        DataType::Int32 | DataType::Date32 => {
+            out.push(0x01);
+            let i = match array.data_type() {
+                DataType::Date32 => array.as_primitive::<Date32Type>().value(row),
+                _ => array.as_primitive::<Int32Type>().value(row),
+            };
             out.extend_from_slice(&((i as u32) ^ (1 << 31)).to_be_bytes());
         }
         DataType::Float64 => {
@@ -474,7 +490,7 @@ mod tests {
     fn array_encoding_equals_scalar_encoding() {
         use datafusion::arrow::array::{
             ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
-            StringViewArray,
+            StringViewArray, Time64MicrosecondArray, TimestampMicrosecondArray,
         };
         use std::sync::Arc;
         let arrays: Vec<ArrayRef> = vec![
@@ -489,6 +505,20 @@ mod tests {
             ])),
             Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
             Arc::new(Date32Array::from(vec![Some(1), Some(-1), None])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(-1), None, Some(1_704_067_200_000_000)])
+                    .with_timezone("+00:00"),
+            ),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                Some(i64::MIN),
+                Some(0),
+                None,
+            ])),
+            Arc::new(Time64MicrosecondArray::from(vec![
+                Some(86_399_999_999),
+                None,
+                Some(0),
+            ])),
         ];
         for a in &arrays {
             for row in 0..a.len() {
