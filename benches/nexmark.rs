@@ -154,10 +154,8 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64, csv: Option<&str>)
             )
             .await
             .unwrap();
-        // The least complete source's share of its events.
-        let done_share = running
-            .iter()
-            .map(|r| {
+        let done = !running.is_empty()
+            && running.iter().all(|r| {
                 let name: String = r.get(0);
                 let rows: Option<i64> = r.get(1);
                 let want = if csv.is_some() {
@@ -165,25 +163,15 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64, csv: Option<&str>)
                 } else {
                     rows_of(&name, events)
                 };
-                (rows.unwrap_or(0) as f64 / want.max(1) as f64).min(1.0)
-            })
-            .fold(1.0f64, f64::min);
-        if !running.is_empty() && done_share >= 1.0 {
+                rows.unwrap_or(0) as u64 >= want
+            });
+        if done {
             break;
         }
         if Instant::now() > deadline {
             return Result::failed(name, "not done after 30 minutes");
         }
-        // Each poll is a query the server plans and runs, on the cores the benchmark
-        // measures: poll every 20 ms only near the end, sleeping through half the
-        // expected remaining time before that.
-        let elapsed = started.elapsed().as_secs_f64();
-        let remaining = if done_share > 0.0 {
-            elapsed * (1.0 - done_share) / done_share
-        } else {
-            0.0
-        };
-        tokio::time::sleep(Duration::from_secs_f64((remaining / 2.0).clamp(0.02, 1.0))).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.batch_execute("FLUSH").await.unwrap();
     let secs = started.elapsed().as_secs_f64();
