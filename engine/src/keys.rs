@@ -226,12 +226,14 @@ pub fn encode_array_datum(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> R
             let i = array.as_primitive::<Time64MicrosecondType>().value(row);
             out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
         }
-        DataType::Int32 | DataType::Date32 => {
+        DataType::Int32 => {
             out.push(0x01);
-            let i = match array.data_type() {
-                DataType::Date32 => array.as_primitive::<Date32Type>().value(row),
-                _ => array.as_primitive::<Int32Type>().value(row),
-            };
+            let i = array.as_primitive::<Int32Type>().value(row);
+            out.extend_from_slice(&((i as u32) ^ (1 << 31)).to_be_bytes());
+        }
+        DataType::Date32 => {
+            out.push(0x01);
+            let i = array.as_primitive::<Date32Type>().value(row);
             out.extend_from_slice(&((i as u32) ^ (1 << 31)).to_be_bytes());
         }
         DataType::Float64 => {

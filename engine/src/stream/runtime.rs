@@ -554,6 +554,17 @@ impl View {
                 _ => return Err(bad()),
             };
         }
+        if !b.is_empty() {
+            // More inputs were stored than the plan has: the view was planned differently
+            // when it was created (see `plan::STATE_VERSION`); its state would be misread.
+            return Err(EngineError::Corrupt {
+                table: self.def.name.clone(),
+                reason: format!(
+                    "its plan now reads {} inputs, but more were stored when it was created; drop and recreate it",
+                    self.sources.len()
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -868,7 +879,13 @@ impl Graph {
         let store = self.db.store();
         if !new {
             match store.get(&backfill_key(def.id))? {
-                Some(b) => view.decode_positions(&b)?,
+                // A view whose stored positions do not fit its plan fails alone; the
+                // server and the other views start.
+                Some(b) => {
+                    if let Err(e) = view.decode_positions(&b) {
+                        view.failed = Some(e.to_string());
+                    }
+                }
                 None => view
                     .sources
                     .iter_mut()

@@ -318,8 +318,8 @@ fn equal_after_canonical_form(root: &PlanNode) -> Option<Vec<Vec<usize>>> {
 }
 
 /// An aggregation in canonical form, under a projection that restores its output column
-/// order: a projection beneath it that only picks input columns is folded in, and its
-/// group keys are sorted by input column. `None` when it is in that form already, or is
+/// order: a projection beneath it that only picks columns of append-only input is folded
+/// in, and its group keys are sorted by input column. `None` when it is in that form already, or is
 /// not a kind this applies to (grouping sets, general aggregates).
 fn canonical_agg(node: &PlanNode) -> Option<PlanNode> {
     let NodeKind::HashAgg {
@@ -336,8 +336,11 @@ fn canonical_agg(node: &PlanNode) -> Option<PlanNode> {
         return None;
     }
     let below = &node.inputs[0];
+    // Only over append-only input: on updating input the projection also drops updates
+    // that change no column it keeps, which the aggregation would otherwise see as a
+    // delete and an insert (a float sum would drift).
     let picked: Option<Vec<usize>> = match &below.kind {
-        NodeKind::Project { exprs, .. } => exprs
+        NodeKind::Project { exprs, .. } if below.inputs[0].append_only => exprs
             .iter()
             .map(|e| e.downcast_ref::<Column>().map(Column::index))
             .collect(),
@@ -546,6 +549,40 @@ mod tests {
         ));
         // The runtime reads one source, not two.
         assert_eq!(plan.input_count(), 1);
+    }
+
+    #[test]
+    fn a_projection_over_updating_input_is_kept() {
+        // It drops updates that change no column it keeps; the aggregation must not see
+        // them as a delete and an insert.
+        let over_projection = |keys: &[usize]| {
+            let mut agg = count_by(keys);
+            let mut source = source();
+            source.append_only = false;
+            agg.inputs[0] = PlanNode {
+                kind: NodeKind::Project {
+                    exprs: vec![
+                        Arc::new(Column::new("a", 0)) as Arc<dyn PhysicalExpr>,
+                        Arc::new(Column::new("w", 1)),
+                    ],
+                    texts: vec!["a".into(), "w".into()],
+                },
+                schema: Arc::clone(&source.schema),
+                unique_key: None,
+                append_only: false,
+                inputs: vec![source],
+            };
+            agg
+        };
+        let mut plan = union(vec![over_projection(&[1, 0]), over_projection(&[0, 1])]);
+        plan.choose_state_layout(STATE_VERSION);
+        assert_eq!(count_shared(&plan), (1, 1), "{}", plan.explain());
+        let shared_agg = &plan.inputs[0].inputs[0].inputs[0];
+        assert!(
+            matches!(shared_agg.inputs[0].kind, NodeKind::Project { .. }),
+            "{}",
+            plan.explain()
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `window_end` adds the window size, watermarks subtract seconds. The planner replaces
 //! such an addition by a [`TimeShift`], which adds a constant number of microseconds to
 //! the whole column. An interval is a fixed length when it has no months and, for a
-//! timestamp with a time zone, no days either (a day in a zone is not always 24 hours).
+//! timestamp with a time zone other than UTC, no days either (a day in a zone is not
+//! always 24 hours).
 
 use std::fmt;
 use std::hash::Hash;
@@ -83,8 +84,11 @@ pub fn shift_fixed_intervals(
                 Operator::Minus => -1,
                 _ => return Ok(Transformed::no(e)),
             };
+            // Strom stores TIMESTAMPTZ in UTC, where a day is 24 hours.
             let zoned = match b.left().data_type(input)? {
-                DataType::Timestamp(TimeUnit::Microsecond, tz) => tz.is_some(),
+                DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                    tz.is_some_and(|z| !matches!(z.as_ref(), "UTC" | "+00:00" | "Z"))
+                }
                 _ => return Ok(Transformed::no(e)),
             };
             let interval = match b.right().downcast_ref::<Literal>().map(Literal::value) {
@@ -122,6 +126,17 @@ impl PhysicalExpr for TimeShift {
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
         let micros = self.micros;
+        // DataFusion's arithmetic goes through chrono and fails outside its range (about
+        // ±262,000 years); so does this, not only on i64 overflow.
+        let (lo, hi) = (
+            chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_micros(),
+            chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_micros(),
+        );
+        let shift = |t: i64| {
+            t.checked_add(micros)
+                .filter(|v| (lo..=hi).contains(v))
+                .ok_or_else(overflow)
+        };
         Ok(match self.input.evaluate(batch)? {
             ColumnarValue::Array(a) => {
                 let tz = match a.data_type() {
@@ -132,15 +147,13 @@ impl PhysicalExpr for TimeShift {
                         )))
                     }
                 };
-                let out: TimestampMicrosecondArray =
-                    a.as_primitive::<TimestampMicrosecondType>()
-                        .try_unary(|t| t.checked_add(micros).ok_or_else(overflow))?;
+                let out: TimestampMicrosecondArray = a
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .try_unary(shift)?;
                 ColumnarValue::Array(Arc::new(out.with_timezone_opt(tz)) as ArrayRef)
             }
             ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(v, tz)) => {
-                let v = v
-                    .map(|t| t.checked_add(micros).ok_or_else(overflow))
-                    .transpose()?;
+                let v = v.map(shift).transpose()?;
                 ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(v, tz))
             }
             ColumnarValue::Scalar(other) => {
@@ -237,7 +250,19 @@ mod tests {
                 assert_eq!(&want, &got, "{e} with time zone {tz:?}");
             }
         }
-        // Days are 24 hours without a time zone.
+        // Days are 24 hours without a time zone, and in UTC (TIMESTAMPTZ's storage).
+        let b = batch(Some("UTC"));
+        let (plain, shifted) = both(col("ts") - interval(2, 0), &b);
+        assert!(shifted.downcast_ref::<TimeShift>().is_some());
+        assert_eq!(
+            plain.evaluate(&b).unwrap().into_array(4).unwrap().as_ref(),
+            shifted
+                .evaluate(&b)
+                .unwrap()
+                .into_array(4)
+                .unwrap()
+                .as_ref()
+        );
         let b = batch(None);
         let (plain, shifted) = both(col("ts") + interval(1, 0), &b);
         assert!(shifted.downcast_ref::<TimeShift>().is_some());
@@ -266,12 +291,36 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_an_error_not_a_wrap() {
-        let ts = TimestampMicrosecondArray::from(vec![i64::MAX - 1]);
+    fn out_of_range_is_an_error_where_datafusion_errs() {
+        let max = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_micros();
+        for (start, by) in [
+            (i64::MAX - 1, 1_000_000_000),
+            (max - 1_000_000, 2_000_000_000),
+        ] {
+            let ts = TimestampMicrosecondArray::from(vec![start]);
+            let schema = Schema::new(vec![Field::new("ts", ts.data_type().clone(), true)]);
+            let b = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts)]).unwrap();
+            let (plain, shifted) = both(col("ts") + interval(0, by), &b);
+            assert!(
+                plain.evaluate(&b).is_err(),
+                "DataFusion accepts {start} + {by}ns"
+            );
+            let err = shifted.evaluate(&b).unwrap_err().to_string();
+            assert!(err.contains("timestamp out of range"), "{err}");
+        }
+        // In range up to chrono's last microsecond.
+        let ts = TimestampMicrosecondArray::from(vec![max - 1_000_000]);
         let schema = Schema::new(vec![Field::new("ts", ts.data_type().clone(), true)]);
         let b = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts)]).unwrap();
-        let (_, shifted) = both(col("ts") + interval(0, 1_000_000_000), &b);
-        let err = shifted.evaluate(&b).unwrap_err().to_string();
-        assert!(err.contains("timestamp out of range"), "{err}");
+        let (plain, shifted) = both(col("ts") + interval(0, 1_000_000_000), &b);
+        assert_eq!(
+            plain.evaluate(&b).unwrap().into_array(1).unwrap().as_ref(),
+            shifted
+                .evaluate(&b)
+                .unwrap()
+                .into_array(1)
+                .unwrap()
+                .as_ref()
+        );
     }
 }
