@@ -88,12 +88,18 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64, csv: Option<&str>)
     let server = BenchServer::start();
     let c = connect(server.port).await;
     if let Some(dir) = csv {
+        // `STROM_NEXMARK_CSV_BY_REFERENCE=1`: the change log keeps (file, byte range)
+        // instead of the rows (`log_by_reference`, see docs/connectors.md).
+        let by_reference = match std::env::var("STROM_NEXMARK_CSV_BY_REFERENCE").as_deref() {
+            Ok("1") | Ok("true") => ", log_by_reference = 'true'",
+            _ => "",
+        };
         c.batch_execute(&format!(
             "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
                                 date_time TIMESTAMP, extra VARCHAR,
                                 WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
              WITH (connector = 'posix_fs', posix_fs.root = '{dir}', match_pattern = '*.csv',
-                   posix_fs.poll.interval = '20ms')
+                   posix_fs.poll.interval = '20ms'{by_reference})
              FORMAT PLAIN ENCODE CSV (without_header = 'true')"
         ))
         .await

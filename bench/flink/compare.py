@@ -2,7 +2,7 @@
 """Same-run comparison of Strom and Apache Flink on one bid CSV file.
 
     bench/flink/compare.py [--rows 5000000] [--rounds 3] [--queries q0,q1,q2,agg,tumble,tumble_close]
-                           [--out docs/flink-comparison.md]
+                           [--out docs/flink-comparison.md] [--by-reference]
 
 Run it with a Python that has PyFlink (`pip install apache-flink` in a virtualenv; JDK 17
 on PATH) and from the repository root; it builds nothing itself, so run
@@ -200,7 +200,12 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--flink-job")
     ap.add_argument("--csv")
+    # Strom's posix_fs source with log_by_reference = 'true': the change log keeps each
+    # batch's file and byte range, not its rows (as Flink's file source keeps offsets).
+    ap.add_argument("--by-reference", action="store_true")
     a = ap.parse_args()
+    if a.by_reference:
+        os.environ["STROM_NEXMARK_CSV_BY_REFERENCE"] = "1"
     if a.flink_job:
         flink_job(a.flink_job, a.csv, a.rows)
         return

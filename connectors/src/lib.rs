@@ -47,6 +47,7 @@ pub fn register() {
     strom_engine::changelog::register_replayer("datagen", |def, token| {
         generated::replay(def, token, datagen::blocks)
     });
+    strom_engine::changelog::register_replayer("posix_fs", posix_fs::replay_csv);
 }
 
 /// The connectors started by [`Connectors::start`] in this process, if any.

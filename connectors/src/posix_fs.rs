@@ -64,7 +64,7 @@ use crate::{delimited, efile, SourceStatus, Stop};
 mod read;
 mod watch;
 
-pub use read::decode_bytes;
+pub use read::{decode_bytes, replay_csv};
 
 /// The committed offset of a file read to its end.
 pub const DONE: i64 = i64::MAX;
@@ -88,6 +88,7 @@ const OPTIONS: &[&str] = &[
     "error_dir",
     "strict",
     "timezone",
+    "log_by_reference",
 ];
 
 /// Kinds of `INCLUDE` that hold one value per file.
@@ -135,6 +136,9 @@ pub struct Spec {
     pub name_pattern: Option<NamePattern>,
     pub on_bad_name: BadName,
     pub after_read: AfterRead,
+    /// `log_by_reference`: CSV rows go into the change log as (file, byte range,
+    /// checksum), not as data; the file must stay until the views have consumed them.
+    pub by_reference: bool,
     pub error_dir: Option<PathBuf>,
     pub strict: bool,
     /// The UTC offset (seconds) local times are at.
@@ -383,6 +387,16 @@ pub fn spec(def: &TableDef, c: &ConnectorDef) -> Result<Spec, String> {
         Some(v) => bool_option("strict", v)?,
         None => false,
     };
+    let by_reference = match c.options.get("log_by_reference") {
+        Some(v) => bool_option("log_by_reference", v)?,
+        None => false,
+    };
+    if by_reference && !matches!(format, FileFormat::Csv { .. }) {
+        return Err(
+            "option \"log_by_reference\" needs ENCODE CSV (line-oriented files are logged as rows)"
+                .into(),
+        );
+    }
     let tz = match c.options.get("timezone") {
         Some(v) => parse_timezone(v).ok_or_else(|| {
             format!("option \"timezone\": '{v}' is not a fixed offset (like '+08:00' or 'UTC') or a UTC+8 zone (Asia/Shanghai)")
@@ -467,6 +481,7 @@ pub fn spec(def: &TableDef, c: &ConnectorDef) -> Result<Spec, String> {
         name_pattern,
         on_bad_name,
         after_read,
+        by_reference,
         error_dir,
         strict,
         tz,
@@ -658,7 +673,7 @@ async fn run_once(
                     failed: offset == FAILED,
                     reasons: vec!["see strom_catalog.source_errors".into()],
                 };
-                if let Err(e) = finish_file(db, def, &spec, &file.name, &outcome).await {
+                if let Err(e) = finish_file(db, def, &spec, stop, &file.name, &outcome).await {
                     status.set_error(e);
                 }
                 continue;
@@ -685,7 +700,7 @@ async fn run_once(
             // at the next poll, from its committed offset; the files after it go on.
             match result {
                 Ok(Some(outcome)) => {
-                    if let Err(e) = finish_file(db, def, &spec, &file.name, &outcome).await {
+                    if let Err(e) = finish_file(db, def, &spec, stop, &file.name, &outcome).await {
                         tracing::warn!(source = %def.name, error = %e, "after_read failed");
                         status.set_error(e);
                     }
@@ -748,10 +763,20 @@ async fn finish_file(
     db: &Arc<Database>,
     def: &Arc<TableDef>,
     spec: &Spec,
+    stop: &Stop,
     name: &str,
     outcome: &Outcome,
 ) -> Result<(), String> {
     let path = spec.root.join(name);
+    let moves = if outcome.failed {
+        spec.error_dir.is_some()
+    } else {
+        spec.after_read != AfterRead::Keep
+    };
+    if moves && spec.by_reference && !wait_until_consumed(db, stop).await? {
+        // Stopping: the file is finished at the next start.
+        return Ok(());
+    }
     let gone = if outcome.failed {
         match &spec.error_dir {
             Some(dir) => {
@@ -792,6 +817,23 @@ async fn finish_file(
         txn.commit().map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// With `log_by_reference` the change log holds only where a file's rows are (see
+/// [`replay_csv`]): waits until the views have consumed every entry committed so far,
+/// which includes every entry that points into the file. `false` when stopped first.
+async fn wait_until_consumed(db: &Arc<Database>, stop: &Stop) -> Result<bool, String> {
+    let target = db.last_change_seq();
+    loop {
+        let consumed = strom_engine::changelog::consumed(db.store()).map_err(|e| e.to_string())?;
+        if consumed >= target {
+            return Ok(true);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Moves a file into `dir` (renames, or copies and removes across file systems). A file

@@ -330,7 +330,7 @@ impl Meta {
 }
 
 /// What is known about the file being read, for `INCLUDE` columns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FileFacts {
     pub name: String,
     pub path: String,

@@ -170,3 +170,126 @@ async fn a_file_resumes_exactly_after_kill_9_mid_file() {
     )
     .await;
 }
+
+/// `log_by_reference = 'true'`: CSV rows go into the change log as (file, byte range,
+/// checksum). With barriers 10 minutes apart, no entry is consumed when the server is
+/// killed; after the restart the rows are read again from the files (a header, a last
+/// line without a newline), exactly once. A file changed before that is reported: its
+/// views fail, saying why, instead of reading other rows. With `after_read = 'delete'`
+/// a file stays until the views have consumed its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
+    const N: i64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("kept");
+    let deleted = dir.path().join("deleted");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::create_dir_all(&deleted).unwrap();
+    // Three 8,192-row batches, the first after a header line; the file ends mid-line.
+    let text = format!("a,b,ts\n{}", rows(1, N));
+    std::fs::write(kept.join("big.csv"), text.trim_end()).unwrap();
+    std::fs::write(deleted.join("d.csv"), rows(1, 100)).unwrap();
+    let mut server = TestServer::start_with(&["--barrier-interval-ms", "600000"]);
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE f (a BIGINT, b BIGINT, ts TIMESTAMP)
+           INCLUDE file_name AS file
+           WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.csv',
+                 posix_fs.poll.interval = '50ms', log_by_reference = 'true')
+           FORMAT PLAIN ENCODE CSV;
+         CREATE MATERIALIZED VIEW fv AS SELECT file, count(*) AS n, sum(a) AS s, sum(b) AS s2 FROM f GROUP BY file;
+         CREATE SOURCE g (a BIGINT, b BIGINT, ts TIMESTAMP)
+           WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.csv',
+                 posix_fs.poll.interval = '50ms', log_by_reference = 'true', after_read = 'delete')
+           FORMAT PLAIN ENCODE CSV (without_header = 'true');
+         CREATE MATERIALIZED VIEW gv AS SELECT count(*) AS n, sum(a) AS s FROM g;",
+        kept.display(),
+        deleted.display()
+    ))
+    .await
+    .unwrap();
+    let read = "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name IN ('f', 'g')";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.query_one(read, &[]).await.unwrap().get::<_, i64>(0) < N + 100 {
+        assert!(Instant::now() < deadline, "the files were not read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Read, not consumed: the file to delete stays, and no row reached a view.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        deleted.join("d.csv").exists(),
+        "deleted before the views had its rows"
+    );
+    assert_eq!(
+        text_rows(&c, "SELECT (SELECT count(*) FROM fv), (SELECT n FROM gv)").await,
+        vec![vec![Some("0".into()), Some("0".into())]]
+    );
+    drop(c);
+    server.kill();
+    server.spawn();
+    let c = server.client().await;
+    c.batch_execute("FLUSH").await.unwrap();
+    let s = N * (N + 1) / 2;
+    assert_eq!(
+        text_rows(&c, "SELECT file, n, s, s2 FROM fv").await,
+        vec![vec![
+            Some("big.csv".into()),
+            Some(N.to_string()),
+            Some(s.to_string()),
+            Some((2 * s).to_string())
+        ]]
+    );
+    assert_eq!(
+        text_rows(&c, "SELECT n, s FROM gv").await,
+        vec![vec![Some("100".into()), Some("5050".into())]]
+    );
+    // Consumed: now the file goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deleted.join("d.csv").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the consumed file was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A file rewritten between the read and a restart: its rows cannot be read again.
+    // (The status counts rows read since the start.)
+    let before: i64 = c.query_one(read, &[]).await.unwrap().get(0);
+    std::fs::write(kept.join("late.csv"), format!("a,b,ts\n{}", rows(1, 10))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.query_one(read, &[]).await.unwrap().get::<_, i64>(0) < before + 10 {
+        assert!(Instant::now() < deadline, "late.csv was not read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+    server.kill();
+    std::fs::write(kept.join("late.csv"), format!("a,b,ts\n{}", rows(7, 10))).unwrap();
+    server.spawn();
+    let c = server.client().await;
+    c.batch_execute("FLUSH").await.unwrap();
+    let err = c.query("SELECT * FROM fv", &[]).await.unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("late.csv") && msg.contains("changed since they were read"),
+        "{msg}"
+    );
+    // Declared on a line-oriented format, the option is refused.
+    let err = c
+        .batch_execute(&format!(
+            "CREATE SOURCE x (a INT) WITH (connector = 'posix_fs', posix_fs.root = '{}', log_by_reference = 'true') FORMAT PLAIN ENCODE DELIMITED (delimiter = '||')",
+            kept.display()
+        ))
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("log_by_reference") && msg.contains("ENCODE CSV"),
+        "{msg}"
+    );
+}

@@ -425,6 +425,107 @@ fn with_file_columns(
     RecordBatch::try_new(crate::generated::schema(def), arrays).map_err(|e| e.to_string())
 }
 
+/// The declared columns a CSV file holds (all visible columns but the `INCLUDE`s).
+fn csv_schema(def: &TableDef) -> Result<Arc<Schema>, String> {
+    let c = def.connector.as_ref().ok_or("no connector")?;
+    let full = crate::generated::schema(def);
+    Ok(Arc::new(Schema::new(
+        def.visible_columns()
+            .zip(full.fields().iter())
+            .filter(|((i, _), _)| !c.includes.iter().any(|inc| inc.column == *i))
+            .map(|(_, f)| f.as_ref().clone())
+            .collect::<Vec<_>>(),
+    )))
+}
+
+/// The version of [`CsvToken`]'s meaning. Bump it when a release decodes the same bytes
+/// into other rows: batches logged by an older release are then reported lost (their
+/// views fail, saying why) instead of replayed as different rows.
+const CSV_TOKEN_VERSION: u8 = 1;
+
+/// Where a CSV batch logged by reference came from (`log_by_reference`): the file and
+/// byte range, whether the range starts with the header line, the rows and a CRC-32 of
+/// the bytes (a file changed since is detected, not misread), and the file's facts as
+/// they were (`INCLUDE ingest_time` is the time of the first read).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CsvToken {
+    version: u8,
+    start: u64,
+    end: u64,
+    header: bool,
+    rows: u64,
+    crc: u32,
+    facts: FileFacts,
+}
+
+/// The change log's replayer for `posix_fs` sources: makes a CSV batch logged by
+/// reference again from its file, or says why it cannot (the file is gone, shorter, or
+/// its bytes changed).
+pub fn replay_csv(def: &TableDef, token: &[u8]) -> Result<RecordBatch, String> {
+    let t: CsvToken = serde_json::from_slice(token)
+        .ok()
+        .filter(|t: &CsvToken| t.version == CSV_TOKEN_VERSION)
+        .ok_or_else(|| {
+            format!("the batch was logged by another release (this one reads version {CSV_TOKEN_VERSION})")
+        })?;
+    let c = def.connector.as_ref().ok_or("no connector")?;
+    let spec = spec(def, c)?;
+    let FileFormat::Csv { delimiter, .. } = spec.format else {
+        return Err("the source no longer reads CSV".into());
+    };
+    let path = spec.root.join(&t.facts.name);
+    let mut file = std::fs::File::open(&path)
+        .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
+    file.seek(SeekFrom::Start(t.start))
+        .map_err(|e| format!("cannot seek in \"{}\": {e}", path.display()))?;
+    let mut bytes = vec![0; (t.end - t.start) as usize];
+    std::io::Read::read_exact(&mut file, &mut bytes).map_err(|e| {
+        format!(
+            "cannot read bytes {}..{} of \"{}\" again: {e}",
+            t.start,
+            t.end,
+            path.display()
+        )
+    })?;
+    if crc32fast::hash(&bytes) != t.crc {
+        return Err(format!(
+            "bytes {}..{} of \"{}\" changed since they were read",
+            t.start,
+            t.end,
+            path.display()
+        ));
+    }
+    let mut decoder = ReaderBuilder::new(csv_schema(def)?)
+        .with_delimiter(delimiter)
+        .with_header(t.header)
+        .with_batch_size((t.rows as usize).max(1))
+        .build_decoder();
+    // As the first read fed it (a call skips the header and returns): until the range
+    // is used up, then the end of the data (a last line without a newline).
+    let mut used = 0;
+    while used < bytes.len() {
+        let n = decoder.decode(&bytes[used..]).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        used += n;
+    }
+    decoder.decode(&[]).map_err(|e| e.to_string())?;
+    let data = decoder.flush().map_err(|e| e.to_string())?;
+    let rows = data.as_ref().map_or(0, |b| b.num_rows() as u64);
+    if used != bytes.len() || rows != t.rows {
+        return Err(format!(
+            "bytes {}..{} of \"{}\" decode into {rows} rows, not the {} read before",
+            t.start,
+            t.end,
+            path.display(),
+            t.rows
+        ));
+    }
+    let data = data.ok_or("no rows")?;
+    with_file_columns(def, data, &t.facts)
+}
+
 /// Reads a CSV file from byte `offset` to its end, one transaction per batch.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_csv(
@@ -440,22 +541,13 @@ pub(super) async fn read_csv(
 ) -> Result<Option<Outcome>, String> {
     let name = facts.name.clone();
     let path = spec.root.join(&name);
-    let c = def.connector.as_ref().ok_or("no connector")?;
     let file = std::fs::File::open(&path)
         .map_err(|e| format!("cannot open \"{}\": {e}", path.display()))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 17, file);
     reader
         .seek(SeekFrom::Start(offset as u64))
         .map_err(|e| format!("cannot seek in \"{}\": {e}", path.display()))?;
-    let full = crate::generated::schema(def);
-    let data_schema = Arc::new(Schema::new(
-        def.visible_columns()
-            .zip(full.fields().iter())
-            .filter(|((i, _), _)| !c.includes.iter().any(|inc| inc.column == *i))
-            .map(|(_, f)| f.as_ref().clone())
-            .collect::<Vec<_>>(),
-    ));
-    let mut decoder = ReaderBuilder::new(data_schema)
+    let mut decoder = ReaderBuilder::new(csv_schema(def)?)
         .with_delimiter(delimiter)
         .with_header(header && offset == 0)
         .with_batch_size(spec.batch_rows())
@@ -472,11 +564,15 @@ pub(super) async fn read_csv(
         }
     }
     let (started, mut emitted) = (std::time::Instant::now(), 0u64);
+    // Whether the next batch starts with the header line (only the first, from 0).
+    let mut with_header = header && offset == 0;
     loop {
         // Decode until a batch is full or the file ends (the offset is then at a row
         // boundary).
         let mut at_end = false;
         let batch_start = pos;
+        // The batch's bytes, for a token (`log_by_reference`).
+        let mut crc = crc32fast::Hasher::new();
         // An I/O error returns (the file is tried again from its committed offset); a
         // decode error is the file's content, kept as a rejection.
         let mut io_error = None;
@@ -491,6 +587,9 @@ pub(super) async fn read_csv(
                 };
                 let n = decoder.decode(buf).map_err(|e| e.to_string())?;
                 let empty = buf.is_empty();
+                if spec.by_reference {
+                    crc.update(&buf[..n]);
+                }
                 reader.consume(n);
                 pos += n as i64;
                 if empty && n == 0 {
@@ -517,9 +616,25 @@ pub(super) async fn read_csv(
         let rows = match decoded {
             Ok(batch) => {
                 let rows = batch.as_ref().map_or(0, |b| b.num_rows() as u64);
-                if let Some(batch) = batch {
-                    txn.append_batch(def.id, batch).map_err(|e| e.to_string())?;
+                match batch {
+                    Some(batch) if spec.by_reference => {
+                        let token = CsvToken {
+                            version: CSV_TOKEN_VERSION,
+                            start: batch_start as u64,
+                            end: pos as u64,
+                            header: with_header,
+                            rows: batch.num_rows() as u64,
+                            crc: crc.clone().finalize(),
+                            facts: facts.clone(),
+                        };
+                        let token = serde_json::to_vec(&token).map_err(|e| e.to_string())?;
+                        txn.append_batch_by_reference(def.id, batch, token)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Some(batch) => txn.append_batch(def.id, batch).map_err(|e| e.to_string())?,
+                    None => {}
                 }
+                with_header = false;
                 let mark = if at_end { DONE } else { pos };
                 stage_ledger(&mut txn, def.id, &name, mark, facts.stamp);
                 rows
