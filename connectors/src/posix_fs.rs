@@ -38,6 +38,13 @@
 //! match `name_pattern`) is moved to `error_dir` with a `<name>.err` file giving the
 //! reasons, or kept where it is without one; it is never deleted.
 //!
+//! **Logging by reference.** With `log_by_reference = 'true'` (CSV only) the change log
+//! keeps each batch as a token (file, byte range, header flag, rows, CRC-32, the file's
+//! facts) instead of its rows; after a restart [`replay_csv`] reads the unconsumed
+//! batches again from their files, and a file whose bytes changed fails the source's
+//! views, saying so. A file is then moved or deleted only once the views have consumed
+//! every entry committed so far.
+//!
 //! **File names.** `name_pattern` ([`crate::file_name`]) gives company, sub-company,
 //! system, snapshot time and suffix as `INCLUDE` columns. A file whose name does not match
 //! is handled by `on_bad_name`: `quarantine` (the default: a rejection, and `error_dir`),

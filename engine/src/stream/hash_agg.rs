@@ -120,8 +120,11 @@ struct Group {
     key: Vec<ScalarValue>,
     rows: i64,
     states: Vec<AggState>,
-    /// The group's output row before this epoch's changes.
+    /// The group's output row before this epoch's changes (only when the aggregation
+    /// emits updates: with `EMIT ON WINDOW CLOSE` nothing is emitted as a group changes).
     prev: Option<Vec<ScalarValue>>,
+    /// Whether the group had a stored row before this epoch.
+    existed: bool,
 }
 
 #[derive(Debug)]
@@ -310,6 +313,7 @@ impl HashAgg {
                 rows: 0,
                 states: self.empty_states(),
                 prev: None,
+                existed: false,
             },
             Some(values) => {
                 let nk = self.group_keys.len();
@@ -345,8 +349,11 @@ impl HashAgg {
                     rows,
                     states,
                     prev: None,
+                    existed: true,
                 };
-                g.prev = Some(self.output_row(prefix, &g)?);
+                if self.emits_updates() {
+                    g.prev = Some(self.output_row(prefix, &g)?);
+                }
                 g
             }
         };
@@ -354,6 +361,11 @@ impl HashAgg {
         self.groups.push((prefix.to_vec(), group));
         self.touched.insert(prefix.to_vec(), i);
         Ok(i)
+    }
+
+    /// Whether a group's changes are emitted as they happen (not `EMIT ON WINDOW CLOSE`).
+    fn emits_updates(&self) -> bool {
+        !self.window.as_ref().is_some_and(|w| w.cfg.emit_on_close)
     }
 
     fn output_row(&mut self, prefix: &[u8], g: &Group) -> Result<Vec<ScalarValue>> {
@@ -619,9 +631,10 @@ impl HashAgg {
         }
         let mut out: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
         self.touched.clear();
+        let emits = self.emits_updates();
         for (prefix, group) in std::mem::take(&mut self.groups) {
             let exists = group.rows > 0 || self.is_always(&prefix);
-            let new_row = if exists {
+            let new_row = if exists && emits {
                 Some(self.output_row(&prefix, &group)?)
             } else {
                 None
@@ -649,7 +662,7 @@ impl HashAgg {
             }
             if let Some(w) = &mut self.window {
                 // Keep the open-group index: a group enters it when it appears.
-                if exists != group.prev.is_some() {
+                if exists != group.existed {
                     let mut window = Vec::new();
                     keys::encode_key_datum(&group.key[w.cfg.key], &mut window)?;
                     if exists {
