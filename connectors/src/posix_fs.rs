@@ -780,9 +780,23 @@ async fn finish_file(
     } else {
         spec.after_read != AfterRead::Keep
     };
-    if moves && spec.by_reference && !wait_until_consumed(db, stop).await? {
-        // Stopping: the file is finished at the next start.
-        return Ok(());
+    if moves && spec.by_reference {
+        if !wait_until_consumed(db, &def.name, name, stop).await? {
+            // Stopping: the file is finished at the next start.
+            return Ok(());
+        }
+        // The wait takes an epoch or more: a file put in place under the same name
+        // meanwhile is another file, which the next listing reads (its stamp differs
+        // from the ledger's); it must not be moved or deleted unread.
+        let committed =
+            errors::committed_offset(&db.snapshot(), def.id, &state_topic(name), STAMP_PARTITION)
+                .map_err(|e| e.to_string())?;
+        let now = std::fs::metadata(&path)
+            .ok()
+            .map(|m| file_stamp(m.len(), m.modified().ok()));
+        if now.is_some() && now != committed {
+            return Ok(());
+        }
     }
     let gone = if outcome.failed {
         match &spec.error_dir {
@@ -829,8 +843,14 @@ async fn finish_file(
 /// With `log_by_reference` the change log holds only where a file's rows are (see
 /// [`replay_csv`]): waits until the views have consumed every entry committed so far,
 /// which includes every entry that points into the file. `false` when stopped first.
-async fn wait_until_consumed(db: &Arc<Database>, stop: &Stop) -> Result<bool, String> {
+async fn wait_until_consumed(
+    db: &Arc<Database>,
+    source: &str,
+    file: &str,
+    stop: &Stop,
+) -> Result<bool, String> {
     let target = db.last_change_seq();
+    let (started, mut warned) = (Instant::now(), Duration::ZERO);
     loop {
         let consumed = strom_engine::changelog::consumed(db.store()).map_err(|e| e.to_string())?;
         if consumed >= target {
@@ -838,6 +858,16 @@ async fn wait_until_consumed(db: &Arc<Database>, stop: &Stop) -> Result<bool, St
         }
         if stop.load(Ordering::Relaxed) {
             return Ok(false);
+        }
+        // The views stopped consuming (a failed stream runtime): say why the source
+        // reads no further files.
+        if started.elapsed() >= warned + Duration::from_secs(30) {
+            warned = started.elapsed();
+            tracing::warn!(
+                source,
+                file,
+                "log_by_reference: waiting for the views to consume the file's rows before after_read"
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -185,10 +185,6 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     let deleted = dir.path().join("deleted");
     std::fs::create_dir_all(&kept).unwrap();
     std::fs::create_dir_all(&deleted).unwrap();
-    // Three 8,192-row batches, the first after a header line; the file ends mid-line.
-    let text = format!("a,b,ts\n{}", rows(1, N));
-    std::fs::write(kept.join("big.csv"), text.trim_end()).unwrap();
-    std::fs::write(deleted.join("d.csv"), rows(1, 100)).unwrap();
     let mut server = TestServer::start_with(&["--barrier-interval-ms", "600000"]);
     let c = server.client().await;
     c.batch_execute(&format!(
@@ -208,6 +204,11 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     ))
     .await
     .unwrap();
+    // Written after the views exist (creating a view runs epochs): three 8,192-row
+    // batches, the first after a header line; the file ends mid-line.
+    let text = format!("a,b,ts\n{}", rows(1, N));
+    std::fs::write(kept.join("big.csv"), text.trim_end()).unwrap();
+    std::fs::write(deleted.join("d.csv"), rows(1, 100)).unwrap();
     let read = "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name IN ('f', 'g')";
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.query_one(read, &[]).await.unwrap().get::<_, i64>(0) < N + 100 {
@@ -252,6 +253,33 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A file put in place under the same name while the reader waits to delete the one
+    // it read is another file: read, not deleted unread.
+    let g_rows =
+        "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name = 'g'";
+    let wait_g = |want: i64| {
+        let c = &c;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.query_one(g_rows, &[]).await.unwrap().get::<_, i64>(0) < want {
+                assert!(Instant::now() < deadline, "g did not read {want} rows");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let g0: i64 = c.query_one(g_rows, &[]).await.unwrap().get(0);
+    std::fs::write(deleted.join("d.csv"), rows(500, 10)).unwrap();
+    wait_g(g0 + 10).await;
+    std::fs::write(deleted.join("d.part"), rows(900, 3)).unwrap();
+    std::fs::rename(deleted.join("d.part"), deleted.join("d.csv")).unwrap();
+    c.batch_execute("FLUSH").await.unwrap();
+    wait_g(g0 + 13).await;
+    c.batch_execute("FLUSH").await.unwrap();
+    let want_s = 5050 + (500..510).sum::<i64>() + (900..903).sum::<i64>();
+    assert_eq!(
+        text_rows(&c, "SELECT n, s FROM gv").await,
+        vec![vec![Some("113".into()), Some(want_s.to_string())]]
+    );
     // A file rewritten between the read and a restart: its rows cannot be read again.
     // (The status counts rows read since the start.)
     let before: i64 = c.query_one(read, &[]).await.unwrap().get(0);
