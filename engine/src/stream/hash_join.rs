@@ -544,25 +544,66 @@ impl HashJoin {
 
     /// The positions in `bucket` (rows of the other side under `row`'s key) of the rows
     /// `row` joins with: all of them, or those passing the extra condition.
-    fn matching(&self, side: Side, row: &[ScalarValue], bucket: &[Entry]) -> Result<Vec<usize>> {
-        let Some(cond) = &self.condition else {
-            return Ok((0..bucket.len()).collect());
+    /// For each row of a chunk arriving on `side` (with its key, see `apply`), the
+    /// entries of its bucket on the other side it meets, in bucket order. The condition
+    /// is evaluated over many (row, entry) pairs at once, up to [`PAIRS_PER_BATCH`] (a
+    /// row with a larger bucket alone): the buckets' membership does not change while
+    /// one side's chunk is applied (only degrees do), so neither do the matches.
+    fn match_all(
+        &self,
+        side: Side,
+        rows: &[(Op, Vec<ScalarValue>)],
+        prefixes: &[Option<Vec<u8>>],
+        buckets: &HashMap<Vec<u8>, Vec<Entry>>,
+    ) -> Result<Vec<Vec<usize>>> {
+        let mut out: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];
+        let bucket_of = |p: &[u8]| -> &Vec<Entry> {
+            buckets.get(p).expect("invariant: decoded before matching")
         };
-        if bucket.is_empty() {
-            return Ok(Vec::new());
+        let Some(cond) = &self.condition else {
+            for (o, p) in out.iter_mut().zip(prefixes) {
+                if let Some(p) = p {
+                    *o = (0..bucket_of(p).len()).collect();
+                }
+            }
+            return Ok(out);
+        };
+        let mut pairs: Vec<(Op, Vec<ScalarValue>)> = Vec::new();
+        // Per pair: its row and its entry in the row's bucket.
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        let evaluate = |pairs: &mut Vec<(Op, Vec<ScalarValue>)>,
+                        owners: &mut Vec<(usize, usize)>,
+                        out: &mut Vec<Vec<usize>>|
+         -> Result<()> {
+            if pairs.is_empty() {
+                return Ok(());
+            }
+            let batch = StreamChunk::from_rows(&self.pair, pairs)?;
+            let mask = cond.evaluate(batch.data())?.into_array(pairs.len())?;
+            let mask = mask
+                .as_boolean_opt()
+                .ok_or_else(|| EngineError::Internal("join condition is not boolean".into()))?;
+            for (k, &(i, j)) in owners.iter().enumerate() {
+                if mask.is_valid(k) && mask.value(k) {
+                    out[i].push(j);
+                }
+            }
+            pairs.clear();
+            owners.clear();
+            Ok(())
+        };
+        for (i, ((_, row), p)) in rows.iter().zip(prefixes).enumerate() {
+            let Some(p) = p else { continue };
+            for (j, e) in bucket_of(p).iter().enumerate() {
+                pairs.push((Op::Insert, self.joined(side, row, &e.row)));
+                owners.push((i, j));
+            }
+            if pairs.len() >= PAIRS_PER_BATCH {
+                evaluate(&mut pairs, &mut owners, &mut out)?;
+            }
         }
-        let pairs: Vec<(Op, Vec<ScalarValue>)> = bucket
-            .iter()
-            .map(|e| (Op::Insert, self.joined(side, row, &e.row)))
-            .collect();
-        let batch = StreamChunk::from_rows(&self.pair, &pairs)?;
-        let mask = cond.evaluate(batch.data())?.into_array(pairs.len())?;
-        let mask = mask
-            .as_boolean_opt()
-            .ok_or_else(|| EngineError::Internal("join condition is not boolean".into()))?;
-        Ok((0..bucket.len())
-            .filter(|&i| mask.is_valid(i) && mask.value(i))
-            .collect())
+        evaluate(&mut pairs, &mut owners, &mut out)?;
+        Ok(out)
     }
 
     /// Applies a chunk arriving on `side` and returns the join's output changes.
@@ -591,10 +632,29 @@ impl HashJoin {
             .map(|&k| chunk.data().column(k).clone())
             .collect();
         let mut buckets: HashMap<Vec<u8>, Vec<Entry>> = HashMap::default();
-        let mut prefix = Vec::new();
-        for (i, (op, row)) in chunk.rows()?.into_iter().enumerate() {
-            let insert = op.sign() > 0;
+        let rows = chunk.rows()?;
+        // Each row's key (None: NULL, which meets nothing), and the other side's bucket
+        // of each key, decoded once per chunk.
+        let mut prefixes: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows.len());
+        for i in 0..rows.len() {
             if !self.null_equal && key_cols.iter().any(|c| c.is_null(i)) {
+                prefixes.push(None);
+                continue;
+            }
+            let mut prefix = Vec::new();
+            for c in &key_cols {
+                keys::encode_array_datum(c.as_ref(), i, &mut prefix)?;
+            }
+            if !buckets.contains_key(prefix.as_slice()) {
+                let entries = self.entries(side.other(), &prefix)?;
+                buckets.insert(prefix.clone(), entries);
+            }
+            prefixes.push(Some(prefix));
+        }
+        let matches = self.match_all(side, &rows, &prefixes, &buckets)?;
+        for ((i, (op, row)), prefix) in rows.into_iter().enumerate().zip(prefixes) {
+            let insert = op.sign() > 0;
+            let Some(prefix) = prefix else {
                 let op = if insert { Op::Insert } else { Op::Delete };
                 if me_preserved {
                     out.push((op, self.padded(side, &row)?));
@@ -602,20 +662,12 @@ impl HashJoin {
                     out.push((op, row));
                 }
                 continue;
-            }
-            prefix.clear();
-            for c in &key_cols {
-                keys::encode_array_datum(c.as_ref(), i, &mut prefix)?;
-            }
+            };
             let suffix = row::encode_row(&row)?;
-            if !buckets.contains_key(prefix.as_slice()) {
-                let entries = self.entries(side.other(), &prefix)?;
-                buckets.insert(prefix.clone(), entries);
-            }
             let bucket = buckets
                 .get_mut(prefix.as_slice())
                 .expect("invariant: decoded above");
-            let matched = self.matching(side, &row, bucket)?;
+            let matched = &matches[i];
             let degree: i64 = matched.iter().map(|&j| bucket[j].count).sum();
             if let Some(semi) = semi {
                 // Only the left rows are emitted, while (semi) or unless (anti) they match.
@@ -626,7 +678,7 @@ impl HashJoin {
                         out.push((op, row.clone()));
                     }
                 } else {
-                    for &j in &matched {
+                    for &j in matched {
                         let e = &mut bucket[j];
                         let new_degree = e.degree + if insert { 1 } else { -1 };
                         if flip(e.degree) != flip(new_degree) {
@@ -644,7 +696,7 @@ impl HashJoin {
                     }
                 }
             } else {
-                for &j in &matched {
+                for &j in matched {
                     let e = &mut bucket[j];
                     let joined = self.joined(side, &row, &e.row);
                     let new_degree = e.degree + if insert { 1 } else { -1 };
@@ -709,6 +761,9 @@ impl HashJoin {
         StreamChunk::from_rows(&self.output, &out)
     }
 }
+
+/// Joined pairs a join condition is evaluated over at once (see `HashJoin::match_all`).
+const PAIRS_PER_BATCH: usize = 8192;
 
 /// A time value moved by `micros` (None: not a time, or out of range).
 fn shift_time(v: &ScalarValue, micros: i64) -> Option<ScalarValue> {
@@ -991,6 +1046,69 @@ mod tests {
             j.apply(Side::Left, &left("+ 2 F1 30")).unwrap().to_pretty(),
             "+ 2 F1 30 F1 20\n"
         );
+    }
+
+    #[test]
+    fn a_condition_over_many_pairs_is_evaluated_in_batches_with_the_same_result() {
+        // ... ON feeder = name AND kw > max_kw, with a chunk whose pairs span several
+        // evaluation batches (`PAIRS_PER_BATCH`), a NULL key among them.
+        let schema = output();
+        let df = DFSchema::try_from(schema.as_ref().clone()).unwrap();
+        let cond = create_physical_expr(
+            &col("kw").gt(col("max_kw")),
+            &df,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .unwrap();
+        let (_dir, mut alloc) = temp_alloc();
+        let (l, r) = sides();
+        let mut j = HashJoin::try_new(
+            JoinType::Inner,
+            vec![1],
+            vec![0],
+            &l,
+            &r,
+            Some(cond),
+            false,
+            [None, None],
+            &mut alloc,
+        )
+        .unwrap();
+        let rights: String = (0..100).map(|m| format!("+ F1 {m}\n")).collect();
+        j.apply(Side::Right, &right(&rights)).unwrap();
+        let mut lefts: String = (0..200)
+            .map(|k| format!("+ {k} F1 {}\n", k as f64 / 2.0))
+            .collect();
+        lefts.push_str("+ 999 . 1000\n");
+        let out = j.apply(Side::Left, &left(&lefts)).unwrap();
+        let got: Vec<(i64, f64)> = out
+            .rows()
+            .unwrap()
+            .into_iter()
+            .map(|(op, r)| {
+                assert_eq!(op, Op::Insert);
+                match (&r[0], &r[4]) {
+                    (ScalarValue::Int32(Some(id)), ScalarValue::Float64(Some(m))) => {
+                        (*id as i64, *m)
+                    }
+                    (ScalarValue::Int64(Some(id)), ScalarValue::Float64(Some(m))) => (*id, *m),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let want: Vec<(i64, f64)> = (0..200i64)
+            .flat_map(|k| {
+                (0..100)
+                    .filter(move |&m| (k as f64 / 2.0) > m as f64)
+                    .map(move |m| (k, m as f64))
+            })
+            .collect();
+        assert!(want.len() > PAIRS_PER_BATCH, "{}", want.len());
+        // (Each row's matches come in bucket order, which is by encoded row.)
+        let mut got = got;
+        got.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        assert!(got == want, "{} pairs, {} expected", got.len(), want.len());
     }
 
     #[test]
