@@ -25,7 +25,8 @@
 //! in place; a `ScalarValue` is built only for a group's first row in an epoch.
 //!
 //! The previous output of a group is computed from its state when the group is first
-//! touched in an epoch, so no copy of the output is kept. A global aggregate has exactly
+//! touched in an epoch, so no copy of the output is kept (with `EMIT ON WINDOW CLOSE`,
+//! which emits nothing as a group changes, it is not computed at all). A global aggregate has exactly
 //! one group, which always exists: it is emitted at the first flush even over empty input
 //! (`count = 0`, `sum = NULL`).
 //!

@@ -542,13 +542,12 @@ impl HashJoin {
             .collect()
     }
 
-    /// The positions in `bucket` (rows of the other side under `row`'s key) of the rows
-    /// `row` joins with: all of them, or those passing the extra condition.
-    /// For each row of a chunk arriving on `side` (with its key, see `apply`), the
-    /// entries of its bucket on the other side it meets, in bucket order. The condition
-    /// is evaluated over many (row, entry) pairs at once, up to [`PAIRS_PER_BATCH`] (a
-    /// row with a larger bucket alone): the buckets' membership does not change while
-    /// one side's chunk is applied (only degrees do), so neither do the matches.
+    /// For each of some rows of a chunk arriving on `side` (with their keys, see
+    /// `apply`), the entries of its bucket on the other side it meets (all, or those
+    /// passing the extra condition), in bucket order. The condition is evaluated over the
+    /// pairs of many rows at once: the buckets' membership does not change while one
+    /// side's chunk is applied (only degrees do), so neither do the matches. `apply`
+    /// asks for rows whose pairs reach [`PAIRS_PER_BATCH`] at most by the last row's.
     fn match_all(
         &self,
         side: Side,
@@ -651,8 +650,27 @@ impl HashJoin {
             }
             prefixes.push(Some(prefix));
         }
-        let matches = self.match_all(side, &rows, &prefixes, &buckets)?;
-        for ((i, (op, row)), prefix) in rows.into_iter().enumerate().zip(prefixes) {
+        // Matches are computed for a run of rows at a time, ending with the row whose
+        // pairs reach PAIRS_PER_BATCH: what is held is bounded by that and by the
+        // largest bucket, not by the chunk's pairs.
+        let mut rows = rows;
+        let mut matches: Vec<Vec<usize>> = Vec::new();
+        let mut first = 0;
+        for i in 0..rows.len() {
+            if i >= first + matches.len() {
+                let mut end = i;
+                let mut pairs = 0;
+                while end < rows.len() && (end == i || pairs < PAIRS_PER_BATCH) {
+                    if let Some(p) = &prefixes[end] {
+                        pairs += buckets.get(p.as_slice()).map_or(0, Vec::len);
+                    }
+                    end += 1;
+                }
+                matches = self.match_all(side, &rows[i..end], &prefixes[i..end], &buckets)?;
+                first = i;
+            }
+            let (op, row) = std::mem::replace(&mut rows[i], (Op::Insert, Vec::new()));
+            let prefix = prefixes[i].take();
             let insert = op.sign() > 0;
             let Some(prefix) = prefix else {
                 let op = if insert { Op::Insert } else { Op::Delete };
@@ -667,7 +685,8 @@ impl HashJoin {
             let bucket = buckets
                 .get_mut(prefix.as_slice())
                 .expect("invariant: decoded above");
-            let matched = &matches[i];
+            let matched = std::mem::take(&mut matches[i - first]);
+            let matched = &matched;
             let degree: i64 = matched.iter().map(|&j| bucket[j].count).sum();
             if let Some(semi) = semi {
                 // Only the left rows are emitted, while (semi) or unless (anti) they match.
