@@ -50,6 +50,15 @@ pub async fn wait_mid_file(c: &tokio_postgres::Client, count_sql: &str, total: i
     }
 }
 
+/// Waits until the single count `sql` returns reaches `want`.
+async fn wait_count(c: &tokio_postgres::Client, sql: &str, want: i64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) < want {
+        assert!(Instant::now() < deadline, "{what}: fewer than {want} rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn create(dir: &Path, poll: &str, extra: &str) -> String {
     format!(
         "CREATE SOURCE f (a BIGINT, b BIGINT, ts TIMESTAMP)
@@ -210,11 +219,7 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     std::fs::write(kept.join("big.csv"), text.trim_end()).unwrap();
     std::fs::write(deleted.join("d.csv"), rows(1, 100)).unwrap();
     let read = "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name IN ('f', 'g')";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.query_one(read, &[]).await.unwrap().get::<_, i64>(0) < N + 100 {
-        assert!(Instant::now() < deadline, "the files were not read");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(&c, read, N + 100, "the files were not read").await;
     // Read, not consumed: the file to delete stays, and no row reached a view.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -257,23 +262,13 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     // it read is another file: read, not deleted unread.
     let g_rows =
         "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name = 'g'";
-    let wait_g = |want: i64| {
-        let c = &c;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.query_one(g_rows, &[]).await.unwrap().get::<_, i64>(0) < want {
-                assert!(Instant::now() < deadline, "g did not read {want} rows");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     let g0: i64 = c.query_one(g_rows, &[]).await.unwrap().get(0);
     std::fs::write(deleted.join("d.csv"), rows(500, 10)).unwrap();
-    wait_g(g0 + 10).await;
+    wait_count(&c, g_rows, g0 + 10, "d.csv was not read").await;
     std::fs::write(deleted.join("d.part"), rows(900, 3)).unwrap();
     std::fs::rename(deleted.join("d.part"), deleted.join("d.csv")).unwrap();
     c.batch_execute("FLUSH").await.unwrap();
-    wait_g(g0 + 13).await;
+    wait_count(&c, g_rows, g0 + 13, "the replacing d.csv was not read").await;
     c.batch_execute("FLUSH").await.unwrap();
     let want_s = 5050 + (500..510).sum::<i64>() + (900..903).sum::<i64>();
     assert_eq!(
@@ -284,11 +279,7 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     // (The status counts rows read since the start.)
     let before: i64 = c.query_one(read, &[]).await.unwrap().get(0);
     std::fs::write(kept.join("late.csv"), format!("a,b,ts\n{}", rows(1, 10))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.query_one(read, &[]).await.unwrap().get::<_, i64>(0) < before + 10 {
-        assert!(Instant::now() < deadline, "late.csv was not read");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(&c, read, before + 10, "late.csv was not read").await;
     drop(c);
     server.kill();
     std::fs::write(kept.join("late.csv"), format!("a,b,ts\n{}", rows(7, 10))).unwrap();

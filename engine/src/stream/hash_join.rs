@@ -851,6 +851,34 @@ mod tests {
         (dir, j)
     }
 
+    /// `... ON feeder = name AND kw > max_kw`.
+    fn kw_over_max_join(t: JoinType) -> (tempfile::TempDir, HashJoin) {
+        let schema = output();
+        let df = DFSchema::try_from(schema.as_ref().clone()).unwrap();
+        let cond = create_physical_expr(
+            &col("kw").gt(col("max_kw")),
+            &df,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .unwrap();
+        let (dir, mut alloc) = temp_alloc();
+        let (l, r) = sides();
+        let j = HashJoin::try_new(
+            t,
+            vec![1],
+            vec![0],
+            &l,
+            &r,
+            Some(cond),
+            false,
+            [None, None],
+            &mut alloc,
+        )
+        .unwrap();
+        (dir, j)
+    }
+
     fn left(text: &str) -> StreamChunk {
         StreamChunk::from_pretty(&format!("I T F\n{text}"))
     }
@@ -1033,29 +1061,7 @@ mod tests {
     #[test]
     fn extra_condition_filters_pairs() {
         // ... ON feeder = name AND kw > max_kw
-        let schema = output();
-        let df = DFSchema::try_from(schema.as_ref().clone()).unwrap();
-        let cond = create_physical_expr(
-            &col("kw").gt(col("max_kw")),
-            &df,
-            &ExecutionProps::new(),
-            &PhysicalPlanningContext::default(),
-        )
-        .unwrap();
-        let (_dir, mut alloc) = temp_alloc();
-        let (l, r) = sides();
-        let mut j = HashJoin::try_new(
-            JoinType::Left,
-            vec![1],
-            vec![0],
-            &l,
-            &r,
-            Some(cond),
-            false,
-            [None, None],
-            &mut alloc,
-        )
-        .unwrap();
+        let (_dir, mut j) = kw_over_max_join(JoinType::Left);
         j.apply(Side::Right, &right("+ F1 20")).unwrap();
         assert_eq!(
             j.apply(Side::Left, &left("+ 1 F1 10")).unwrap().to_pretty(),
@@ -1071,29 +1077,7 @@ mod tests {
     fn a_condition_over_many_pairs_is_evaluated_in_batches_with_the_same_result() {
         // ... ON feeder = name AND kw > max_kw, with a chunk whose pairs span several
         // evaluation batches (`PAIRS_PER_BATCH`), a NULL key among them.
-        let schema = output();
-        let df = DFSchema::try_from(schema.as_ref().clone()).unwrap();
-        let cond = create_physical_expr(
-            &col("kw").gt(col("max_kw")),
-            &df,
-            &ExecutionProps::new(),
-            &PhysicalPlanningContext::default(),
-        )
-        .unwrap();
-        let (_dir, mut alloc) = temp_alloc();
-        let (l, r) = sides();
-        let mut j = HashJoin::try_new(
-            JoinType::Inner,
-            vec![1],
-            vec![0],
-            &l,
-            &r,
-            Some(cond),
-            false,
-            [None, None],
-            &mut alloc,
-        )
-        .unwrap();
+        let (_dir, mut j) = kw_over_max_join(JoinType::Inner);
         let rights: String = (0..100).map(|m| format!("+ F1 {m}\n")).collect();
         j.apply(Side::Right, &right(&rights)).unwrap();
         let mut lefts: String = (0..200)

@@ -792,6 +792,19 @@ impl PlanNode {
         found
     }
 
+    /// Puts the node under a new parent made by `parent` from it, in place.
+    pub(super) fn wrap(&mut self, parent: impl FnOnce(PlanNode) -> PlanNode) {
+        let placeholder = PlanNode {
+            kind: NodeKind::UnionAll,
+            inputs: vec![],
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            unique_key: None,
+            append_only: false,
+        };
+        let node = std::mem::replace(self, placeholder);
+        *self = parent(node);
+    }
+
     /// A [`NodeKind::Shared`] occurrence that reuses the output computed elsewhere.
     fn reuses_shared(&self) -> bool {
         matches!(

@@ -980,23 +980,13 @@ impl Planner {
             texts.extend(extra[side].iter().map(|e| e.human_display().to_string()));
             let extra_df = DFSchema::try_from(Schema::new(extra_fields))?;
             ext_schemas.push(in_df.join(&extra_df)?);
-            let taken = std::mem::replace(
-                input,
-                PlanNode {
-                    kind: NodeKind::UnionAll,
-                    inputs: vec![],
-                    schema: Arc::new(Schema::empty()),
-                    unique_key: None,
-                    append_only: false,
-                },
-            );
-            *input = PlanNode {
+            input.wrap(|taken| PlanNode {
                 kind: NodeKind::Project { exprs, texts },
                 schema: Arc::new(Schema::new(fields)),
                 unique_key: taken.unique_key.clone(),
                 append_only: taken.append_only,
                 inputs: vec![taken],
-            };
+            });
         }
         let (le, re) = (extra[0].len(), extra[1].len());
         let joined_df = ext_schemas[0].join(&ext_schemas[1])?;

@@ -66,24 +66,13 @@ impl PlanNode {
         // ancestors' paths, not above.
         wraps.sort_by(|a, b| b.0.cmp(&a.0));
         for (path, id, computed_here) in wraps {
-            let node = node_at(self, &path);
-            let inner = std::mem::replace(
-                node,
-                PlanNode {
-                    kind: NodeKind::UnionAll,
-                    inputs: vec![],
-                    schema: Arc::new(Schema::empty()),
-                    unique_key: None,
-                    append_only: false,
-                },
-            );
-            *node = PlanNode {
+            node_at(self, &path).wrap(|inner| PlanNode {
                 kind: NodeKind::Shared { id, computed_here },
                 schema: Arc::clone(&inner.schema),
                 unique_key: inner.unique_key.clone(),
                 append_only: inner.append_only,
                 inputs: vec![inner],
-            };
+            });
         }
     }
 }
