@@ -125,7 +125,7 @@ async fn run_once(
         let n: u64 = parts.iter().map(|p| p.2.num_rows() as u64).sum();
         if c.is_source {
             for (first, last, data) in parts {
-                txn.append_batch_by_reference(def.id, data, token(first, last))
+                txn.append_batch_by_reference(def.id, data, token(first, last), Vec::new())
                     .map_err(|e| e.to_string())?;
             }
         } else {

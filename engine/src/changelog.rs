@@ -79,6 +79,11 @@ pub struct Replay {
     /// The relation's watermark before the transaction ([`crate::watermark::encode`]),
     /// which rows earlier than were set aside as late: `None` when it had none.
     pub watermark: Option<Vec<u8>>,
+    /// Columns (visible positions) no view read when the rows were made, left NULL in
+    /// the batch instead of decoded ([`crate::Database::columns_read`]); a view that
+    /// reads one gets the batch made again whole ([`remake`]). Never persisted: a batch
+    /// made again at start is whole.
+    pub left_out: Vec<usize>,
 }
 
 /// Makes the rows of a batch again from its [`Replay::token`]: the visible columns of
@@ -204,13 +209,7 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
         let Some(def) = catalog.table(b.table) else {
             continue;
         };
-        let connector = def
-            .connector
-            .as_ref()
-            .and_then(|c| c.options.get("connector"))
-            .map(String::as_str)
-            .unwrap_or("");
-        let data = match remake(def, connector, replay) {
+        let data = match remake(def, replay) {
             Ok(data) => data,
             Err(e) => {
                 if !entry.lost.iter().any(|(t, _)| *t == b.table) {
@@ -234,19 +233,27 @@ fn replay_batches(entry: &mut LogEntry, catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
-/// A batch logged by reference, made again by `connector`'s replayer, checked against the
-/// source's columns, and set apart from its late rows as at commit: rows behind the
-/// watermark from before the transaction (or with no event time) were set aside, not
-/// logged.
-fn remake(
-    def: &TableDef,
-    connector: &str,
-    replay: &Replay,
-) -> std::result::Result<RecordBatch, String> {
+/// A batch logged by reference, made again whole by its source's replayer and checked
+/// against the source's columns: the rows as they were made, late ones included.
+pub fn make_whole(def: &TableDef, replay: &Replay) -> std::result::Result<RecordBatch, String> {
+    let connector = def
+        .connector
+        .as_ref()
+        .and_then(|c| c.options.get("connector"))
+        .map(String::as_str)
+        .unwrap_or("");
     let make = replayer(connector)
         .ok_or_else(|| format!("no replayer is registered for connector \"{connector}\""))?;
-    let mut data = make(def, &replay.token)?;
+    let data = make(def, &replay.token)?;
     check_columns(def, &data)?;
+    Ok(data)
+}
+
+/// A batch logged by reference, made again whole ([`make_whole`]) and set apart from its
+/// late rows as at commit: rows behind the watermark from before the transaction (or
+/// with no event time) were set aside, not logged.
+pub fn remake(def: &TableDef, replay: &Replay) -> std::result::Result<RecordBatch, String> {
+    let mut data = make_whole(def, replay)?;
     let text = |e: EngineError| e.to_string();
     if let Some(marker) = crate::watermark::Watermarker::new(def).map_err(text)? {
         let ty = def.columns[marker.column()].ty.to_arrow();
@@ -383,7 +390,11 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry> {
                     data: RecordBatch::new_empty(std::sync::Arc::new(
                         datafusion::arrow::datatypes::Schema::empty(),
                     )),
-                    replay: Some(Replay { token, watermark }),
+                    replay: Some(Replay {
+                        token,
+                        watermark,
+                        left_out: Vec::new(),
+                    }),
                 });
                 continue;
             }
@@ -571,6 +582,7 @@ mod tests {
             replay: Some(Replay {
                 token,
                 watermark: None,
+                left_out: Vec::new(),
             }),
         };
         let entry = LogEntry {

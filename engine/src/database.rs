@@ -39,6 +39,8 @@ pub struct Database {
     pub changes_ready: tokio::sync::Notify,
     /// Planned watermark declarations, by relation.
     watermarkers: std::sync::Mutex<HashMap<TableId, Arc<Watermarker>>>,
+    /// Per relation, the visible columns some view reads ([`Database::columns_read`]).
+    columns_read: std::sync::Mutex<HashMap<TableId, Arc<[bool]>>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -82,6 +84,7 @@ impl Database {
             changes: std::sync::Mutex::new(changes),
             changes_ready: tokio::sync::Notify::new(),
             watermarkers: Default::default(),
+            columns_read: Default::default(),
         })
     }
 
@@ -171,6 +174,26 @@ impl Database {
         let w = Arc::new(Watermarker::new(def)?.expect("has a watermark"));
         cache.insert(def.id, Arc::clone(&w));
         Ok(Some(w))
+    }
+
+    /// Which visible columns of `table` the deployed views read (`None`: no view reads
+    /// it, or the stream runtime has not said): a source may leave the others out of
+    /// batches it logs by reference ([`WriteTxn::append_batch_by_reference`]).
+    pub fn columns_read(&self, table: TableId) -> Option<Arc<[bool]>> {
+        self.columns_read
+            .lock()
+            .expect("invariant: columns-read lock is never poisoned")
+            .get(&table)
+            .cloned()
+    }
+
+    /// Set by the stream runtime whenever its views change: per relation, the visible
+    /// columns any view reads.
+    pub fn set_columns_read(&self, read: HashMap<TableId, Arc<[bool]>>) {
+        *self
+            .columns_read
+            .lock()
+            .expect("invariant: columns-read lock is never poisoned") = read;
     }
 
     /// A relation's current watermark as committed by writers (None: no row yet).
@@ -295,15 +318,22 @@ impl WriteTxn<'_> {
     /// with the replayer registered for its connector
     /// ([`crate::changelog::register_replayer`]): the change log persists the token, not
     /// the rows. The replayer must make exactly these rows from it, whenever asked.
+    ///
+    /// `left_out`: visible columns (positions) not decoded, NULL in `data`, because no
+    /// view read them ([`Database::columns_read`]). Leaving a column out must not change
+    /// whether the rows can be made: the replayer makes them whole, for a view (or a late
+    /// row set aside) that needs one.
     pub fn append_batch_by_reference(
         &mut self,
         table: TableId,
         data: datafusion::arrow::array::RecordBatch,
         token: Vec<u8>,
+        left_out: Vec<usize>,
     ) -> Result<()> {
         let replay = crate::changelog::Replay {
             token,
             watermark: None,
+            left_out,
         };
         self.push_batch(table, data, Some(replay))
     }
@@ -325,6 +355,14 @@ impl WriteTxn<'_> {
             )));
         }
         changelog::check_columns(def, &data).map_err(EngineError::Internal)?;
+        if let Some(r) = &replay {
+            if let Some(c) = r.left_out.iter().find(|&&c| c >= data.num_columns()) {
+                return Err(EngineError::Internal(format!(
+                    "a batch of \"{}\" leaves out column {c}, which it does not have",
+                    def.name
+                )));
+            }
+        }
         if data.num_rows() > 0 {
             self.appended_batches.push(SourceBatch {
                 table,
@@ -443,9 +481,22 @@ impl WriteTxn<'_> {
                         continue;
                     }
                     late_count += bs.late.len();
+                    // A late row is set aside whole: columns left out are made again.
+                    let whole = match &b.replay {
+                        Some(r) if !r.left_out.is_empty() => {
+                            Some(crate::changelog::make_whole(def, r).map_err(|e| {
+                                EngineError::Internal(format!(
+                                    "late rows of source \"{}\" cannot be made again whole: {e}",
+                                    def.name
+                                ))
+                            })?)
+                        }
+                        _ => None,
+                    };
+                    let data = whole.as_ref().unwrap_or(&b.data);
                     for (i, reason) in &bs.late {
-                        let row = (0..b.data.num_columns())
-                            .map(|c| ScalarValue::try_from_array(b.data.column(c), *i))
+                        let row = (0..data.num_columns())
+                            .map(|c| ScalarValue::try_from_array(data.column(c), *i))
                             .collect::<std::result::Result<Vec<_>, _>>()?;
                         self.set_late_aside(&catalog, def, &marker, &row, reason, &current)?;
                     }

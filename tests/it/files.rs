@@ -312,3 +312,89 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
         "{msg}"
     );
 }
+
+/// A source logging CSV rows by reference leaves out the text columns no view reads,
+/// chosen per file. A view created while a file is read, reading such a column, gets the
+/// rest of the file's batches made again whole from the file; a late row is set aside
+/// whole. When the file is gone, only the view that reads a left-out column fails,
+/// naming the source and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_columns_no_view_reads_are_made_again_for_a_view_that_reads_them() {
+    const N: i64 = 8_000;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = |from: i64, n: i64, day: &str| -> String {
+        (from..from + n)
+            .map(|i| {
+                let (h, m, s) = (i / 3600, (i / 60) % 60, i % 60);
+                format!("{i},t-{i},u-{i},{day} {h:02}:{m:02}:{s:02}\n")
+            })
+            .collect()
+    };
+    let server = TestServer::start();
+    let c = server.client().await;
+    // 2,000 rows/s: each file takes 4 s, and views are created mid-file.
+    c.batch_execute(&format!(
+        "CREATE SOURCE p (a BIGINT, t TEXT, u TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts)
+           WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.csv',
+                 posix_fs.poll.interval = '50ms', log_by_reference = 'true',
+                 source_rate_limit = '2000')
+           FORMAT PLAIN ENCODE CSV (without_header = 'true');
+         CREATE MATERIALIZED VIEW pa AS SELECT count(*) AS n, sum(a) AS s FROM p;",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let n_pa = "SELECT coalesce((SELECT n FROM pa), 0)";
+    let check =
+        "SELECT (SELECT count(*) FROM pt) > 0, (SELECT count(*) FROM pt) < (SELECT n FROM pa), \
+                 (SELECT count(*) FROM pt WHERE t = 't-' || a) = (SELECT count(*) FROM pt)";
+    let all_true = vec![vec![Some("t".to_string()); 3]];
+    // pt is created while f1.csv is read without `t`.
+    std::fs::write(dir.path().join("f1.csv"), lines(1, N, "2024-01-02")).unwrap();
+    wait_mid_file(&c, n_pa, N).await;
+    c.batch_execute("CREATE MATERIALIZED VIEW pt AS SELECT a, t FROM p")
+        .await
+        .unwrap();
+    wait_count(&c, n_pa, N, "f1.csv was not consumed").await;
+    c.batch_execute("FLUSH").await.unwrap();
+    assert_eq!(text_rows(&c, check).await, all_true);
+    // Behind the watermark f1.csv set: set aside with `u`, which no view reads.
+    std::fs::write(dir.path().join("f2.csv"), lines(5000, 1, "2024-01-01")).unwrap();
+    let late = "SELECT count(*) FROM strom_catalog.late_rows WHERE relation_name = 'p'";
+    wait_count(&c, late, 1, "the late row was not set aside").await;
+    let row: String = c
+        .query_one(
+            "SELECT row FROM strom_catalog.late_rows WHERE relation_name = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(row.contains("t-5000") && row.contains("u-5000"), "{row}");
+    // f3.csv is deleted while it is read (the reader keeps it open), then a view reading
+    // `u` is created: the rest of the file cannot be made again for it.
+    std::fs::write(dir.path().join("f3.csv"), lines(10_001, N, "2024-01-03")).unwrap();
+    let f3_read = "SELECT coalesce((SELECT n FROM pa), 0) - 8000";
+    wait_mid_file(&c, f3_read, N).await;
+    std::fs::remove_file(dir.path().join("f3.csv")).unwrap();
+    c.batch_execute("CREATE MATERIALIZED VIEW pu AS SELECT a, u FROM p")
+        .await
+        .unwrap();
+    wait_count(&c, n_pa, 2 * N, "f3.csv was not consumed").await;
+    c.batch_execute("FLUSH").await.unwrap();
+    let err = c.query("SELECT * FROM pu", &[]).await.unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("\"p\"") && msg.contains("f3.csv") && msg.contains("cannot be made again"),
+        "{msg}"
+    );
+    // The views that do not read `u` have all of f3.csv.
+    assert_eq!(text_rows(&c, check).await, all_true);
+    assert_eq!(
+        text_rows(&c, "SELECT n FROM pa").await,
+        vec![vec![Some((2 * N).to_string())]]
+    );
+}

@@ -438,6 +438,53 @@ fn csv_schema(def: &TableDef) -> Result<Arc<Schema>, String> {
     )))
 }
 
+/// Columns a `log_by_reference` CSV source leaves out of its batches: nullable text
+/// columns no view reads ([`Database::columns_read`]), as (CSV field, visible position).
+/// Leaving one out changes nothing but its values (NULL in memory): Arrow's decoder
+/// checks that every byte of a record is UTF-8 whatever fields it decodes, and a
+/// nullable text field takes any text, so the rows decode, or fail, as they would whole.
+/// A view that reads one later gets the batches made again whole from the file.
+fn left_out_columns(db: &Database, def: &TableDef) -> Vec<(usize, usize)> {
+    let (Some(c), Some(read)) = (def.connector.as_ref(), db.columns_read(def.id)) else {
+        return Vec::new();
+    };
+    def.visible_columns()
+        .enumerate()
+        .filter(|(_, (i, _))| !c.includes.iter().any(|inc| inc.column == *i))
+        .enumerate()
+        .filter(|(_, (visible, (_, col)))| {
+            read.get(*visible) == Some(&false)
+                && col.nullable
+                && col.ty.to_arrow() == datafusion::arrow::datatypes::DataType::Utf8
+        })
+        .map(|(field, (visible, _))| (field, visible))
+        .collect()
+}
+
+/// A batch decoded without the `left_out` CSV fields, with each put back as NULLs.
+fn put_back_left_out(
+    data: RecordBatch,
+    csv: &Schema,
+    left_out: &[(usize, usize)],
+) -> Result<RecordBatch, String> {
+    if left_out.is_empty() {
+        return Ok(data);
+    }
+    let n = data.num_rows();
+    let mut decoded = data.columns().iter();
+    let arrays = (0..csv.fields().len())
+        .map(|f| match left_out.iter().any(|(l, _)| *l == f) {
+            true => Some(datafusion::arrow::array::new_null_array(
+                csv.field(f).data_type(),
+                n,
+            )),
+            false => decoded.next().cloned(),
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or("invariant: a decoded column per CSV field not left out")?;
+    RecordBatch::try_new(Arc::new(csv.clone()), arrays).map_err(|e| e.to_string())
+}
+
 /// The version of [`CsvToken`]'s meaning. Bump it when a release decodes the same bytes
 /// into other rows: batches logged by an older release are then reported lost (their
 /// views fail, saying why) instead of replayed as different rows.
@@ -547,11 +594,25 @@ pub(super) async fn read_csv(
     reader
         .seek(SeekFrom::Start(offset as u64))
         .map_err(|e| format!("cannot seek in \"{}\": {e}", path.display()))?;
-    let mut decoder = ReaderBuilder::new(csv_schema(def)?)
+    let csv = csv_schema(def)?;
+    // Fixed for the file: a view created meanwhile that reads one gets the batches made
+    // again whole (the stream runtime does it).
+    let left_out = match spec.by_reference {
+        true => left_out_columns(db, def),
+        false => Vec::new(),
+    };
+    let mut builder = ReaderBuilder::new(Arc::clone(&csv))
         .with_delimiter(delimiter)
         .with_header(header && offset == 0)
-        .with_batch_size(spec.batch_rows())
-        .build_decoder();
+        .with_batch_size(spec.batch_rows());
+    if !left_out.is_empty() {
+        builder = builder.with_projection(
+            (0..csv.fields().len())
+                .filter(|f| !left_out.iter().any(|(l, _)| l == f))
+                .collect(),
+        );
+    }
+    let mut decoder = builder.build_decoder();
     let mut pos = offset;
     if offset == 0 {
         // A UTF-8 byte-order mark is not data.
@@ -606,7 +667,9 @@ pub(super) async fn read_csv(
             return Err(e);
         }
         let decoded = match decoded {
-            Ok(Some(b)) => with_file_columns(def, b, &facts).map(Some),
+            Ok(Some(b)) => put_back_left_out(b, &csv, &left_out)
+                .and_then(|b| with_file_columns(def, b, &facts))
+                .map(Some),
             other => other,
         };
         let mut txn = db.begin_write().await;
@@ -628,7 +691,8 @@ pub(super) async fn read_csv(
                             facts: facts.clone(),
                         };
                         let token = serde_json::to_vec(&token).map_err(|e| e.to_string())?;
-                        txn.append_batch_by_reference(def.id, batch, token)
+                        let left_out = left_out.iter().map(|(_, v)| *v).collect();
+                        txn.append_batch_by_reference(def.id, batch, token, left_out)
                             .map_err(|e| e.to_string())?;
                     }
                     Some(batch) => txn.append_batch(def.id, batch).map_err(|e| e.to_string())?,

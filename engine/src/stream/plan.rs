@@ -391,6 +391,57 @@ impl PlanNode {
         out
     }
 
+    /// Per relation the plan reads, which of its visible columns any operator looks at:
+    /// a column is left out only when the operators over the source are projections and
+    /// filters none of whose expressions (used downstream or not: each is evaluated)
+    /// mentions it. Any other operator over a source reads all its columns.
+    pub fn columns_read(&self) -> std::collections::HashMap<TableId, Vec<bool>> {
+        let mut out = std::collections::HashMap::new();
+        self.demand(&vec![true; self.schema.fields().len()], &mut out);
+        out
+    }
+
+    /// [`PlanNode::columns_read`]: `wanted` are this node's output columns its consumer
+    /// reads.
+    fn demand(&self, wanted: &[bool], out: &mut std::collections::HashMap<TableId, Vec<bool>>) {
+        let mark = |e: &Arc<dyn PhysicalExpr>, need: &mut Vec<bool>| {
+            for c in datafusion::physical_expr::utils::collect_columns(e) {
+                if let Some(n) = need.get_mut(c.index()) {
+                    *n = true;
+                }
+            }
+        };
+        match &self.kind {
+            NodeKind::Source { relation, .. } => {
+                let read = out
+                    .entry(*relation)
+                    .or_insert_with(|| vec![false; wanted.len()]);
+                for (r, w) in read.iter_mut().zip(wanted) {
+                    *r |= *w;
+                }
+            }
+            NodeKind::Project { exprs, .. } => {
+                let mut need = vec![false; self.inputs[0].schema.fields().len()];
+                for e in exprs {
+                    mark(e, &mut need);
+                }
+                self.inputs[0].demand(&need, out);
+            }
+            NodeKind::Filter { predicate, .. } => {
+                let mut need = wanted.to_vec();
+                mark(predicate, &mut need);
+                self.inputs[0].demand(&need, out);
+            }
+            // Computed (and read whole) where it is computed.
+            _ if self.reuses_shared() => {}
+            _ => {
+                for i in &self.inputs {
+                    i.demand(&vec![true; i.schema.fields().len()], out);
+                }
+            }
+        }
+    }
+
     /// Every source in the plan, in tree order.
     pub fn sources(&self) -> Vec<(TableId, bool)> {
         let mut out = Vec::new();
@@ -869,6 +920,95 @@ mod tests {
             } => append_only_input,
             _ => unreachable!("an aggregation"),
         }
+    }
+
+    #[test]
+    fn columns_read_are_those_projections_and_filters_mention() {
+        let col = |name: &str, i: usize| {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(name, i))
+                as Arc<dyn PhysicalExpr>
+        };
+        let wide = Arc::new(Schema::new(
+            ["a", "b", "c", "d"]
+                .map(|n| Field::new(n, DataType::Int64, true))
+                .to_vec(),
+        ));
+        let node = |kind, inputs: Vec<PlanNode>, schema: &SchemaRef| PlanNode {
+            kind,
+            inputs,
+            schema: Arc::clone(schema),
+            unique_key: None,
+            append_only: true,
+        };
+        let source = || {
+            node(
+                NodeKind::Source {
+                    relation: TableId(7),
+                    name: "s".into(),
+                    is_view: false,
+                },
+                vec![],
+                &wide,
+            )
+        };
+        let filter = |input| {
+            node(
+                NodeKind::Filter {
+                    predicate: col("b", 1),
+                    text: "b".into(),
+                },
+                vec![input],
+                &wide,
+            )
+        };
+        let narrow = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        // Project a over Filter b over s: c and d are not read.
+        let picked = node(
+            NodeKind::Project {
+                exprs: vec![col("a", 0)],
+                texts: vec!["a".into()],
+            },
+            vec![filter(source())],
+            &narrow,
+        );
+        assert_eq!(
+            picked.columns_read()[&TableId(7)],
+            vec![true, true, false, false]
+        );
+        // A filter passes the columns its consumer reads through: all, at the root.
+        assert_eq!(filter(source()).columns_read()[&TableId(7)], vec![true; 4]);
+        // Any other operator over the source reads it whole, and the uses add up.
+        let union = node(
+            NodeKind::UnionAll,
+            vec![
+                picked,
+                node(
+                    NodeKind::Project {
+                        exprs: vec![col("d", 3)],
+                        texts: vec!["d".into()],
+                    },
+                    vec![source()],
+                    &narrow,
+                ),
+            ],
+            &narrow,
+        );
+        assert_eq!(
+            union.columns_read()[&TableId(7)],
+            vec![true, true, false, true]
+        );
+        let agg = node(
+            NodeKind::HashAgg {
+                group_keys: vec![0],
+                calls: vec![],
+                always_present: None,
+                window: None,
+                append_only_input: true,
+            },
+            vec![source()],
+            &narrow,
+        );
+        assert_eq!(agg.columns_read()[&TableId(7)], vec![true; 4]);
     }
 
     #[test]

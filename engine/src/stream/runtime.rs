@@ -510,9 +510,30 @@ struct View {
     temporal: bool,
     /// When time alone next changes its output (temporal filters; None: never).
     deadline: Option<i64>,
+    /// Per relation it reads, the visible columns its operators look at
+    /// ([`PlanNode::columns_read`]).
+    reads: HashMap<TableId, Vec<bool>>,
 }
 
 impl View {
+    /// Whether the view reads a column of `table` that a batch among `entries` left
+    /// out (see [`changelog::Replay::left_out`]).
+    fn needs_whole(&self, table: TableId, entries: &[changelog::LogEntry]) -> bool {
+        let Some(read) = self.reads.get(&table) else {
+            return false;
+        };
+        entries
+            .iter()
+            .flat_map(|e| &e.batches)
+            .filter(|b| b.table == table)
+            .filter_map(|b| b.replay.as_ref())
+            .any(|r| {
+                r.left_out
+                    .iter()
+                    .any(|&c| read.get(c).copied().unwrap_or(true))
+            })
+    }
+
     fn backfilling(&self) -> bool {
         self.sources.iter().any(|s| s.position != Position::Done)
     }
@@ -875,6 +896,7 @@ impl Graph {
             // Unknown until its first epoch: run one.
             deadline: (plan.has_temporal_filter() || plan.has_external_lookup())
                 .then_some(i64::MIN),
+            reads: plan.columns_read(),
         };
         let store = self.db.store();
         if !new {
@@ -905,6 +927,7 @@ impl Graph {
                 done: !view.backfilling() || view.failed.is_some(),
             });
         self.views.push(view);
+        self.publish_columns_read();
         Ok(())
     }
 
@@ -915,6 +938,21 @@ impl Graph {
             .lock()
             .expect("status lock")
             .retain(|s| s.view != view);
+        self.publish_columns_read();
+    }
+
+    /// Tells sources which of their columns the views read
+    /// ([`Database::columns_read`]).
+    fn publish_columns_read(&self) {
+        let mut read: HashMap<TableId, Vec<bool>> = HashMap::new();
+        for (t, cols) in self.views.iter().flat_map(|v| &v.reads) {
+            let all = read.entry(*t).or_insert_with(|| vec![false; cols.len()]);
+            for (a, c) in all.iter_mut().zip(cols) {
+                *a |= *c;
+            }
+        }
+        self.db
+            .set_columns_read(read.into_iter().map(|(t, c)| (t, c.into())).collect());
     }
 
     fn run_epoch(&mut self) -> Result<Progress> {
@@ -940,6 +978,44 @@ impl Graph {
                 watermarks_moved = true;
             }
         }
+        // Batches some of whose columns were left out (no view read them when they were
+        // made), made again whole for the views that read one: a view created since.
+        let catalog = self.db.catalog();
+        let mut whole: HashMap<TableId, std::result::Result<Vec<RecordBatch>, String>> =
+            HashMap::new();
+        for view in self.views.iter().filter(|v| v.failed.is_none()) {
+            for (t, batches) in &table_batches {
+                if whole.contains_key(t) || !view.needs_whole(*t, &entries) {
+                    continue;
+                }
+                let Some(def) = catalog.table(*t) else {
+                    continue;
+                };
+                let made = entries
+                    .iter()
+                    .flat_map(|e| &e.batches)
+                    .filter(|b| b.table == *t)
+                    .map(|b| match &b.replay {
+                        Some(r) if !r.left_out.is_empty() => changelog::remake(def, r),
+                        _ => Ok(b.data.clone()),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!(
+                            "rows of source \"{}\" logged by reference cannot be made again with the columns left out when they were read: {e}",
+                            def.name
+                        )
+                    });
+                debug_assert!(made.as_ref().map_or(true, |m| m.len() == batches.len()));
+                whole.insert(*t, made);
+            }
+        }
+        let mut whole_batches = table_batches.clone();
+        for (t, made) in &whole {
+            if let Ok(made) = made {
+                whole_batches.insert(*t, made.iter().collect());
+            }
+        }
         let watermarks = &self.watermarks;
         let now = self.clock();
         self.last_now = now;
@@ -951,7 +1027,6 @@ impl Graph {
         let parallel_min_rows = self.config.parallel_min_rows;
         // The epoch this run commits (sink log entries are keyed by it).
         let epoch = self.epoch + 1;
-        let catalog = self.db.catalog();
         for view in &mut self.views {
             if view.failed.is_some() {
                 continue;
@@ -969,7 +1044,15 @@ impl Graph {
                 .iter()
                 .filter(|s| s.position == Position::Done)
                 .filter_map(|s| s.def.as_ref())
-                .find_map(|d| lost.get(&d.id));
+                .find_map(|d| lost.get(&d.id))
+                .copied()
+                .or_else(|| {
+                    whole
+                        .iter()
+                        .filter(|(t, _)| view.needs_whole(**t, &entries))
+                        .find_map(|(_, made)| made.as_ref().err())
+                });
+            let reads_left_out = whole.keys().any(|t| view.needs_whole(*t, &entries));
             let result = match (upstream_failed, rows_lost) {
                 (_, Some(reason)) => Err(EngineError::RowsLost((*reason).clone())),
                 (Some(name), None) => Err(EngineError::Internal(format!(
@@ -980,7 +1063,11 @@ impl Graph {
                     &EpochInput {
                         snapshot: &snapshot,
                         table_changes: &table_changes,
-                        table_batches: &table_batches,
+                        table_batches: if reads_left_out {
+                            &whole_batches
+                        } else {
+                            &table_batches
+                        },
                         watermarks,
                         now,
                         outputs: &outputs,
