@@ -161,6 +161,17 @@ impl Watermarker {
     }
 
     /// The watermark column's index.
+    /// The visible columns (positions) the watermark expression reads, its event-time
+    /// column among them.
+    pub fn columns_read(&self) -> Vec<usize> {
+        let mut read: Vec<usize> = datafusion::physical_expr::utils::collect_columns(&self.expr)
+            .iter()
+            .map(|c| c.index())
+            .collect();
+        read.push(self.column);
+        read
+    }
+
     pub fn column(&self) -> usize {
         self.column
     }

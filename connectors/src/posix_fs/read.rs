@@ -448,12 +448,19 @@ fn left_out_columns(db: &Database, def: &TableDef) -> Vec<(usize, usize)> {
     let (Some(c), Some(read)) = (def.connector.as_ref(), db.columns_read(def.id)) else {
         return Vec::new();
     };
+    // The watermark expression is evaluated over the batch as read: what it mentions is
+    // read too.
+    let by_watermark = match db.watermarker(def) {
+        Ok(w) => w.map(|w| w.columns_read()).unwrap_or_default(),
+        Err(_) => return Vec::new(),
+    };
     def.visible_columns()
         .enumerate()
         .filter(|(_, (i, _))| !c.includes.iter().any(|inc| inc.column == *i))
         .enumerate()
         .filter(|(_, (visible, (_, col)))| {
             read.get(*visible) == Some(&false)
+                && !by_watermark.contains(visible)
                 && col.nullable
                 && col.ty.to_arrow() == datafusion::arrow::datatypes::DataType::Utf8
         })

@@ -522,6 +522,14 @@ impl View {
         let Some(read) = self.reads.get(&table) else {
             return false;
         };
+        // Only a source the view reads live (backfilled) is given the batches.
+        let live = self
+            .sources
+            .iter()
+            .any(|s| s.position == Position::Done && s.def.as_ref().is_some_and(|d| d.id == table));
+        if !live {
+            return false;
+        }
         entries
             .iter()
             .flat_map(|e| &e.batches)
@@ -989,6 +997,7 @@ impl Graph {
                     continue;
                 }
                 let Some(def) = catalog.table(*t) else {
+                    whole.insert(*t, Err(format!("source {} no longer exists", t.0)));
                     continue;
                 };
                 let made = entries
