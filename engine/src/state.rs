@@ -746,9 +746,15 @@ impl StateTable {
             .collect();
         prefixes.sort_unstable();
         let mut key = Vec::new();
-        for (_, prefix) in &prefixes {
+        for (vnode, prefix) in &prefixes {
+            // `bucket_key`, without hashing the prefix again.
             key.clear();
-            key.extend_from_slice(&self.bucket_key(prefix));
+            key.push(STATE_PREFIX);
+            key.extend_from_slice(&self.view.to_be_bytes());
+            key.extend_from_slice(&self.index.to_be_bytes());
+            key.extend_from_slice(&vnode.to_be_bytes());
+            key.extend_from_slice(prefix);
+            debug_assert_eq!(key, self.bucket_key(prefix));
             let base = key.len();
             let b = self
                 .buckets

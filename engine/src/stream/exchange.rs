@@ -7,7 +7,7 @@
 //! belong to exactly one worker and workers never share a bucket. Rows keep their order
 //! within a worker, so update pairs stay adjacent.
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 
 use super::chunk::{Op, StreamChunk};
@@ -30,15 +30,14 @@ pub fn partition(
         return Ok(vec![Some(chunk.clone())]);
     }
     let batch = chunk.data();
-    let cols: Vec<_> = key_columns.iter().map(|&k| batch.column(k)).collect();
+    let cols: Vec<&dyn Array> = key_columns
+        .iter()
+        .map(|&k| batch.column(k).as_ref())
+        .collect();
     let mut rows: Vec<Vec<u32>> = vec![Vec::new(); workers];
-    let mut key = Vec::new();
+    let keys = keys::RowKeys::new(&cols, batch.num_rows())?;
     for row in 0..batch.num_rows() {
-        key.clear();
-        for c in &cols {
-            keys::encode_array_datum(c.as_ref(), row, &mut key)?;
-        }
-        rows[worker_of(&key, workers)].push(row as u32);
+        rows[worker_of(keys.get(row), workers)].push(row as u32);
     }
     rows.into_iter()
         .map(|r| {

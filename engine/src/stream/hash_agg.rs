@@ -299,16 +299,7 @@ impl HashAgg {
         if let Some(&i) = self.touched.get(prefix) {
             return Ok(i);
         }
-        let stored = match self.main.get(prefix, &[])? {
-            Some(bytes) => Some(row::decode_row(bytes, &self.state_types).map_err(|reason| {
-                EngineError::Corrupt {
-                    table: "aggregate state".into(),
-                    reason,
-                }
-            })?),
-            None => None,
-        };
-        let group = match stored {
+        let group = match self.stored_group(prefix)? {
             None => Group {
                 key: key.to_vec(),
                 rows: 0,
@@ -316,42 +307,7 @@ impl HashAgg {
                 prev: None,
                 existed: false,
             },
-            Some(values) => {
-                let nk = self.group_keys.len();
-                let mut it = values.into_iter();
-                let key: Vec<ScalarValue> = it.by_ref().take(nk).collect();
-                let rows = as_i64(it.next());
-                let mut states = Vec::with_capacity(self.calls.len());
-                for c in &self.calls {
-                    states.push(match c.kind {
-                        AggKind::CountStar | AggKind::Count => AggState::Count(as_i64(it.next())),
-                        AggKind::Sum | AggKind::Avg => {
-                            let sum = it.next().filter(|v| !v.is_null());
-                            AggState::Sum {
-                                sum,
-                                count: as_i64(it.next()),
-                            }
-                        }
-                        AggKind::Min | AggKind::Max if self.append_only => {
-                            match it.next().filter(|v| !v.is_null()) {
-                                None => AggState::Best(None),
-                                Some(v) => {
-                                    let mut enc = Vec::new();
-                                    keys::encode_key_datum(&v, &mut enc)?;
-                                    AggState::Best(Some((enc, v)))
-                                }
-                            }
-                        }
-                        AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
-                    });
-                }
-                let mut g = Group {
-                    key,
-                    rows,
-                    states,
-                    prev: None,
-                    existed: true,
-                };
+            Some(mut g) => {
                 if self.emits_updates() {
                     g.prev = Some(self.output_row(prefix, &g)?);
                 }
@@ -362,6 +318,53 @@ impl HashAgg {
         self.groups.push((prefix.to_vec(), group));
         self.touched.insert(prefix.to_vec(), i);
         Ok(i)
+    }
+
+    /// The group stored under `prefix`, as its state holds it (`prev` unset).
+    fn stored_group(&mut self, prefix: &[u8]) -> Result<Option<Group>> {
+        let Some(bytes) = self.main.get(prefix, &[])? else {
+            return Ok(None);
+        };
+        let values =
+            row::decode_row(bytes, &self.state_types).map_err(|reason| EngineError::Corrupt {
+                table: "aggregate state".into(),
+                reason,
+            })?;
+        let nk = self.group_keys.len();
+        let mut it = values.into_iter();
+        let key: Vec<ScalarValue> = it.by_ref().take(nk).collect();
+        let rows = as_i64(it.next());
+        let mut states = Vec::with_capacity(self.calls.len());
+        for c in &self.calls {
+            states.push(match c.kind {
+                AggKind::CountStar | AggKind::Count => AggState::Count(as_i64(it.next())),
+                AggKind::Sum | AggKind::Avg => {
+                    let sum = it.next().filter(|v| !v.is_null());
+                    AggState::Sum {
+                        sum,
+                        count: as_i64(it.next()),
+                    }
+                }
+                AggKind::Min | AggKind::Max if self.append_only => {
+                    match it.next().filter(|v| !v.is_null()) {
+                        None => AggState::Best(None),
+                        Some(v) => {
+                            let mut enc = Vec::new();
+                            keys::encode_key_datum(&v, &mut enc)?;
+                            AggState::Best(Some((enc, v)))
+                        }
+                    }
+                }
+                AggKind::Min | AggKind::Max | AggKind::General => AggState::Extreme,
+            });
+        }
+        Ok(Some(Group {
+            key,
+            rows,
+            states,
+            prev: None,
+            existed: true,
+        }))
     }
 
     /// Whether a group's changes are emitted as they happen (not `EMIT ON WINDOW CLOSE`).
@@ -432,21 +435,19 @@ impl HashAgg {
                     .transpose()
             })
             .collect::<Result<_>>()?;
-        let mut prefix = Vec::new();
+        let key_refs: Vec<&dyn Array> = key_cols.iter().map(|c| c.as_ref()).collect();
+        let row_keys = keys::RowKeys::new(&key_refs, chunk.len())?;
         let mut suffix = Vec::new();
         for (row, op) in chunk.ops().iter().enumerate() {
-            prefix.clear();
-            for c in &key_cols {
-                keys::encode_array_datum(c.as_ref(), row, &mut prefix)?;
-            }
-            let gi = match self.touched.get(prefix.as_slice()) {
+            let prefix = row_keys.get(row);
+            let gi = match self.touched.get(prefix) {
                 Some(&i) => i,
                 None => {
                     let key = key_cols
                         .iter()
                         .map(|c| ScalarValue::try_from_array(c, row))
                         .collect::<std::result::Result<Vec<_>, _>>()?;
-                    self.touch(&prefix, &key)?
+                    self.touch(prefix, &key)?
                 }
             };
             let sign = op.sign();
@@ -516,7 +517,7 @@ impl HashAgg {
                             keys::encode_array_datum(c.as_ref(), row, &mut suffix)?;
                         }
                         let table = self.extremes[i].as_mut().expect("general agg has a table");
-                        table.multiset_add(&prefix, &suffix, sign, || {
+                        table.multiset_add(prefix, &suffix, sign, || {
                             let values = cols
                                 .iter()
                                 .map(|c| ScalarValue::try_from_array(c, row))
@@ -531,7 +532,7 @@ impl HashAgg {
                         suffix.clear();
                         keys::encode_array_datum(a.as_ref(), row, &mut suffix)?;
                         let table = self.extremes[i].as_mut().expect("min/max has a table");
-                        table.multiset_add(&prefix, &suffix, sign, || {
+                        table.multiset_add(prefix, &suffix, sign, || {
                             row::encode_row(&[ScalarValue::try_from_array(a.as_ref(), row)?])
                         })?;
                     }
@@ -571,10 +572,12 @@ impl HashAgg {
         let closed = self.window.as_mut().expect("checked").take_closed(&bound)?;
         for prefix in closed {
             if cfg.emit_on_close {
-                let gi = self.touch(&prefix, &[])?;
-                let group = self.groups[gi].1.clone();
-                if group.rows > 0 {
-                    out.push((Op::Insert, self.output_row(&prefix, &group)?));
+                // Read from state (this epoch's changes are in it): no entry among the
+                // touched groups, which are cleared below.
+                if let Some(group) = self.stored_group(&prefix)? {
+                    if group.rows > 0 {
+                        out.push((Op::Insert, self.output_row(&prefix, &group)?));
+                    }
                 }
             }
             // Otherwise its rows were emitted as it changed: only its state goes.
