@@ -398,3 +398,48 @@ async fn csv_columns_no_view_reads_are_made_again_for_a_view_that_reads_them() {
         vec![vec![Some((2 * N).to_string())]]
     );
 }
+
+/// A text column no view reads but the source's watermark expression does is decoded:
+/// the watermark is computed from its real values (here it decides how far the
+/// watermark lags), so a row behind it is set aside as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_columns_the_watermark_reads_are_not_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start();
+    let c = server.client().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE w (a BIGINT, lag TEXT, ts TIMESTAMP,
+           WATERMARK FOR ts AS CASE WHEN lag = 'none' THEN ts ELSE ts - INTERVAL '10' DAY END)
+           WITH (connector = 'posix_fs', posix_fs.root = '{}', match_pattern = '*.csv',
+                 posix_fs.poll.interval = '50ms', log_by_reference = 'true')
+           FORMAT PLAIN ENCODE CSV (without_header = 'true');
+         CREATE MATERIALIZED VIEW wn AS SELECT count(*) AS n FROM w;",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let read =
+        "SELECT coalesce(sum(rows), 0)::bigint FROM strom_catalog.source_status WHERE name = 'w'";
+    std::fs::write(
+        dir.path().join("a.csv"),
+        "1,none,2024-01-02 10:00:00\n2,none,2024-01-02 10:00:01\n",
+    )
+    .unwrap();
+    wait_count(&c, read, 2, "a.csv was not read").await;
+    // Two hours behind a watermark at 10:00:01; were `lag` left NULL, it would lag ten
+    // days and the row would be on time.
+    std::fs::write(dir.path().join("b.csv"), "3,none,2024-01-02 08:00:00\n").unwrap();
+    let late = "SELECT count(*) FROM strom_catalog.late_rows WHERE relation_name = 'w'";
+    wait_count(
+        &c,
+        late,
+        1,
+        "the row behind the watermark was not set aside",
+    )
+    .await;
+    c.batch_execute("FLUSH").await.unwrap();
+    assert_eq!(
+        text_rows(&c, "SELECT n FROM wn").await,
+        vec![vec![Some("2".into())]]
+    );
+}
