@@ -655,17 +655,29 @@ mod tests {
         let days: ArrayRef = Arc::new(Date32Array::from(vec![-3, 0, 19_000, i32::MAX]));
         let with_null: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(-5), None]));
         let text: ArrayRef = Arc::new(StringArray::from(vec!["a", "", "a\0b", "zz"]));
-        let sets: [&[&ArrayRef]; 5] = [
-            &[&ids],
-            &[&starts, &ids],
-            &[&days, &starts, &ids],
-            &[&ids, &with_null],
-            &[&text, &ids],
+        let zoned: ArrayRef =
+            Arc::new(TimestampMicrosecondArray::from(vec![5, -5, 0, 1]).with_timezone("UTC"));
+        // Sliced: values and nulls start at the offset.
+        let (ids_sliced, null_sliced) = (ids.slice(1, 3), with_null.slice(1, 3));
+        let (starts_sliced, null_free) = (starts.slice(1, 3), with_null.slice(2, 1));
+        let sets: [(&[&ArrayRef], usize); 10] = [
+            (&[&ids], 4),
+            (&[&starts, &ids], 4),
+            (&[&days, &starts, &ids], 4),
+            (&[&ids, &with_null], 4),
+            (&[&text, &ids], 4),
+            (&[&zoned, &ids], 4),
+            (&[&ids_sliced, &starts_sliced], 3),
+            (&[&ids_sliced, &null_sliced], 3),
+            (&[&null_free], 1),
+            (&[], 3),
         ];
-        for set in sets {
+        let empty = RowKeys::new(&[ids.slice(0, 0).as_ref()], 0).unwrap();
+        assert!(empty.bytes.is_empty());
+        for (set, rows) in sets {
             let cols: Vec<&dyn Array> = set.iter().map(|a| a.as_ref() as &dyn Array).collect();
-            let keys = RowKeys::new(&cols, 4).unwrap();
-            for row in 0..4 {
+            let keys = RowKeys::new(&cols, rows).unwrap();
+            for row in 0..rows {
                 let mut want = Vec::new();
                 for c in &cols {
                     encode_array_datum(*c, row, &mut want).unwrap();

@@ -160,7 +160,6 @@ impl Watermarker {
         }))
     }
 
-    /// The watermark column's index.
     /// The visible columns (positions) the watermark expression reads, its event-time
     /// column among them.
     pub fn columns_read(&self) -> Vec<usize> {
@@ -172,6 +171,7 @@ impl Watermarker {
         read
     }
 
+    /// The watermark column's index.
     pub fn column(&self) -> usize {
         self.column
     }
