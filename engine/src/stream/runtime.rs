@@ -1019,12 +1019,16 @@ impl Graph {
                 whole.insert(*t, made);
             }
         }
-        let mut whole_batches = table_batches.clone();
-        for (t, made) in &whole {
-            if let Ok(made) = made {
-                whole_batches.insert(*t, made.iter().collect());
+        // Only in an epoch that has some.
+        let whole_batches = (!whole.is_empty()).then(|| {
+            let mut batches = table_batches.clone();
+            for (t, made) in &whole {
+                if let Ok(made) = made {
+                    batches.insert(*t, made.iter().collect());
+                }
             }
-        }
+            batches
+        });
         let watermarks = &self.watermarks;
         let now = self.clock();
         self.last_now = now;
@@ -1072,10 +1076,9 @@ impl Graph {
                     &EpochInput {
                         snapshot: &snapshot,
                         table_changes: &table_changes,
-                        table_batches: if reads_left_out {
-                            &whole_batches
-                        } else {
-                            &table_batches
+                        table_batches: match &whole_batches {
+                            Some(whole) if reads_left_out => whole,
+                            _ => &table_batches,
                         },
                         watermarks,
                         now,
