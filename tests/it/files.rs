@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::server::{text_rows, TestServer};
+use crate::server::{db_message, text_rows, TestServer};
 
 /// `n` rows `i,i*2,2024-01-01 00:00:00 + i s` from `from`.
 fn rows(from: i64, n: i64) -> String {
@@ -141,7 +141,7 @@ async fn files_are_read_once_when_complete() {
         ("CREATE SOURCE x (a INTERVAL) WITH (connector = 'posix_fs', posix_fs.root = '/tmp') FORMAT PLAIN ENCODE CSV", "cannot read type"),
     ] {
         let err = c.batch_execute(sql).await.unwrap_err();
-        let m = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        let m = db_message(&err);
         assert!(m.contains(msg), "{sql}: {m}");
     }
 }
@@ -287,10 +287,7 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
     let c = server.client().await;
     c.batch_execute("FLUSH").await.unwrap();
     let err = c.query("SELECT * FROM fv", &[]).await.unwrap_err();
-    let msg = err
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default();
+    let msg = db_message(&err);
     assert!(
         msg.contains("late.csv") && msg.contains("changed since they were read"),
         "{msg}"
@@ -303,10 +300,7 @@ async fn csv_rows_logged_by_reference_are_read_again_after_kill_9() {
         ))
         .await
         .unwrap_err();
-    let msg = err
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default();
+    let msg = db_message(&err);
     assert!(
         msg.contains("log_by_reference") && msg.contains("ENCODE CSV"),
         "{msg}"
@@ -383,10 +377,7 @@ async fn csv_columns_no_view_reads_are_made_again_for_a_view_that_reads_them() {
     wait_count(&c, n_pa, 2 * N, "f3.csv was not consumed").await;
     c.batch_execute("FLUSH").await.unwrap();
     let err = c.query("SELECT * FROM pu", &[]).await.unwrap_err();
-    let msg = err
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default();
+    let msg = db_message(&err);
     assert!(
         msg.contains("\"p\"") && msg.contains("f3.csv") && msg.contains("cannot be made again"),
         "{msg}"

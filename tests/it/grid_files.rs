@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::server::{text_rows, TestServer};
+use crate::server::{db_message, text_rows, TestServer};
 
 const NAME_PATTERN: &str = "{company}_{subcompany}_{system}_{date:%Y%m%d}_{time:%H%M%S}.{suffix}";
 
@@ -360,7 +360,7 @@ async fn double_bar_files_strict_mode_and_declaration_errors() {
         ("CREATE SOURCE x (a INT) INCLUDE company AS c WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT PLAIN ENCODE JSON".to_string(), "connector kafka cannot INCLUDE company"),
     ] {
         let err = c.batch_execute(&sql).await.unwrap_err();
-        let m = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        let m = db_message(&err);
         assert!(m.contains(msg), "{sql}: {m}");
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::Client;
 
-use crate::server::{text_rows as rows, TestServer};
+use crate::server::{db_message, text_rows as rows, TestServer};
 
 fn bootstrap() -> String {
     std::env::var("TEST_KAFKA_BOOTSTRAP").expect(
@@ -229,7 +229,7 @@ async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
         ("CREATE SOURCE s2 (a INTERVAL) WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = 'x') FORMAT PLAIN ENCODE JSON", "column \"a\""),
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
-        let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        let msg = db_message(&err);
         assert!(msg.contains(needle), "{sql}: {msg}");
     }
     // DROP names the kind: each statement drops only its own kind of object.
@@ -240,10 +240,7 @@ async fn json_source_feeds_views_with_metadata_and_keeps_bad_records() {
         ("DROP SINK nope", "sink \"nope\" does not exist"),
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
-        let msg = err
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default();
+        let msg = db_message(&err);
         let hint = err
             .as_db_error()
             .and_then(|d| d.hint().map(str::to_string))
@@ -858,7 +855,7 @@ async fn sinks_deliver_view_changes_as_upsert_debezium_and_plain() {
         (format!("CREATE SINK s1 FROM kw_by_feeder WITH (connector = 'kafka', topic = 't', properties.bootstrap.server = '{b}', properties.transactional.id = 'x') FORMAT DEBEZIUM ENCODE JSON"), "delivery = 'at_least_once' | 'exactly_once'"),
     ] {
         let err = c.simple_query(&sql).await.unwrap_err();
-        let msg = err.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        let msg = db_message(&err);
         assert!(msg.contains(needle), "{sql}: {msg}");
     }
     c.batch_execute("DROP SINK kw_out; DROP SINK kw_dbz; DROP SINK big_readings")
@@ -917,10 +914,7 @@ async fn alter_source_rate_limit_pauses_and_resumes_and_show_lists() {
         ),
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
-        let msg = err
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default();
+        let msg = db_message(&err);
         assert!(msg.contains(needle), "{sql}: {msg}");
     }
 }

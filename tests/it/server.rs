@@ -193,6 +193,13 @@ pub async fn reference_pg() -> tokio_postgres::Client {
     c
 }
 
+/// The server's message in an error it returned (empty for another kind of error).
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
+}
+
 /// The rows of `sql` over the simple protocol, as text (`None`: NULL); panics on error.
 pub async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
     c.simple_query(sql)

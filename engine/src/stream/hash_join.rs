@@ -834,6 +834,14 @@ mod tests {
     }
 
     fn join(t: JoinType) -> (tempfile::TempDir, HashJoin) {
+        join_on(t, None)
+    }
+
+    /// `... ON feeder = name [AND condition]`.
+    fn join_on(
+        t: JoinType,
+        condition: Option<Arc<dyn PhysicalExpr>>,
+    ) -> (tempfile::TempDir, HashJoin) {
         let (dir, mut alloc) = temp_alloc();
         let (l, r) = sides();
         let j = HashJoin::try_new(
@@ -842,7 +850,7 @@ mod tests {
             vec![0],
             &l,
             &r,
-            None,
+            condition,
             false,
             [None, None],
             &mut alloc,
@@ -862,21 +870,7 @@ mod tests {
             &PhysicalPlanningContext::default(),
         )
         .unwrap();
-        let (dir, mut alloc) = temp_alloc();
-        let (l, r) = sides();
-        let j = HashJoin::try_new(
-            t,
-            vec![1],
-            vec![0],
-            &l,
-            &r,
-            Some(cond),
-            false,
-            [None, None],
-            &mut alloc,
-        )
-        .unwrap();
-        (dir, j)
+        join_on(t, Some(cond))
     }
 
     fn left(text: &str) -> StreamChunk {
