@@ -153,23 +153,31 @@ async fn run(name: &str, sql: &str, events: u64, gap_ns: u64, csv: Option<&str>)
     // events.
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let running = c
-            .query(
+        // The simple protocol: one parse and plan per poll, where a prepared query plans
+        // twice (describe, then execute). The polls' CPU counts in the server's.
+        let running: Vec<(String, Option<u64>)> = c
+            .simple_query(
                 "SELECT name, rows FROM strom_catalog.source_status WHERE kind = 'source' AND running",
-                &[],
             )
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).unwrap_or_default().to_string(),
+                    r.get(1).and_then(|n| n.parse().ok()),
+                )),
+                _ => None,
+            })
+            .collect();
         let done = !running.is_empty()
-            && running.iter().all(|r| {
-                let name: String = r.get(0);
-                let rows: Option<i64> = r.get(1);
+            && running.iter().all(|(name, rows)| {
                 let want = if csv.is_some() {
                     events
                 } else {
-                    rows_of(&name, events)
+                    rows_of(name, events)
                 };
-                rows.unwrap_or(0) as u64 >= want
+                rows.unwrap_or(0) >= want
             });
         if done {
             break;
