@@ -157,6 +157,8 @@ fn join_case(name: &str, rows: usize, dim_rows: i64) {
         None,
         false,
         [None, None],
+        // The dimension's rows by its key, as for a table with that primary key.
+        [None, Some(vec![0])],
         &mut alloc,
     )
     .unwrap();

@@ -8,10 +8,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder,
+    Int32Builder, Int64Builder, StringBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int32Type, Int64Type, IntervalMonthDayNano, TimeUnit,
+    TimestampMicrosecondType,
+};
 use datafusion::common::ScalarValue;
 
 use crate::error::{EngineError, Result};
@@ -25,6 +28,45 @@ pub fn encode_row(values: &[ScalarValue]) -> Result<Vec<u8>> {
         encode_cell(v, &mut out)?;
     }
     Ok(out)
+}
+
+/// Appends the encoding of row `row` of `columns` to `out` (cleared first): the bytes
+/// [`encode_row`] gives for the same values, without a `ScalarValue` per cell for the
+/// common types (a join stores every input row this way).
+pub fn encode_array_row(columns: &[ArrayRef], row: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    out.push(FORMAT_V1);
+    for c in columns {
+        if c.is_null(row) {
+            out.push(0);
+            continue;
+        }
+        match c.data_type() {
+            DataType::Int64 => {
+                out.push(1);
+                out.extend_from_slice(&c.as_primitive::<Int64Type>().value(row).to_le_bytes());
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                out.push(1);
+                let v = c.as_primitive::<TimestampMicrosecondType>().value(row);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            DataType::Int32 => {
+                out.push(1);
+                out.extend_from_slice(&c.as_primitive::<Int32Type>().value(row).to_le_bytes());
+            }
+            DataType::Float64 => {
+                out.push(1);
+                out.extend_from_slice(&c.as_primitive::<Float64Type>().value(row).to_le_bytes());
+            }
+            DataType::Utf8 => {
+                out.push(1);
+                put_bytes(c.as_string::<i32>().value(row).as_bytes(), out);
+            }
+            _ => encode_cell(&ScalarValue::try_from_array(c, row)?, out)?,
+        }
+    }
+    Ok(())
 }
 
 fn encode_cell(v: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
@@ -435,6 +477,45 @@ mod tests {
             assert_eq!(ScalarValue::try_from_array(a, 2).unwrap(), rows[1][c]);
         }
         assert!(decode_columns(&[Some(&encoded[0][..5])], &types, &[2]).is_err());
+    }
+
+    #[test]
+    fn rows_encode_from_arrays_like_from_scalars() {
+        let list_ty = DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true)));
+        let list = ScalarValue::List(ScalarValue::new_list_nullable(
+            &[ScalarValue::Int32(Some(1)), ScalarValue::Int32(None)],
+            &DataType::Int32,
+        ));
+        let tz = Some("+00:00".into());
+        // Per column: a value, then NULL; the fast paths and the fallback.
+        let values = [
+            ScalarValue::Int64(Some(-3)),
+            ScalarValue::TimestampMicrosecond(Some(1_700_000_000_000_000), tz),
+            ScalarValue::Int32(Some(i32::MIN)),
+            ScalarValue::Float64(Some(-0.0)),
+            ScalarValue::Utf8(Some("电表 ✓".into())),
+            ScalarValue::Boolean(Some(true)),
+            ScalarValue::Decimal128(Some(150), 10, 2),
+            ScalarValue::Date32(Some(20000)),
+            list,
+        ];
+        let columns: Vec<ArrayRef> = values
+            .iter()
+            .map(|v| {
+                let null = ScalarValue::try_from(v.data_type()).unwrap();
+                ScalarValue::iter_to_array([v.clone(), null]).unwrap()
+            })
+            .collect();
+        assert_eq!(columns[8].data_type(), &list_ty);
+        let mut out = vec![9, 9];
+        encode_array_row(&columns, 0, &mut out).unwrap();
+        assert_eq!(out, encode_row(&values).unwrap());
+        let nulls: Vec<ScalarValue> = values
+            .iter()
+            .map(|v| ScalarValue::try_from(v.data_type()).unwrap())
+            .collect();
+        encode_array_row(&columns, 1, &mut out).unwrap();
+        assert_eq!(out, encode_row(&nulls).unwrap());
     }
 
     #[test]

@@ -521,6 +521,14 @@ impl StateTable {
         Ok(&self.load(prefix)?.entries)
     }
 
+    /// The entries of a bucket [`StateTable::bucket`] was asked for since the last
+    /// eviction, without touching the table (so that several buckets can be borrowed at
+    /// once); `None` when it holds nothing.
+    pub fn peek_bucket(&self, prefix: &[u8]) -> Option<&Entries> {
+        debug_assert!(!self.ordered, "peek_bucket() on an ordered table");
+        self.buckets.get(prefix).map(|b| &b.entries)
+    }
+
     pub fn get(&mut self, prefix: &[u8], suffix: &[u8]) -> Result<Option<&Vec<u8>>> {
         if self.ordered {
             let key = self.entry_key(prefix, suffix);
@@ -659,19 +667,19 @@ impl StateTable {
     }
 
     /// Visits every committed entry of the table (the store's, not the cache's), as its
-    /// vnode and the bytes after it: `prefix ++ suffix`. For rebuilding what an operator
-    /// keeps in memory about its state after a start.
+    /// vnode, the bytes after it (`prefix ++ suffix`) and its value. For rebuilding what
+    /// an operator keeps in memory about its state after a start.
     pub fn for_each_committed(
         &self,
-        mut visit: impl FnMut(u16, &[u8]) -> Result<()>,
+        mut visit: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
         let (lo, hi) = self.range();
         for kv in self.store.iter_latest(&lo, &hi, false) {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             let vnode = k
                 .get(lo.len()..lo.len() + 2)
                 .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            visit(vnode, k.get(lo.len() + 2..).unwrap_or_default())?;
+            visit(vnode, k.get(lo.len() + 2..).unwrap_or_default(), &v)?;
         }
         Ok(())
     }

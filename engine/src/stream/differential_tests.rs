@@ -214,7 +214,8 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
         JoinType::Right,
         JoinType::Full,
     ] {
-        for seed in 1..=10u64 {
+        // Rows stored by row, and by their unique `id` (state version 5).
+        for (seed, by_key) in (1..=10u64).flat_map(|s| [(s, None), (s, Some(vec![0]))]) {
             let mut rng = Rng(seed.wrapping_mul(0xD1B54A32D192ED03) | 1);
             // L(id, k, v) JOIN R(id, k, w) ON L.k = R.k
             let (_dir, mut alloc) = temp_alloc();
@@ -227,6 +228,7 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
                 None,
                 false,
                 [None, None],
+                [by_key.clone(), by_key.clone()],
                 &mut alloc,
             )
             .unwrap();
@@ -269,7 +271,7 @@ fn hash_join_matches_from_scratch_for_every_join_type() {
                 assert_eq!(
                     view,
                     multiset(expected),
-                    "{join_type:?} seed {seed} step {step}"
+                    "{join_type:?} seed {seed} by key {by_key:?} step {step}"
                 );
             }
         }

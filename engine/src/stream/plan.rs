@@ -49,7 +49,9 @@ pub fn column_refs(
 ///   (see [`super::window_index`]).
 /// - 4: a subtree that occurs more than once runs once and feeds every occurrence (see
 ///   [`super::shared`]).
-pub const STATE_VERSION: u32 = 4;
+/// - 5: a join side whose input has a unique key stores its rows by that key (see
+///   [`super::hash_join`]'s `KEYED_HEADER`), instead of by the whole row.
+pub const STATE_VERSION: u32 = 5;
 
 /// How a temporal join finds dimension rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +107,10 @@ pub enum NodeKind {
         /// [`PlanNode::annotate_windows`] made `EMIT ON WINDOW CLOSE` aggregates so): the
         /// condition for cleaning in views of state version 0 and 1.
         inputs_append_only_as_planned: bool,
+        /// Set by [`PlanNode::choose_state_layout`] from state version 5: per side, the
+        /// unique key of its input, under which the join stores its rows (an update
+        /// rewrites one entry) instead of under the whole row.
+        rows_by_key: [Option<Vec<usize>>; 2],
     },
     UnionAll,
     /// A processing-time temporal join: each input row looks up the dimension's rows as
@@ -279,6 +285,16 @@ impl PlanNode {
                                 cond.push_str(" and < own wm");
                             }
                         }
+                    }
+                }
+                if let NodeKind::HashJoin { rows_by_key, .. } = &self.kind {
+                    let keyed: Vec<&str> = ["left", "right"]
+                        .into_iter()
+                        .zip(rows_by_key)
+                        .filter_map(|(side, k)| k.is_some().then_some(side))
+                        .collect();
+                    if !keyed.is_empty() {
+                        cond.push_str(&format!(" rows-by-key=[{}]", keyed.join(", ")));
                     }
                 }
                 format!(
@@ -676,8 +692,15 @@ impl PlanNode {
                 cleaning,
                 inputs_append_only_as_planned,
                 join_type,
+                rows_by_key,
                 ..
             } => {
+                *rows_by_key = if state_version >= 5 {
+                    [&self.inputs[0], &self.inputs[1]]
+                        .map(|i| i.unique_key.clone().filter(|_| i.keeps_key_order()))
+                } else {
+                    [None, None]
+                };
                 // A side's row may be dropped once it can match no future change of the
                 // other side (whose watermarks must bound its deletes as well as its
                 // inserts: a windowed aggregate updating its open windows does, as in
@@ -707,6 +730,24 @@ impl PlanNode {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether the changes of each value of this node's unique key reach the operator
+    /// above in the order they were made (a key's delete before the insert that
+    /// replaces it), as a join storing rows by key needs: true when one place makes
+    /// them, a table (its writes are ordered) or an aggregation (one worker owns a
+    /// group), passed on by operators that keep rows in order. Not window functions
+    /// or top-N (a row moving between partitions is deleted by one worker and inserted
+    /// by another, in either order), nor anything else (a temporal filter's deletes
+    /// come as time passes, apart from its input's).
+    pub fn keeps_key_order(&self) -> bool {
+        match &self.kind {
+            NodeKind::Source { .. } | NodeKind::HashAgg { .. } => true,
+            NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::Shared { .. } => {
+                self.inputs.first().is_some_and(Self::keeps_key_order)
+            }
+            _ => false,
         }
     }
 
@@ -923,6 +964,62 @@ mod tests {
     }
 
     #[test]
+    fn join_sides_with_a_unique_key_store_rows_by_it_from_state_version_5() {
+        // An aggregation (unique by its group key) joined with a source (no key).
+        let join = || {
+            let (left, right) = (agg_over(true), agg_over(true).inputs.remove(0));
+            PlanNode {
+                kind: NodeKind::HashJoin {
+                    join_type: super::super::hash_join::JoinType::Inner,
+                    left_keys: vec![0],
+                    right_keys: vec![0],
+                    condition: None,
+                    null_equal: false,
+                    cleaning: [None, None],
+                    inputs_append_only_as_planned: false,
+                    rows_by_key: [None, None],
+                },
+                schema: Arc::clone(&left.schema),
+                inputs: vec![left, right],
+                unique_key: None,
+                append_only: false,
+            }
+        };
+        let by_key = |version: u32| {
+            let mut j = join();
+            j.choose_state_layout(version);
+            match j.kind {
+                NodeKind::HashJoin { rows_by_key, .. } => rows_by_key,
+                _ => unreachable!("a join"),
+            }
+        };
+        assert_eq!(by_key(4), [None, None], "earlier views keep rows by row");
+        assert_eq!(by_key(5), [Some(vec![0]), None]);
+        // A key whose changes may arrive out of order (here a union's, were it keyed)
+        // is not used.
+        let mut j = join();
+        let agg = j.inputs.remove(0);
+        j.inputs.insert(
+            0,
+            PlanNode {
+                kind: NodeKind::UnionAll,
+                schema: Arc::clone(&agg.schema),
+                unique_key: Some(vec![0]),
+                append_only: false,
+                inputs: vec![agg],
+            },
+        );
+        j.choose_state_layout(5);
+        assert!(matches!(
+            j.kind,
+            NodeKind::HashJoin {
+                rows_by_key: [None, None],
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn columns_read_are_those_projections_and_filters_mention() {
         let col = |name: &str, i: usize| {
             Arc::new(datafusion::physical_expr::expressions::Column::new(name, i))
@@ -1045,6 +1142,7 @@ mod tests {
                 null_equal: false,
                 cleaning: [Some(c), Some(c)],
                 inputs_append_only_as_planned: as_planned,
+                rows_by_key: [None, None],
             },
             schema: Arc::clone(&left.schema),
             inputs: vec![left, right],

@@ -1059,6 +1059,7 @@ impl Planner {
                 null_equal,
                 cleaning,
                 inputs_append_only_as_planned,
+                rows_by_key: [None, None],
             },
             schema: join_schema,
             unique_key,

@@ -1290,6 +1290,7 @@ fn build(
             condition,
             null_equal,
             cleaning,
+            rows_by_key,
             ..
         } => {
             let right = inputs.pop().expect("join has two inputs");
@@ -1306,6 +1307,7 @@ fn build(
                     condition.as_ref().map(|(c, _)| Arc::clone(c)),
                     *null_equal,
                     *cleaning,
+                    rows_by_key.clone(),
                     alloc,
                 )
             })?;

@@ -213,6 +213,7 @@ fn same_kind(a: &NodeKind, b: &NodeKind) -> bool {
                 null_equal: n1,
                 cleaning: k1,
                 inputs_append_only_as_planned: a1,
+                rows_by_key: b1,
             },
             K::HashJoin {
                 join_type: t2,
@@ -222,6 +223,7 @@ fn same_kind(a: &NodeKind, b: &NodeKind) -> bool {
                 null_equal: n2,
                 cleaning: k2,
                 inputs_append_only_as_planned: a2,
+                rows_by_key: b2,
             },
         ) => {
             t1 == t2
@@ -230,6 +232,7 @@ fn same_kind(a: &NodeKind, b: &NodeKind) -> bool {
                 && n1 == n2
                 && k1 == k2
                 && a1 == a2
+                && b1 == b2
                 && match (c1, c2) {
                     (None, None) => true,
                     (Some((x, _)), Some((y, _))) => x == y,

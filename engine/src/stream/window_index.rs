@@ -107,7 +107,7 @@ impl WindowIndex {
             table: "window state".into(),
             reason: "a key does not decode".into(),
         };
-        state.for_each_committed(|vnode, tail| {
+        state.for_each_committed(|vnode, tail, _| {
             if workers > 1 && vnode as usize % workers != worker {
                 return Ok(());
             }
