@@ -30,7 +30,7 @@ pub fn encode_row(values: &[ScalarValue]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Appends the encoding of row `row` of `columns` to `out` (cleared first): the bytes
+/// Sets `out` to the encoding of row `row` of `columns`: the bytes
 /// [`encode_row`] gives for the same values, without a `ScalarValue` per cell for the
 /// common types (a join stores every input row this way).
 pub fn encode_array_row(columns: &[ArrayRef], row: usize, out: &mut Vec<u8>) -> Result<()> {

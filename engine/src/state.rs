@@ -521,9 +521,9 @@ impl StateTable {
         Ok(&self.load(prefix)?.entries)
     }
 
-    /// The entries of a bucket [`StateTable::bucket`] was asked for since the last
-    /// eviction, without touching the table (so that several buckets can be borrowed at
-    /// once); `None` when it holds nothing.
+    /// The entries of a cached bucket, without touching the table (so that several
+    /// buckets can be borrowed at once). After [`StateTable::bucket`] was asked for it
+    /// (with no eviction since), `None` means the bucket holds nothing.
     pub fn peek_bucket(&self, prefix: &[u8]) -> Option<&Entries> {
         debug_assert!(!self.ordered, "peek_bucket() on an ordered table");
         self.buckets.get(prefix).map(|b| &b.entries)

@@ -2,11 +2,13 @@
 //! with an optional extra (non-equi) condition on the joined row.
 //!
 //! State: per side, a [`StateTable`] of its rows bucketed by join key (prefix: the
-//! memcomparable join key; suffix: the encoded row, so equal rows share one entry), each
-//! with its multiplicity and its *degree*, the number of rows of the other side it
+//! memcomparable join key; suffix: the encoded row, so equal rows share one entry, or,
+//! for a side whose input has a unique key, that key; see [`KEYED_HEADER`]), each with
+//! its multiplicity and its *degree*, the number of rows of the other side it
 //! currently joins with. The degree is what outer joins need: a preserved row with degree
-//! 0 appears once per copy, padded with NULLs. It is kept for preserved sides only (0 is
-//! stored otherwise), so probing an inner join never rewrites the other side's state.
+//! 0 appears once per copy, padded with NULLs. It is kept for preserved sides and for a
+//! semi or anti join's left side only (0 is stored otherwise), so probing an inner join
+//! never rewrites the other side's state.
 //!
 //! What happens to each op of side S (the other side is O):
 //! - insert `r`: for every O row `o` matching `r`, emit `+ (r, o)`; if `o` is preserved and
@@ -93,7 +95,7 @@ pub struct HashJoin {
     /// NULL keys match each other (`IS NOT DISTINCT FROM`).
     null_equal: bool,
     /// Per side: the columns of a unique key of its rows, when its rows are stored by
-    /// that key (see [`Layout`]).
+    /// that key (see [`KEYED_HEADER`]).
     by_key: [Option<Vec<usize>>; 2],
     state: [StateTable; 2],
 }
@@ -106,7 +108,8 @@ pub struct HashJoin {
 ///   the memcomparable unique key, the value [`KEYED_HEADER`] bytes of count and degree
 ///   (i64 LE each) followed by the encoded row. An update (a delete and an insert of one
 ///   key, adjacent in a chunk) rewrites one entry in place, where by row it deletes one
-///   and inserts another, and its time-index entry stays.
+///   and inserts another, and its time-index entry stays (unless the cleaning column's
+///   value changed).
 const KEYED_HEADER: usize = 16;
 
 /// A keyed entry's value: count, degree, then the encoded row.
@@ -153,7 +156,8 @@ pub struct JoinCleaning {
 }
 
 /// A side's cleaning and its index of rows by time. Keys are `encode(time) ++ key ++
-/// row`, values `[time len][key len]` (u32 BE each).
+/// suffix` (the row's state entry: its join key and its row, or its unique key), values
+/// `[time len][key len]` (u32 BE each).
 #[derive(Debug)]
 struct Cleaning {
     cfg: JoinCleaning,
@@ -347,14 +351,14 @@ impl HashJoin {
         suffix: &[u8],
         present: bool,
     ) -> Result<()> {
+        let Some(c) = self.cleaning[me].as_mut() else {
+            return Ok(());
+        };
         let mut key = Vec::with_capacity(time.len() + prefix.len() + suffix.len());
         key.extend_from_slice(time);
         key.extend_from_slice(prefix);
         key.extend_from_slice(suffix);
         let (tl, pl) = (time.len() as u32, prefix.len() as u32);
-        let Some(c) = self.cleaning[me].as_mut() else {
-            return Ok(());
-        };
         match (&mut c.index, present) {
             (TimeIndex::Stored(t), true) => {
                 let mut value = tl.to_be_bytes().to_vec();
@@ -389,7 +393,9 @@ impl HashJoin {
     }
 
     /// Rebuilds an in-memory time index of side `me` from the side's committed rows
-    /// (after a start; once). Rows applied since the start are in it already.
+    /// (after a start; once), before the side's first change: `apply` and `clean` call
+    /// it. Loaded later, a row stored by key whose time changed since the start would
+    /// come back under its committed time too, and be dropped by that stale entry.
     fn load_index(&mut self, me: usize) -> Result<()> {
         let Some(c) = &self.cleaning[me] else {
             return Ok(());
@@ -743,6 +749,7 @@ impl HashJoin {
     /// becomes scalars on the way.
     pub fn apply(&mut self, side: Side, chunk: &StreamChunk) -> Result<StreamChunk> {
         let (me, other) = (idx(side), idx(side.other()));
+        self.load_index(me)?;
         let me_preserved = self.preserved(side);
         let other_preserved = self.preserved(side.other());
         let other_tracked = self.tracks_degree(side.other());
@@ -981,7 +988,7 @@ struct Probe {
     suffixes: Vec<Vec<u8>>,
 }
 
-/// Joined pairs a join condition is evaluated over at once (see `HashJoin::match_all`).
+/// Joined pairs a join condition is evaluated over at once (see `HashJoin::match_rows`).
 const PAIRS_PER_BATCH: usize = 8192;
 
 /// A time value moved by `micros` (None: not a time, or out of range).
@@ -1217,10 +1224,16 @@ mod tests {
         let mut alloc = StateAlloc::new(1, store, crate::state::MemoryBudget::new(1 << 30));
         let (_, mut j) = cleaned_join(&mut alloc, true, Some(vec![0]));
         j.set_worker(0, 1);
-        // After a restart, past 50: row 1 goes too (else the right row's update would retract and
-        // re-pair it).
+        // After a restart, row 1 moves again (50 -> 80) before anything is cleaned: the
+        // index rebuilt from the committed rows must not bring back its entry at 50.
+        let out = j.apply(Side::Left, &update(&[(1, 50), (1, 80)])).unwrap();
+        assert_eq!(out.to_pretty(), "- 1 50 1 60\n+ 1 80 1 60\n");
         j.clean(&wm(0), &wm(51)).unwrap();
         let out = j.apply(Side::Right, &update(&[(1, 60), (1, 70)])).unwrap();
+        assert_eq!(out.to_pretty(), "- 1 80 1 60\n+ 1 80 1 70\n");
+        // Past 80: row 1 goes (else the right row's update would retract and re-pair it).
+        j.clean(&wm(0), &wm(81)).unwrap();
+        let out = j.apply(Side::Right, &update(&[(1, 70), (1, 90)])).unwrap();
         assert!(out.is_empty(), "{}", out.to_pretty());
     }
 
