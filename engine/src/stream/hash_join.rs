@@ -1244,6 +1244,28 @@ mod tests {
         lines
     }
 
+    /// Appends to `text` a change of the row with `key` of `rows` (a relation unique by
+    /// it): the insert of `row` if there is none, else its delete (`delete`) or its
+    /// update to `row`.
+    fn change<K: Ord>(
+        rows: &mut BTreeMap<K, String>,
+        key: K,
+        row: String,
+        delete: bool,
+        text: &mut String,
+    ) {
+        match rows.get(&key) {
+            None => text.push_str(&format!("+ {row}\n")),
+            Some(old) if delete => text.push_str(&format!("- {old}\n")),
+            Some(old) => text.push_str(&format!("U- {old}\nU+ {row}\n")),
+        }
+        if delete && rows.contains_key(&key) {
+            rows.remove(&key);
+        } else {
+            rows.insert(key, row);
+        }
+    }
+
     #[test]
     fn rows_stored_by_key_join_like_rows_stored_by_row() {
         // Changes of a left side unique by `id` and a right side unique by `name`
@@ -1274,50 +1296,27 @@ mod tests {
                 let mut by_row = build(t, condition.clone(), [None, None], &mut a1);
                 let mut by_key = build(t, condition, [Some(vec![0]), Some(vec![0])], &mut a2);
                 let mut lefts: BTreeMap<i64, String> = BTreeMap::new();
-                let mut rights: BTreeMap<String, i64> = BTreeMap::new();
+                let mut rights: BTreeMap<&str, String> = BTreeMap::new();
                 for step in 0..200 {
-                    let (side, text) = if next(2) == 0 {
-                        let mut text = String::new();
+                    let mut text = String::new();
+                    let side = if next(2) == 0 {
                         for _ in 0..1 + next(4) {
                             let id = next(6) as i64;
                             let row = format!("{id} {} {}", feeders[next(3) as usize], next(20));
-                            match lefts.get(&id).cloned() {
-                                None => {
-                                    text.push_str(&format!("+ {row}\n"));
-                                    lefts.insert(id, row);
-                                }
-                                Some(old) if next(3) == 0 => {
-                                    text.push_str(&format!("- {old}\n"));
-                                    lefts.remove(&id);
-                                }
-                                Some(old) => {
-                                    text.push_str(&format!("U- {old}\nU+ {row}\n"));
-                                    lefts.insert(id, row);
-                                }
-                            }
+                            change(&mut lefts, id, row, next(3) == 0, &mut text);
                         }
-                        (Side::Left, left(&text))
+                        Side::Left
                     } else {
-                        let mut text = String::new();
                         for _ in 0..1 + next(3) {
-                            let name = ["F1", "F2", "F3"][next(3) as usize].to_string();
-                            let kw = next(20) as i64;
-                            match rights.get(&name).copied() {
-                                None => {
-                                    text.push_str(&format!("+ {name} {kw}\n"));
-                                    rights.insert(name, kw);
-                                }
-                                Some(old) if next(3) == 0 => {
-                                    text.push_str(&format!("- {name} {old}\n"));
-                                    rights.remove(&name);
-                                }
-                                Some(old) => {
-                                    text.push_str(&format!("U- {name} {old}\nU+ {name} {kw}\n"));
-                                    rights.insert(name, kw);
-                                }
-                            }
+                            let name = ["F1", "F2", "F3"][next(3) as usize];
+                            let row = format!("{name} {}", next(20));
+                            change(&mut rights, name, row, next(3) == 0, &mut text);
                         }
-                        (Side::Right, right(&text))
+                        Side::Right
+                    };
+                    let text = match side {
+                        Side::Left => left(&text),
+                        Side::Right => right(&text),
                     };
                     let want = by_row.apply(side, &text).unwrap();
                     let got = by_key.apply(side, &text).unwrap();

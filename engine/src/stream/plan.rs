@@ -968,22 +968,11 @@ mod tests {
         // An aggregation (unique by its group key) joined with a source (no key).
         let join = || {
             let (left, right) = (agg_over(true), agg_over(true).inputs.remove(0));
-            PlanNode {
-                kind: NodeKind::HashJoin {
-                    join_type: super::super::hash_join::JoinType::Inner,
-                    left_keys: vec![0],
-                    right_keys: vec![0],
-                    condition: None,
-                    null_equal: false,
-                    cleaning: [None, None],
-                    inputs_append_only_as_planned: false,
-                    rows_by_key: [None, None],
-                },
-                schema: Arc::clone(&left.schema),
-                inputs: vec![left, right],
-                unique_key: None,
-                append_only: false,
+            let mut j = interval_join(left, right, false);
+            if let NodeKind::HashJoin { cleaning, .. } = &mut j.kind {
+                *cleaning = [None, None];
             }
+            j
         };
         let by_key = |version: u32| {
             let mut j = join();
