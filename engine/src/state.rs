@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use datafusion::common::hash_map::EntryRef;
 use datafusion::common::HashMap;
 use rocksdb::WriteBatch;
 
@@ -463,40 +464,49 @@ impl StateTable {
     }
 
     fn load(&mut self, prefix: &[u8]) -> Result<&mut Bucket> {
-        if !self.buckets.contains_key(prefix) {
-            let lo = self.bucket_key(prefix);
-            let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
-            // The bucket's own key counts too: a bucket read empty (a join probing a key
-            // the other side does not have) is cached to spare the next store read, and
-            // must show in the budget, or they pile up unseen.
-            let mut bucket = Bucket {
-                bytes: prefix.len() + ENTRY_OVERHEAD,
-                ..Bucket::default()
-            };
-            if self.whole {
-                // Nothing committed that is not cached: the bucket is empty.
-            } else if self.single {
+        let clock = self.clock;
+        // One hash of the prefix, hit or miss; the store keys only for a store read.
+        let vacant = match self.buckets.entry_ref(prefix) {
+            EntryRef::Occupied(o) => {
+                let b = o.into_mut();
+                b.last_used = clock;
+                return Ok(b);
+            }
+            EntryRef::Vacant(v) => v,
+        };
+        // The bucket's own key counts too: a bucket read empty (a join probing a key the
+        // other side does not have) is cached to spare the next store read, and must
+        // show in the budget, or they pile up unseen.
+        let mut bucket = Bucket {
+            bytes: prefix.len() + ENTRY_OVERHEAD,
+            last_used: clock,
+            ..Bucket::default()
+        };
+        if !self.whole {
+            // (`bucket_key`, inline: `self.buckets` is borrowed.)
+            let mut lo = Vec::with_capacity(9 + prefix.len());
+            lo.push(STATE_PREFIX);
+            lo.extend_from_slice(&self.view.to_be_bytes());
+            lo.extend_from_slice(&self.index.to_be_bytes());
+            lo.extend_from_slice(&keys::vnode_of(prefix).to_be_bytes());
+            lo.extend_from_slice(prefix);
+            if self.single {
                 if let Some(v) = self.store.get(&lo)? {
                     bucket.bytes += lo.len() + v.len() + ENTRY_OVERHEAD;
                     bucket.entries.insert(&[], v);
                 }
             } else {
+                let hi = keys::prefix_successor(&lo).expect("invariant: starts with 0x03");
                 for (k, v) in self.store.scan_latest(&lo, &hi)? {
                     bucket.bytes += k.len() + v.len() + ENTRY_OVERHEAD;
                     bucket.entries.insert(&k[lo.len()..], v.into_vec());
                 }
             }
-            self.bytes += bucket.bytes;
-            self.budget.add(bucket.bytes);
-            self.buckets.insert(prefix.to_vec(), bucket);
         }
-        let clock = self.clock;
-        let b = self
-            .buckets
-            .get_mut(prefix)
-            .expect("invariant: loaded above");
-        b.last_used = clock;
-        Ok(b)
+        // Otherwise nothing committed is not cached: the bucket is empty.
+        self.bytes += bucket.bytes;
+        self.budget.add(bucket.bytes);
+        Ok(vacant.insert(bucket))
     }
 
     /// The cached bucket of `prefix`, marked as used. For a whole table, `None` means it
