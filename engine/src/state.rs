@@ -132,6 +132,16 @@ struct Bucket {
     last_used: u64,
 }
 
+/// Appends the store key of the bucket `prefix` (at `vnode`) of state table `index` of
+/// `view`: the bytes every entry of the bucket starts with.
+fn put_bucket_key(out: &mut Vec<u8>, view: u32, index: u16, vnode: u16, prefix: &[u8]) {
+    out.push(STATE_PREFIX);
+    out.extend_from_slice(&view.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(&vnode.to_be_bytes());
+    out.extend_from_slice(prefix);
+}
+
 /// The key range of every state table of a view (for `DROP`).
 pub fn view_range(view: u32) -> (Vec<u8>, Vec<u8>) {
     let mut lo = vec![STATE_PREFIX];
@@ -455,11 +465,13 @@ impl StateTable {
 
     fn bucket_key(&self, prefix: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(9 + prefix.len());
-        k.push(STATE_PREFIX);
-        k.extend_from_slice(&self.view.to_be_bytes());
-        k.extend_from_slice(&self.index.to_be_bytes());
-        k.extend_from_slice(&keys::vnode_of(prefix).to_be_bytes());
-        k.extend_from_slice(prefix);
+        put_bucket_key(
+            &mut k,
+            self.view,
+            self.index,
+            keys::vnode_of(prefix),
+            prefix,
+        );
         k
     }
 
@@ -483,13 +495,15 @@ impl StateTable {
             ..Bucket::default()
         };
         if !self.whole {
-            // (`bucket_key`, inline: `self.buckets` is borrowed.)
+            // (Not `bucket_key`: `self.buckets` is borrowed.)
             let mut lo = Vec::with_capacity(9 + prefix.len());
-            lo.push(STATE_PREFIX);
-            lo.extend_from_slice(&self.view.to_be_bytes());
-            lo.extend_from_slice(&self.index.to_be_bytes());
-            lo.extend_from_slice(&keys::vnode_of(prefix).to_be_bytes());
-            lo.extend_from_slice(prefix);
+            put_bucket_key(
+                &mut lo,
+                self.view,
+                self.index,
+                keys::vnode_of(prefix),
+                prefix,
+            );
             if self.single {
                 if let Some(v) = self.store.get(&lo)? {
                     bucket.bytes += lo.len() + v.len() + ENTRY_OVERHEAD;
@@ -767,11 +781,7 @@ impl StateTable {
         for (vnode, prefix) in &prefixes {
             // `bucket_key`, without hashing the prefix again.
             key.clear();
-            key.push(STATE_PREFIX);
-            key.extend_from_slice(&self.view.to_be_bytes());
-            key.extend_from_slice(&self.index.to_be_bytes());
-            key.extend_from_slice(&vnode.to_be_bytes());
-            key.extend_from_slice(prefix);
+            put_bucket_key(&mut key, self.view, self.index, *vnode, prefix);
             debug_assert_eq!(key, self.bucket_key(prefix));
             let base = key.len();
             let b = self
